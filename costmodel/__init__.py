@@ -1,0 +1,37 @@
+"""Cost models: transformer specs, roofline and link times, and the KV-inference cost of a policy.
+
+Pure functions of a workload and a :class:`hwprofiles.System`; no solver and no torch here.
+"""
+
+from costmodel.errors import WorkloadError
+from costmodel.kv import (
+    Fractions,
+    KvAction,
+    KvCost,
+    KvWorkload,
+    LayerCost,
+    LayerPolicy,
+    Memory,
+    Resource,
+    Tier,
+    TokenSplit,
+    UnitCosts,
+    capacity,
+    evaluate,
+    head_costs,
+    memory_use,
+    prefill_costs,
+    range_bounds,
+    unit_costs,
+    working_bytes,
+)
+from costmodel.roofline import Op, Processor, Roof, binding_roof, op_time_s, roofline_time_s
+from costmodel.transformer import TransformerSpec, list_models, load_model, model_info, spec_from_hf_config
+
+__all__ = [
+    "Fractions", "KvAction", "KvCost", "KvWorkload", "LayerCost", "LayerPolicy", "Memory", "Op",
+    "Processor", "Resource", "Roof", "Tier", "TokenSplit", "TransformerSpec", "UnitCosts",
+    "WorkloadError", "binding_roof", "capacity", "evaluate", "head_costs", "list_models",
+    "load_model", "memory_use", "model_info", "op_time_s", "prefill_costs", "range_bounds",
+    "roofline_time_s", "spec_from_hf_config", "unit_costs", "working_bytes",
+]

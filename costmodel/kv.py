@@ -1,0 +1,582 @@
+"""Cost of LLM inference with weights and KV cache spread over GPU, host and disk.
+
+One layer's work in a decode step overlaps its own transfers (the prefetch of the next layer runs
+while this one computes, one copy engine per direction), so a layer takes the longest of its
+resources: GPU compute, H2D, D2H, disk and the CPU-attention chain (FlexGen's cost model,
+Sheng et al., ICML 2023, section 4.2). For KV not on the GPU, each context token is either
+transferred, recomputed on the GPU from host-stored activations (KVPR, Jiang et al., 2024), or
+attended on the CPU where it lives (FlexGen's CPU attention).
+
+The per-unit costs (:class:`UnitCosts`) are shared by the exact evaluator below and by the solver's
+linear program, so the two can only differ where the LP linearises a size-dependent efficiency.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from costmodel.errors import WorkloadError
+from costmodel.roofline import Op, Processor, roofline_time_s
+from costmodel.transformer import TransformerSpec
+from hwprofiles import OpClass, System
+
+# A batch at or below this many rows makes a GEMM a GEMV-like (memory-bound, low-occupancy) kernel.
+GEMV_MAX_ROWS = 8
+# Bytes of the log-sum-exp kept per head and token to merge CPU and GPU partial attention (fp32).
+LSE_BYTES = 4
+
+
+class Tier(enum.StrEnum):
+    GPU = "gpu"
+    HOST = "host"
+    DISK = "disk"
+
+
+class KvAction(enum.StrEnum):
+    """What happens to a KV token that does not live on the GPU, each decode step."""
+
+    TRANSFER = "transfer"
+    RECOMPUTE = "recompute"
+    CPU = "cpu"
+
+
+class Resource(enum.StrEnum):
+    GPU = "gpu"
+    H2D = "h2d"
+    D2H = "d2h"
+    DISK = "disk"
+    CPU = "cpu"
+    CPU_CHAIN = "cpu_chain"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KvWorkload:
+    """Batch inference: ``batch`` sequences of ``prompt_len`` tokens generating ``gen_len`` each.
+
+    Decode step ``j`` (0-based) attends over ``prompt_len + j + 1`` tokens.
+    """
+
+    model: TransformerSpec
+    batch: int
+    prompt_len: int
+    gen_len: int
+    dtype_bytes: int = 2
+    prefill_chunk_tokens: int = 4096
+
+    def __post_init__(self) -> None:
+        for name in ("batch", "prompt_len", "gen_len", "dtype_bytes", "prefill_chunk_tokens"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise WorkloadError(f"{name} must be a positive integer, got {value!r}")
+
+    @property
+    def max_context(self) -> int:
+        return self.prompt_len + self.gen_len
+
+    def contexts(self) -> np.ndarray:
+        """Tokens attended at each decode step."""
+        return self.prompt_len + 1 + np.arange(self.gen_len)
+
+    def with_batch(self, batch: int) -> KvWorkload:
+        return KvWorkload(model=self.model, batch=batch, prompt_len=self.prompt_len, gen_len=self.gen_len,
+                          dtype_bytes=self.dtype_bytes, prefill_chunk_tokens=self.prefill_chunk_tokens)
+
+    def summary(self) -> dict[str, object]:
+        return {"model": self.model.name, "batch": self.batch, "prompt_len": self.prompt_len,
+                "gen_len": self.gen_len, "dtype_bytes": self.dtype_bytes,
+                "prefill_chunk_tokens": self.prefill_chunk_tokens}
+
+
+def range_bounds(gen_len: int, n_ranges: int) -> list[tuple[int, int]]:
+    """Split decode steps ``[0, gen_len)`` into ``n_ranges`` contiguous ranges of near-equal size.
+
+    >>> range_bounds(10, 3)
+    [(0, 4), (4, 7), (7, 10)]
+    """
+    n = max(1, min(n_ranges, gen_len))
+    edges = np.linspace(0, gen_len, n + 1).round().astype(int)
+    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])]
+
+
+# ---------------------------------------------------------------------------------------------
+# Ops of one layer
+# ---------------------------------------------------------------------------------------------
+
+
+def _gemm(name: str, rows: float, k: int, n: int, dt: int, weight_bytes: float | None = None) -> Op:
+    wb = k * n * dt if weight_bytes is None else weight_bytes
+    return Op(name=name, op_class=OpClass.GEMV if rows <= GEMV_MAX_ROWS else OpClass.GEMM,
+              flop=2.0 * rows * k * n, bytes=wb + (rows * k + rows * n) * dt)
+
+
+def dense_ops(model: TransformerSpec, tokens: int, dt: int) -> list[Op]:
+    """The non-attention ops of one layer over ``tokens`` rows (a decode step: tokens = batch)."""
+    h, q, kv, i = model.hidden, model.q_dim, model.kv_dim, model.intermediate
+    ops = [
+        Op(name="norm1", op_class=OpClass.ELEMENTWISE, flop=5.0 * tokens * h, bytes=2.0 * tokens * h * dt),
+        _gemm("qkv_proj", tokens, h, q + 2 * kv, dt),
+        Op(name="rope", op_class=OpClass.ELEMENTWISE, flop=3.0 * tokens * (q + kv), bytes=2.0 * tokens * (q + kv) * dt),
+        _gemm("o_proj", tokens, q, h, dt),
+        Op(name="norm2", op_class=OpClass.ELEMENTWISE, flop=5.0 * tokens * h, bytes=2.0 * tokens * h * dt),
+    ]
+    per_expert_mats = 3 if model.gated_mlp else 2
+    if model.n_experts == 1:
+        ops.append(_gemm("mlp_up", tokens, h, (per_expert_mats - 1) * i, dt))
+        ops.append(_gemm("mlp_down", tokens, i, h, dt))
+    else:
+        e, k = model.n_experts, model.experts_per_token
+        ops.append(_gemm("router", tokens, h, e, dt))
+        # Expected distinct experts hit by tokens*k routings (uniform router): e * (1 - (1 - 1/e)^(tokens*k)).
+        hit = e * (1.0 - (1.0 - 1.0 / e) ** (tokens * k))
+        rows = tokens * k
+        ops.append(_gemm("experts_up", rows, h, 2 * i, dt, weight_bytes=hit * h * 2 * i * dt))
+        ops.append(_gemm("experts_down", rows, i, h, dt, weight_bytes=hit * i * h * dt))
+    return ops
+
+
+def attention_op(model: TransformerSpec, batch: int, query_len: int, context, dt: int, *, causal: bool) -> tuple:
+    """FLOPs and bytes of attention of ``query_len`` new tokens over ``context`` tokens (arrays ok).
+
+    Decode reads the whole K and V (2 * kv_dim * dtype bytes per token); prefill with a fused
+    (flash) kernel reads Q, K, V and writes O once.
+    """
+    context = np.asarray(context, dtype=float)
+    pairs = query_len * context / (2.0 if causal else 1.0)
+    flop = 4.0 * batch * pairs * model.q_dim
+    if query_len == 1:
+        nbytes = batch * context * 2 * model.kv_dim * dt + 2.0 * batch * model.q_dim * dt
+    else:
+        nbytes = batch * query_len * (2 * model.q_dim + 2 * model.kv_dim) * dt
+    return flop, nbytes
+
+
+def head_ops(model: TransformerSpec, rows: int, dt: int) -> list[Op]:
+    """Final norm and LM head over ``rows`` positions (only the last position of each sequence)."""
+    return [
+        Op(name="final_norm", op_class=OpClass.ELEMENTWISE, flop=5.0 * rows * model.hidden,
+           bytes=2.0 * rows * model.hidden * dt),
+        _gemm("lm_head", rows, model.hidden, model.vocab, dt),
+    ]
+
+
+def ops_time_s(ops: Sequence[Op], proc: Processor) -> float:
+    return float(sum(roofline_time_s(op.flop, op.bytes, op.op_class, proc) for op in ops))
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-unit costs shared by the evaluator and the LP
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UnitCosts:
+    """Costs of one layer for one batch, per unit of each decision (seconds, bytes).
+
+    ``*_per_token`` values are for one context position of every sequence in the batch.
+    """
+
+    dense_gpu_s: float
+    attn_gpu_s_per_token: float
+    recompute_gpu_s_per_token: float
+    attn_cpu_s_per_token: float
+    weight_bytes: float
+    kv_bytes_per_token: float
+    act_bytes_per_token: float
+    q_bytes: float  # D2H per layer per step for CPU attention (the queries)
+    o_bytes: float  # H2D back: partial outputs and their log-sum-exp
+    h2d_bytes_per_s: float
+    d2h_bytes_per_s: float
+    link_latency_s: float
+    bidir_penalty: float  # extra time per overlapped byte: (1/bidirectional_factor - 1)
+    disk_read_bytes_per_s: float
+    disk_write_bytes_per_s: float
+    disk_latency_s: float
+
+
+def unit_costs(wl: KvWorkload, system: System, *, context: float, gpu_attn_tokens: float,
+               recompute_tokens: float, cpu_tokens: float) -> UnitCosts:
+    """Per-unit costs of a decode step at ``context``.
+
+    The ``*_tokens`` arguments are the operating sizes (context positions per sequence) at which
+    the size-dependent efficiencies are read; the evaluator passes the real sizes, the LP its
+    linearisation point.
+    """
+    m, b, dt = wl.model, wl.batch, wl.dtype_bytes
+    gpu, cpu = Processor.gpu(system.gpu), Processor.cpu(system.host)
+    kv_tok = b * m.kv_elements_per_token() * dt
+    act_tok = b * m.hidden * dt
+
+    def per_token(tokens: float, fn) -> float:
+        tokens = max(float(tokens), 1.0)
+        return float(fn(tokens)) / tokens
+
+    def gpu_attn(t):
+        flop, nbytes = attention_op(m, b, 1, t, dt, causal=False)
+        return roofline_time_s(flop, nbytes, OpClass.ATTENTION, gpu, launches=0)
+
+    def recompute(t):
+        # K and V projections of t positions per sequence from stored layer inputs, plus RoPE on K.
+        op = _gemm("kv_recompute", b * t, m.hidden, 2 * m.kv_dim, dt, weight_bytes=0.0)
+        rope = roofline_time_s(3.0 * b * t * m.kv_dim, 2.0 * b * t * m.kv_dim * dt, OpClass.ELEMENTWISE, gpu,
+                               launches=0)
+        return roofline_time_s(op.flop, op.bytes, op.op_class, gpu, launches=0) + rope
+
+    def cpu_attn(t):
+        flop, nbytes = attention_op(m, b, 1, t, 4 if dt < 4 else dt, causal=False)
+        return roofline_time_s(flop, nbytes, OpClass.ATTENTION, cpu, launches=0)
+
+    link = system.link
+    disk = system.disk
+    return UnitCosts(
+        dense_gpu_s=ops_time_s(dense_ops(m, b, dt), gpu) + 2 * gpu.launch_overhead_s,  # + attention launches
+        attn_gpu_s_per_token=per_token(gpu_attn_tokens, gpu_attn),
+        recompute_gpu_s_per_token=per_token(recompute_tokens, recompute),
+        attn_cpu_s_per_token=per_token(cpu_tokens, cpu_attn),
+        weight_bytes=m.layer_params() * dt,
+        kv_bytes_per_token=kv_tok,
+        act_bytes_per_token=act_tok,
+        q_bytes=b * m.q_dim * dt,
+        o_bytes=b * m.q_dim * dt + b * m.n_heads * LSE_BYTES,
+        h2d_bytes_per_s=link.h2d_bytes_per_s,
+        d2h_bytes_per_s=link.d2h_bytes_per_s,
+        link_latency_s=link.latency_s,
+        bidir_penalty=1.0 / link.bidirectional_factor - 1.0,
+        disk_read_bytes_per_s=disk.read_bytes_per_s if disk else float("inf"),
+        disk_write_bytes_per_s=disk.write_bytes_per_s if disk else float("inf"),
+        disk_latency_s=disk.latency_s if disk else 0.0,
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PrefillCosts:
+    """Per-layer prefill costs for the whole batch (all prompt tokens)."""
+
+    gpu_s: float
+    weight_bytes: float
+    kv_bytes: float
+    act_bytes: float
+
+
+def prefill_costs(wl: KvWorkload, system: System) -> PrefillCosts:
+    m, dt = wl.model, wl.dtype_bytes
+    gpu = Processor.gpu(system.gpu)
+    tokens = wl.batch * wl.prompt_len
+    chunks = -(-tokens // wl.prefill_chunk_tokens)
+    rows = tokens / chunks
+    dense = chunks * ops_time_s(dense_ops(m, int(rows), dt), gpu)
+    flop, nbytes = attention_op(m, wl.batch, wl.prompt_len, wl.prompt_len, dt, causal=True)
+    attn = float(roofline_time_s(flop, nbytes, OpClass.ATTENTION, gpu))
+    return PrefillCosts(gpu_s=dense + attn, weight_bytes=m.layer_params() * dt,
+                        kv_bytes=tokens * m.kv_elements_per_token() * dt, act_bytes=tokens * m.hidden * dt)
+
+
+# ---------------------------------------------------------------------------------------------
+# Decisions
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Fractions:
+    """Shares of something over the three tiers; they sum to one."""
+
+    gpu: float = 1.0
+    host: float = 0.0
+    disk: float = 0.0
+
+    def __post_init__(self) -> None:
+        values = (self.gpu, self.host, self.disk)
+        # 1e-6: LP solutions are exact only to the solver's feasibility tolerance.
+        if min(values) < -1e-6 or abs(sum(values) - 1.0) > 1e-6:
+            raise WorkloadError(f"tier fractions must be non-negative and sum to 1, got {values}")
+
+    @property
+    def offloaded(self) -> float:
+        return self.host + self.disk
+
+    def as_dict(self) -> dict[str, float]:
+        return {"gpu": self.gpu, "host": self.host, "disk": self.disk}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TokenSplit:
+    """Shares of the offloaded KV tokens transferred, recomputed and attended on the CPU."""
+
+    transfer: float = 1.0
+    recompute: float = 0.0
+    cpu: float = 0.0
+
+    def __post_init__(self) -> None:
+        values = (self.transfer, self.recompute, self.cpu)
+        if min(values) < -1e-6 or abs(sum(values) - 1.0) > 1e-6:
+            raise WorkloadError(f"token split must be non-negative and sum to 1, got {values}")
+
+    def as_dict(self) -> dict[str, float]:
+        return {"transfer": self.transfer, "recompute": self.recompute, "cpu": self.cpu}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LayerPolicy:
+    """Where one layer's weights and KV live and what happens to its offloaded KV tokens.
+
+    ``splits`` has one entry per context range (:func:`range_bounds`); ``activations_on_host``
+    keeps every token's layer input on the host so that any share of tokens can be recomputed.
+    """
+
+    weights: Fractions = field(default_factory=Fractions)
+    kv: Fractions = field(default_factory=Fractions)
+    activations_on_host: bool = False
+    splits: tuple[TokenSplit, ...] = (TokenSplit(),)
+
+    def __post_init__(self) -> None:
+        if not self.activations_on_host and any(s.recompute > 1e-6 for s in self.splits):
+            raise WorkloadError("recompute needs activations_on_host=True (the layer inputs to recompute from)")
+
+
+# ---------------------------------------------------------------------------------------------
+# Exact evaluation
+# ---------------------------------------------------------------------------------------------
+
+
+def layer_step_times(uc: UnitCosts, pol_w: Fractions, pol_kv: Fractions, act: bool, split: TokenSplit,
+                     context) -> dict[Resource, np.ndarray]:
+    """Each resource's time for one layer in one decode step (arrays over ``context``)."""
+    c = np.asarray(context, dtype=float)
+    off = pol_kv.offloaded
+    x_tok, r_tok, c_tok = c * off * split.transfer, c * off * split.recompute, c * off * split.cpu
+    uses_cpu = off > 0 and split.cpu > 0
+    h2d_bytes = (pol_w.offloaded * uc.weight_bytes + x_tok * uc.kv_bytes_per_token
+                 + r_tok * uc.act_bytes_per_token + (uc.o_bytes if uses_cpu else 0.0))
+    d2h_bytes = (off * uc.kv_bytes_per_token + (uc.act_bytes_per_token if act else 0.0)
+                 + (uc.q_bytes if uses_cpu else 0.0))
+    d2h_bytes = np.full_like(c, d2h_bytes) if off > 0 or act else np.zeros_like(c)
+    n_h2d = (pol_w.offloaded > 0) + (off * split.transfer > 0) + (off * split.recompute > 0) + uses_cpu
+    n_d2h = (off > 0) + act + uses_cpu
+    overlap = np.minimum(h2d_bytes, d2h_bytes) * uc.bidir_penalty
+    times = {
+        Resource.GPU: uc.dense_gpu_s + (c - c_tok) * uc.attn_gpu_s_per_token + r_tok * uc.recompute_gpu_s_per_token,
+        Resource.H2D: n_h2d * uc.link_latency_s + (h2d_bytes + overlap) / uc.h2d_bytes_per_s,
+        Resource.D2H: n_d2h * uc.link_latency_s + (d2h_bytes + overlap) / uc.d2h_bytes_per_s,
+        Resource.DISK: ((pol_w.disk > 0) + (pol_kv.disk > 0)) * uc.disk_latency_s
+        + (pol_w.disk * uc.weight_bytes + c * pol_kv.disk * uc.kv_bytes_per_token) / uc.disk_read_bytes_per_s
+        + pol_kv.disk * uc.kv_bytes_per_token / uc.disk_write_bytes_per_s,
+        Resource.CPU: c_tok * uc.attn_cpu_s_per_token,
+    }
+    times[Resource.CPU_CHAIN] = (
+        uc.dense_gpu_s + 2 * uc.link_latency_s + uc.q_bytes / uc.d2h_bytes_per_s + uc.o_bytes / uc.h2d_bytes_per_s
+        + times[Resource.CPU] if uses_cpu else np.zeros_like(c)
+    )
+    return {k: np.broadcast_to(np.asarray(v, dtype=float), c.shape) for k, v in times.items()}
+
+
+def layer_prefill_times(pc: PrefillCosts, uc: UnitCosts, pol_w: Fractions, pol_kv: Fractions, act: bool) -> dict[Resource, float]:
+    off = pol_kv.offloaded
+    h2d = pol_w.offloaded * pc.weight_bytes
+    d2h = off * pc.kv_bytes + (pc.act_bytes if act else 0.0)
+    overlap = min(h2d, d2h) * uc.bidir_penalty
+    return {
+        Resource.GPU: pc.gpu_s,
+        Resource.H2D: (h2d > 0) * uc.link_latency_s + (h2d + overlap) / uc.h2d_bytes_per_s,
+        Resource.D2H: ((off > 0) + act) * uc.link_latency_s + (d2h + overlap) / uc.d2h_bytes_per_s,
+        Resource.DISK: ((pol_w.disk > 0) + (pol_kv.disk > 0)) * uc.disk_latency_s
+        + pol_w.disk * pc.weight_bytes / uc.disk_read_bytes_per_s + pol_kv.disk * pc.kv_bytes / uc.disk_write_bytes_per_s,
+        Resource.CPU: 0.0,
+        Resource.CPU_CHAIN: 0.0,
+    }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HeadCosts:
+    """Embeddings, final norm and LM head: kept on the GPU, or on the host and streamed each step."""
+
+    bytes: float
+    decode_gpu_s: float
+    prefill_gpu_s: float
+
+    def step_s(self, on_gpu: bool, uc: UnitCosts) -> float:
+        if on_gpu:
+            return self.decode_gpu_s
+        return max(self.decode_gpu_s, uc.link_latency_s + self.bytes / uc.h2d_bytes_per_s)
+
+
+def head_costs(wl: KvWorkload, system: System) -> HeadCosts:
+    m, dt = wl.model, wl.dtype_bytes
+    gpu = Processor.gpu(system.gpu)
+    t = ops_time_s(head_ops(m, wl.batch, dt), gpu)
+    return HeadCosts(bytes=(m.head_params()) * dt, decode_gpu_s=t, prefill_gpu_s=t)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Memory:
+    """Bytes per tier, with what they hold."""
+
+    gpu_bytes: float
+    host_bytes: float
+    disk_bytes: float
+    gpu_breakdown: tuple[tuple[str, float], ...]
+    host_breakdown: tuple[tuple[str, float], ...]
+
+    def as_dict(self) -> dict[str, float]:
+        return {"gpu_bytes": self.gpu_bytes, "host_bytes": self.host_bytes, "disk_bytes": self.disk_bytes}
+
+
+def capacity(system: System) -> dict[str, float]:
+    """Usable bytes per tier (capacity less the reserved share)."""
+    return {
+        "gpu_bytes": system.gpu.memory_bytes - system.gpu.reserved_bytes,
+        "host_bytes": system.host.memory_bytes - system.host.reserved_bytes,
+        "disk_bytes": system.disk.capacity_bytes if system.disk else 0.0,
+    }
+
+
+def working_bytes(wl: KvWorkload) -> float:
+    """GPU activations and scratch: the larger of prefill (hidden states of every prompt token, one
+    chunk's intermediates) and a decode step; plus fp32 logits of the last positions."""
+    m, dt, b = wl.model, wl.dtype_bytes, wl.batch
+    per_row = (m.q_dim + 2 * m.kv_dim + 2 * m.experts_per_token * m.intermediate + 2 * m.hidden) * dt
+    tokens = b * wl.prompt_len
+    prefill = 2 * tokens * m.hidden * dt + min(tokens, wl.prefill_chunk_tokens) * per_row
+    decode = 2 * b * m.hidden * dt + b * per_row
+    return max(prefill, decode) + b * m.vocab * 4
+
+
+def memory_use(wl: KvWorkload, layers: Sequence[LayerPolicy], head_on_gpu: bool) -> Memory:
+    m, dt = wl.model, wl.dtype_bytes
+    w_layer = m.layer_params() * dt
+    kv_layer = wl.batch * wl.max_context * m.kv_elements_per_token() * dt
+    act_layer = wl.batch * wl.max_context * m.hidden * dt
+    head = m.head_params() * dt
+    w_gpu = sum(p.weights.gpu for p in layers) * w_layer
+    kv_gpu = sum(p.kv.gpu for p in layers) * kv_layer
+    # Double buffers: the largest streamed share of one layer's weights, and the largest set of
+    # KV positions (transferred, or recomputed from activations) any layer brings in at the last step.
+    w_buf = 2 * max((p.weights.offloaded for p in layers), default=0.0) * w_layer
+    kv_buf = 2 * max(
+        (p.kv.offloaded * max((s.transfer * kv_layer + s.recompute * (kv_layer + act_layer)) for s in p.splits)
+         for p in layers), default=0.0)
+    prefill_kv = 2 * wl.batch * wl.prompt_len * m.kv_elements_per_token() * dt if any(
+        p.kv.offloaded > 0 for p in layers) else 0.0
+    work = working_bytes(wl)
+    gpu = {"weights": w_gpu, "kv": kv_gpu, "head": head if head_on_gpu else 0.0,
+           "weight_buffers": w_buf, "kv_buffers": max(kv_buf, prefill_kv), "working": work}
+    disk_staging = 2 * max((p.weights.disk for p in layers), default=0.0) * w_layer
+    host = {
+        "weights": sum(p.weights.host for p in layers) * w_layer,
+        "kv": sum(p.kv.host for p in layers) * kv_layer,
+        "activations": sum(p.activations_on_host for p in layers) * act_layer,
+        "head": 0.0 if head_on_gpu else head,
+        "disk_staging": disk_staging,
+    }
+    disk = sum(p.weights.disk for p in layers) * w_layer + sum(p.kv.disk for p in layers) * kv_layer
+    return Memory(gpu_bytes=sum(gpu.values()), host_bytes=sum(host.values()), disk_bytes=disk,
+                  gpu_breakdown=tuple(gpu.items()), host_breakdown=tuple(host.items()))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LayerCost:
+    """One layer's predicted times: prefill, and the mean over decode steps, per resource."""
+
+    prefill: tuple[tuple[Resource, float], ...]
+    decode: tuple[tuple[Resource, float], ...]
+    prefill_s: float
+    step_s: float  # mean decode-step time of this layer (mean of per-step maxima)
+
+    @property
+    def binding(self) -> Resource:
+        return max(self.decode, key=lambda kv: kv[1])[0]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KvCost:
+    prefill_s: float
+    decode_s: float
+    step_times_s: np.ndarray
+    layers: tuple[LayerCost, ...]
+    head_step_s: float
+    memory: Memory
+    capacity: dict[str, float]
+
+    @property
+    def step_time_s(self) -> float:
+        return self.decode_s / len(self.step_times_s)
+
+    def shortfalls(self) -> dict[str, float]:
+        """Bytes missing per tier (empty when the plan fits)."""
+        use = self.memory.as_dict()
+        # 1 KiB slack: byte totals are sums of products of LP fractions.
+        return {k: use[k] - self.capacity[k] for k in use if use[k] > self.capacity[k] + 1024}
+
+    @property
+    def feasible(self) -> bool:
+        return not self.shortfalls()
+
+
+def evaluate(wl: KvWorkload, system: System, layers: Sequence[LayerPolicy], *, head_on_gpu: bool = True) -> KvCost:
+    """Predict prefill and decode time and memory of a per-layer policy, exactly (no linearisation).
+
+    Parameters
+    ----------
+    wl : KvWorkload
+        Model, batch and lengths.
+    system : System
+        The hardware.
+    layers : sequence of LayerPolicy
+        One policy per decoder layer; every policy has the same number of context ranges.
+    head_on_gpu : bool
+        Whether embeddings and LM head stay on the GPU (else they are streamed from the host).
+    """
+    if len(layers) != wl.model.n_layers:
+        raise WorkloadError(f"a policy needs one entry per layer ({wl.model.n_layers}), got {len(layers)}")
+    n_ranges = len(layers[0].splits)
+    if any(len(p.splits) != n_ranges for p in layers):
+        raise WorkloadError("every layer policy must have the same number of context ranges")
+    if system.disk is None and any(p.weights.disk > 0 or p.kv.disk > 0 for p in layers):
+        raise WorkloadError(f"the policy puts data on disk but system {system.name!r} has no disk")
+    contexts = wl.contexts().astype(float)
+    bounds = range_bounds(wl.gen_len, n_ranges)
+    pc = prefill_costs(wl, system)
+    hc = head_costs(wl, system)
+    cache: dict[LayerPolicy, tuple[LayerCost, np.ndarray]] = {}
+    step_total = np.zeros_like(contexts)
+    costs = []
+    for pol in layers:
+        if pol not in cache:
+            per_step = np.zeros_like(contexts)
+            sums = {r: 0.0 for r in Resource}
+            uc0 = None
+            for (a, b), split in zip(bounds, pol.splits):
+                c = contexts[a:b]
+                mid = float(np.mean(c))
+                off = pol.kv.offloaded
+                uc = unit_costs(wl, system, context=mid, gpu_attn_tokens=mid * (1 - off * split.cpu),
+                                recompute_tokens=mid * off * split.recompute, cpu_tokens=mid * off * split.cpu)
+                uc0 = uc0 or uc
+                t = layer_step_times(uc, pol.weights, pol.kv, pol.activations_on_host, split, c)
+                per_step[a:b] = np.max(np.stack(list(t.values())), axis=0)
+                for r in Resource:
+                    sums[r] += float(t[r].sum())
+            pre = layer_prefill_times(pc, uc0, pol.weights, pol.kv, pol.activations_on_host)
+            cache[pol] = (
+                LayerCost(prefill=tuple(pre.items()), decode=tuple((r, sums[r] / len(contexts)) for r in Resource),
+                          prefill_s=max(pre.values()), step_s=float(per_step.mean())),
+                per_step,
+            )
+        cost, per_step = cache[pol]
+        costs.append(cost)
+        step_total += per_step
+    uc_any = unit_costs(wl, system, context=float(contexts.mean()), gpu_attn_tokens=1, recompute_tokens=1, cpu_tokens=1)
+    head_step = hc.step_s(head_on_gpu, uc_any)
+    step_total += head_step
+    head_prefill = hc.step_s(head_on_gpu, uc_any)
+    return KvCost(
+        prefill_s=sum(c.prefill_s for c in costs) + head_prefill,
+        decode_s=float(step_total.sum()),
+        step_times_s=step_total,
+        layers=tuple(costs),
+        head_step_s=head_step,
+        memory=memory_use(wl, layers, head_on_gpu),
+        capacity=capacity(system),
+    )

@@ -1,0 +1,310 @@
+"""Load hardware profiles from YAML: parts (gpu, host, link, disk), curve sets and systems.
+
+A system file names its parts by bundled name, by a path relative to itself (``*.yaml``), or
+defines them inline as mappings. Overrides such as ``link.h2d=12GB/s`` or ``link=pcie5-x16``
+replace one number or one part, so a what-if study changes exactly what it says.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hwprofiles.errors import ProfileError
+from hwprofiles.types import (
+    Curve,
+    CurveSet,
+    Disk,
+    Gpu,
+    Host,
+    Link,
+    OpClass,
+    Part,
+    Provenance,
+    Source,
+    System,
+)
+from hwprofiles.units import Dimension, parse_quantity
+
+DATA_DIR = Path(__file__).parent / "data"
+CURVES_DIR = Path(__file__).parent / "curves"
+
+PART_DIRS = {"gpu": "gpus", "host": "hosts", "link": "links", "disk": "disks", "system": "systems"}
+
+# yaml key -> (dataclass field, dimension) for each part kind; every key is required.
+SCHEMA: dict[str, dict[str, tuple[str, Dimension]]] = {
+    "gpu": {
+        "memory": ("memory_bytes", Dimension.BYTES),
+        "memory_bandwidth": ("memory_bytes_per_s", Dimension.BANDWIDTH),
+        "flops_fp16": ("fp16_flop_per_s", Dimension.COMPUTE),
+        "flops_fp32": ("fp32_flop_per_s", Dimension.COMPUTE),
+        "reserved_memory": ("reserved_bytes", Dimension.BYTES),
+        "launch_overhead": ("launch_overhead_s", Dimension.TIME),
+    },
+    "host": {
+        "memory": ("memory_bytes", Dimension.BYTES),
+        "memory_bandwidth": ("memory_bytes_per_s", Dimension.BANDWIDTH),
+        "flops_fp32": ("fp32_flop_per_s", Dimension.COMPUTE),
+        "reserved_memory": ("reserved_bytes", Dimension.BYTES),
+    },
+    "link": {
+        "h2d": ("h2d_bytes_per_s", Dimension.BANDWIDTH),
+        "d2h": ("d2h_bytes_per_s", Dimension.BANDWIDTH),
+        "latency": ("latency_s", Dimension.TIME),
+        "pageable_factor": ("pageable_factor", Dimension.RATIO),
+        "bidirectional_factor": ("bidirectional_factor", Dimension.RATIO),
+    },
+    "disk": {
+        "capacity": ("capacity_bytes", Dimension.BYTES),
+        "read_bandwidth": ("read_bytes_per_s", Dimension.BANDWIDTH),
+        "write_bandwidth": ("write_bytes_per_s", Dimension.BANDWIDTH),
+        "latency": ("latency_s", Dimension.TIME),
+    },
+}
+# Quantities that may be zero (a zero latency is a valid what-if; zero capacity is not).
+ZERO_OK = {"reserved_memory", "launch_overhead", "latency"}
+RATIO_MAX = {"pageable_factor", "bidirectional_factor"}
+PART_CLASSES: dict[str, type[Part]] = {"gpu": Gpu, "host": Host, "link": Link, "disk": Disk}
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ProfileError(f"profile file not found: {path}") from None
+    except OSError as err:
+        raise ProfileError(f"cannot read profile file {path}: {err.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err)
+        raise ProfileError(f"malformed YAML{at}: {problem} ({path})") from None
+    if not isinstance(data, dict):
+        raise ProfileError(f"a profile must be a YAML mapping, got {type(data).__name__} ({path})")
+    return data
+
+
+def list_parts(kind: str) -> list[str]:
+    """Names of the bundled parts of one kind (``gpu``, ``host``, ``link``, ``disk``, ``system``)."""
+    if kind not in PART_DIRS:
+        raise ProfileError(f"part kind must be one of {sorted(PART_DIRS)}, got {kind!r}")
+    return sorted(p.stem for p in (DATA_DIR / PART_DIRS[kind]).glob("*.yaml"))
+
+
+def list_systems() -> list[str]:
+    """Names of the bundled systems, usable as ``--hw NAME``."""
+    return list_parts("system")
+
+
+def _bundled_path(kind: str, name: str) -> Path:
+    path = DATA_DIR / PART_DIRS[kind] / f"{name}.yaml"
+    if not path.exists():
+        raise ProfileError(
+            f"unknown {kind} {name!r}; bundled {kind}s are: {', '.join(list_parts(kind))}"
+        )
+    return path
+
+
+def _provenance(entry: Mapping[str, Any], field: str, file: str) -> Provenance:
+    raw = entry.get("source")
+    try:
+        source = Source(raw)
+    except ValueError:
+        raise ProfileError(
+            f"{field}.source must be one of {[s.value for s in Source]}, got {raw!r} ({file})"
+        ) from None
+    ref = entry.get("ref")
+    if not isinstance(ref, str) or not ref.strip():
+        raise ProfileError(f"{field}.ref must cite where the number comes from, got {ref!r} ({file})")
+    return Provenance(source=source, ref=ref.strip())
+
+
+def _quantity(entry: Any, key: str, dimension: Dimension, field: str, file: str) -> tuple[float, Provenance]:
+    if not isinstance(entry, Mapping) or "value" not in entry:
+        raise ProfileError(
+            f"{field} must be a mapping {{value: '<number> <unit>', source: ..., ref: ...}}, "
+            f"got {entry!r} ({file})"
+        )
+    unknown = set(entry) - {"value", "source", "ref"}
+    if unknown:
+        raise ProfileError(f"{field} has unknown keys {sorted(unknown)} ({file})")
+    value = parse_quantity(entry["value"], dimension, field=field, file=file, allow_zero=key in ZERO_OK)
+    if key in RATIO_MAX and value > 1.0:
+        raise ProfileError(f"{field} must be at most 100 %, got {entry['value']!r} ({file})")
+    return value, _provenance(entry, field, file)
+
+
+def load_curves(name: str, *, field: str = "efficiency", file: str = "") -> CurveSet:
+    """Load a bundled efficiency curve set by name."""
+    path = CURVES_DIR / f"{name}.yaml"
+    if not path.exists():
+        known = ", ".join(sorted(p.stem for p in CURVES_DIR.glob("*.yaml")))
+        raise ProfileError(f"{field} names unknown curve set {name!r}; known: {known} ({file})")
+    return parse_curves(_read_yaml(path), file=str(path))
+
+
+def parse_curves(data: Mapping[str, Any], *, file: str) -> CurveSet:
+    """Build a CurveSet from its YAML mapping (bundled file or inline in a measured profile)."""
+
+    def curve(points: Any, field: str, dimension: Dimension) -> Curve:
+        if not isinstance(points, list) or not points:
+            raise ProfileError(f"{field} must be a non-empty list of [size, ratio] pairs ({file})")
+        sizes, values = [], []
+        for i, point in enumerate(points):
+            if not isinstance(point, list) or len(point) != 2:
+                raise ProfileError(f"{field}[{i}] must be a [size, ratio] pair, got {point!r} ({file})")
+            sizes.append(parse_quantity(point[0], dimension, field=f"{field}[{i}]", file=file))
+            values.append(parse_quantity(point[1], Dimension.RATIO, field=f"{field}[{i}]", file=file))
+        if any(b <= a for a, b in zip(sizes, sizes[1:])):
+            raise ProfileError(f"{field} sizes must increase strictly, got {[p[0] for p in points]} ({file})")
+        if any(v > 1.0 for v in values):
+            raise ProfileError(f"{field} ratios must be at most 100 % ({file})")
+        return Curve(sizes=tuple(sizes), values=tuple(values))
+
+    compute = data.get("compute")
+    if not isinstance(compute, Mapping):
+        raise ProfileError(f"curves.compute must map op classes to curves ({file})")
+    missing = [c.value for c in OpClass if c.value not in compute]
+    if missing:
+        raise ProfileError(f"curves.compute is missing op classes {missing} ({file})")
+    return CurveSet(
+        name=str(data.get("name", Path(file).stem)),
+        compute=tuple(
+            (c, curve(compute[c.value], f"curves.compute.{c.value}", Dimension.FLOP)) for c in OpClass
+        ),
+        memory=curve(data.get("memory"), "curves.memory", Dimension.BYTES),
+        provenance=_provenance(data, "curves", file),
+    )
+
+
+def parse_part(kind: str, data: Mapping[str, Any], *, file: str, prefix: str = "") -> Part:
+    """Validate one part mapping and build its dataclass. ``prefix`` names it in errors."""
+    prefix = prefix or kind
+    if data.get("kind", kind) != kind:
+        raise ProfileError(f"{prefix}.kind must be {kind!r}, got {data.get('kind')!r} ({file})")
+    name = data.get("name")
+    if not isinstance(name, str) or not name:
+        raise ProfileError(f"{prefix}.name must be a non-empty string, got {name!r} ({file})")
+    schema = SCHEMA[kind]
+    allowed = set(schema) | {"kind", "name", "description"} | ({"efficiency"} if kind in ("gpu", "host") else set())
+    unknown = set(data) - allowed
+    if unknown:
+        raise ProfileError(f"{prefix} has unknown fields {sorted(unknown)}; allowed: {sorted(allowed)} ({file})")
+    kwargs: dict[str, Any] = {"name": name, "description": str(data.get("description", "")), "file": file}
+    provenance = []
+    for key, (attr, dimension) in schema.items():
+        if key not in data:
+            raise ProfileError(f"{prefix}.{key} is missing ({file})")
+        kwargs[attr], prov = _quantity(data[key], key, dimension, f"{prefix}.{key}", file)
+        provenance.append((key, prov))
+    if kind in ("gpu", "host"):
+        eff = data.get("efficiency")
+        if isinstance(eff, str):
+            kwargs["curves"] = load_curves(eff, field=f"{prefix}.efficiency", file=file)
+        elif isinstance(eff, Mapping):
+            kwargs["curves"] = parse_curves(eff, file=file)
+        else:
+            raise ProfileError(f"{prefix}.efficiency must name a curve set or define one, got {eff!r} ({file})")
+    return PART_CLASSES[kind](provenance=tuple(provenance), **kwargs)
+
+
+def _resolve_part(kind: str, ref: Any, base: Path, file: str) -> Part:
+    if isinstance(ref, Mapping):
+        return parse_part(kind, ref, file=file, prefix=f"system.{kind}")
+    if not isinstance(ref, str) or not ref:
+        raise ProfileError(f"system.{kind} must name a bundled {kind}, a .yaml path or a mapping, got {ref!r} ({file})")
+    if ref.endswith((".yaml", ".yml")):
+        path = (base / ref).resolve()
+        return parse_part(kind, _read_yaml(path), file=str(path))
+    path = _bundled_path(kind, ref)
+    return parse_part(kind, _read_yaml(path), file=str(path))
+
+
+def load_part(kind: str, name_or_path: str) -> Part:
+    """Load one bundled part by name, or a part file by path."""
+    if kind not in SCHEMA:
+        raise ProfileError(f"part kind must be one of {sorted(SCHEMA)}, got {kind!r}")
+    return _resolve_part(kind, name_or_path, Path.cwd(), "<command line>")
+
+
+def load_system(name_or_path: str | Path, overrides: Iterable[str] = ()) -> System:
+    """Load a system by bundled name or YAML path and apply ``--set`` style overrides.
+
+    Parameters
+    ----------
+    name_or_path : str or Path
+        A bundled system name (``tierplan hw list``) or a path to a system YAML file.
+    overrides : iterable of str
+        ``part.field=quantity`` (``link.h2d=12GB/s``) or ``part=name`` (``link=pcie5-x16``).
+
+    Examples
+    --------
+    >>> s = load_system("a100-40gb", ["link.h2d=12GB/s"])
+    >>> s.link.h2d_bytes_per_s
+    12000000000.0
+    """
+    text = str(name_or_path)
+    if text.endswith((".yaml", ".yml")) or Path(text).exists() and Path(text).is_file():
+        path = Path(text).resolve()
+    else:
+        path = _bundled_path("system", text)
+    data = _read_yaml(path)
+    file = str(path)
+    if data.get("kind") != "system":
+        raise ProfileError(f"kind must be 'system' in a system file, got {data.get('kind')!r} ({file})")
+    allowed = {"kind", "name", "description", "gpu", "host", "link", "disk"}
+    unknown = set(data) - allowed
+    if unknown:
+        raise ProfileError(f"system has unknown fields {sorted(unknown)}; allowed: {sorted(allowed)} ({file})")
+    parts: dict[str, Part | None] = {}
+    for kind in ("gpu", "host", "link"):
+        if kind not in data:
+            raise ProfileError(f"system.{kind} is missing ({file})")
+        parts[kind] = _resolve_part(kind, data[kind], path.parent, file)
+    parts["disk"] = _resolve_part("disk", data["disk"], path.parent, file) if data.get("disk") else None
+    system = System(
+        name=str(data.get("name", path.stem)),
+        description=str(data.get("description", "")),
+        file=file,
+        **parts,  # type: ignore[arg-type]
+    )
+    return apply_overrides(system, overrides)
+
+
+def apply_overrides(system: System, overrides: Iterable[str]) -> System:
+    """Return ``system`` with each override applied in order (the system is not changed)."""
+    applied = list(system.overrides)
+    for text in overrides:
+        where = f"--set {text}"
+        key, sep, value = text.partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or not key or not value:
+            raise ProfileError(f"an override must read 'part.field=value' or 'part=name', got {text!r}")
+        kind, dot, field = key.partition(".")
+        if kind not in SCHEMA:
+            raise ProfileError(f"override part must be one of {sorted(SCHEMA)}, got {kind!r} in {where!r}")
+        if not dot:
+            part = _resolve_part(kind, value, Path.cwd(), where)
+            system = dataclasses.replace(system, **{kind: part})
+        else:
+            current = getattr(system, kind)
+            if current is None:
+                raise ProfileError(f"system {system.name!r} has no {kind}; add one with '--set {kind}=NAME' first")
+            if field not in SCHEMA[kind]:
+                raise ProfileError(f"{kind} has no field {field!r}; fields are {sorted(SCHEMA[kind])} (in {where!r})")
+            attr, dimension = SCHEMA[kind][field]
+            number = parse_quantity(value, dimension, field=key, file=where, allow_zero=field in ZERO_OK)
+            if field in RATIO_MAX and number > 1.0:
+                raise ProfileError(f"{key} must be at most 100 %, got {value!r} (in {where!r})")
+            provenance = dict(current.provenance)
+            provenance[field] = Provenance(source=Source.OVERRIDE, ref=where)
+            part = dataclasses.replace(current, **{attr: number, "provenance": tuple(provenance.items())})
+            system = dataclasses.replace(system, **{kind: part})
+        applied.append(text)
+    return dataclasses.replace(system, overrides=tuple(applied))

@@ -1,0 +1,157 @@
+"""Every shared type of hwprofiles: sources, efficiency curves, and the parts of a system.
+
+All floats are SI base units and the unit is in the field name.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+class Source(enum.StrEnum):
+    DATASHEET = "datasheet"
+    MEASURED = "measured"
+    FITTED = "fitted"
+    ESTIMATE = "estimate"
+    OVERRIDE = "override"
+
+
+class OpClass(enum.StrEnum):
+    """Shape classes with their own compute-efficiency curve."""
+
+    GEMM = "gemm"
+    GEMV = "gemv"
+    ATTENTION = "attention"
+    ELEMENTWISE = "elementwise"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Provenance:
+    """Where a number came from: a datasheet, a measurement, a fit, an estimate or an override."""
+
+    source: Source
+    ref: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Curve:
+    """A ratio that depends on an operation's size, piecewise linear in log10(size).
+
+    Outside the measured range the end values hold (no extrapolation).
+
+    Examples
+    --------
+    >>> c = Curve(sizes=(1e6, 1e9), values=(0.1, 0.7))
+    >>> round(float(c(10**7.5)), 3)
+    0.4
+    >>> float(c(1.0)), float(c(1e12))
+    (0.1, 0.7)
+    """
+
+    sizes: tuple[float, ...]
+    values: tuple[float, ...]
+
+    def __call__(self, size: float | np.ndarray) -> float | np.ndarray:
+        x = np.log10(np.maximum(np.asarray(size, dtype=float), 1.0))
+        return np.interp(x, np.log10(self.sizes), self.values)
+
+    @classmethod
+    def flat(cls, value: float) -> Curve:
+        return cls(sizes=(1.0,), values=(value,))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CurveSet:
+    """Compute efficiency by op class (over FLOPs) and memory efficiency (over bytes)."""
+
+    name: str
+    compute: tuple[tuple[OpClass, Curve], ...]
+    memory: Curve
+    provenance: Provenance
+
+    def compute_curve(self, op_class: OpClass) -> Curve:
+        return dict(self.compute)[op_class]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Part:
+    """Fields common to every part of a system."""
+
+    name: str
+    description: str
+    file: str
+    provenance: tuple[tuple[str, Provenance], ...] = field(default=())
+
+    def source_of(self, key: str) -> Provenance:
+        return dict(self.provenance)[key]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Gpu(Part):
+    memory_bytes: float
+    memory_bytes_per_s: float
+    fp16_flop_per_s: float
+    fp32_flop_per_s: float
+    reserved_bytes: float
+    launch_overhead_s: float
+    curves: CurveSet
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Host(Part):
+    memory_bytes: float
+    memory_bytes_per_s: float
+    fp32_flop_per_s: float
+    reserved_bytes: float
+    curves: CurveSet
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Link(Part):
+    """The GPU-host link; bandwidths are what pinned copies achieve for large transfers."""
+
+    h2d_bytes_per_s: float
+    d2h_bytes_per_s: float
+    latency_s: float
+    pageable_factor: float
+    bidirectional_factor: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Disk(Part):
+    capacity_bytes: float
+    read_bytes_per_s: float
+    write_bytes_per_s: float
+    latency_s: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class System:
+    """One GPU, its host, the link between them and optionally a disk."""
+
+    name: str
+    description: str
+    file: str
+    gpu: Gpu
+    host: Host
+    link: Link
+    disk: Disk | None
+    overrides: tuple[str, ...] = ()
+
+    def summary(self) -> dict[str, object]:
+        """A JSON-friendly identification of the hardware (used in plans)."""
+        return {
+            "system": self.name,
+            "gpu": self.gpu.name,
+            "host": self.host.name,
+            "link": self.link.name,
+            "disk": self.disk.name if self.disk else None,
+            "overrides": list(self.overrides),
+            "gpu_memory_bytes": self.gpu.memory_bytes,
+            "host_memory_bytes": self.host.memory_bytes,
+            "h2d_bytes_per_s": self.link.h2d_bytes_per_s,
+            "d2h_bytes_per_s": self.link.d2h_bytes_per_s,
+        }
