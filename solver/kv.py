@@ -1,0 +1,330 @@
+"""Plan KV cache and weight placement for LLM inference; evaluate named baseline policies.
+
+``plan_kv`` solves the placement MIP for each candidate batch, re-costs every solution with the
+exact cost model, simulates the chosen plan's timeline, and evaluates every baseline the same way.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+from costmodel import (
+    Fractions,
+    KvCost,
+    KvWorkload,
+    LayerPolicy,
+    TokenSplit,
+    capacity,
+    evaluate,
+    range_bounds,
+    working_bytes,
+)
+from hwprofiles import System, format_bytes
+from solver.backends import SolveStatus
+from solver.errors import PlanError
+from solver.kv_formulation import CPU, MOVE, Mode, Restriction, solve_kv
+from solver.plan import Plan, Status
+from solver.timeline import simulated_total_s
+
+OBJECTIVES = ("throughput", "latency")
+BASELINES = ("gpu-only", "kv-offload", "full-offload", "kvpr", "flexgen")
+
+
+def batch_candidates(max_batch: int, objective: str) -> list[int]:
+    """Batches the throughput objective tries: powers of two up to ``max_batch``, and ``max_batch``.
+
+    >>> batch_candidates(48, "throughput")
+    [1, 2, 4, 8, 16, 32, 48]
+    """
+    if objective == "latency":
+        return [max_batch]
+    out = [1 << i for i in range(max_batch.bit_length()) if (1 << i) < max_batch]
+    return out + [max_batch]
+
+
+def metrics(wl: KvWorkload, cost: KvCost) -> dict[str, float]:
+    """The predicted-time fields of a plan (FlexGen's throughput: generated tokens / total time)."""
+    total = cost.prefill_s + cost.decode_s
+    generated = wl.batch * wl.gen_len
+    return {
+        "prefill_s": cost.prefill_s,
+        "decode_s": cost.decode_s,
+        "step_time_s": cost.step_time_s,
+        "total_s": total,
+        "tokens_per_s": generated / total,
+        "decode_tokens_per_s": generated / cost.decode_s,
+        "batch": wl.batch,
+    }
+
+
+def _score(wl: KvWorkload, cost: KvCost, objective: str) -> float:
+    """Lower is better."""
+    total = cost.prefill_s + cost.decode_s
+    return total if objective == "latency" else -wl.batch * wl.gen_len / total
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Evaluated:
+    """A policy at one batch, costed exactly."""
+
+    workload: KvWorkload
+    policies: tuple[LayerPolicy, ...]
+    head_on_gpu: bool
+    cost: KvCost
+    mode_counts: tuple[tuple[str, int], ...] = ()
+    lp_estimate_s: float | None = None
+
+
+def parse_flexgen(text: str) -> tuple[float, ...]:
+    """``flexgen:wg,wc,cg,cc,hg,hc`` percentages (FlexGen's policy notation).
+
+    >>> parse_flexgen("flexgen:20,80,0,100,0,100")
+    (0.2, 0.8, 0.0, 1.0, 0.0, 1.0)
+    """
+    _, _, rest = text.partition(":")
+    parts = rest.split(",")
+    if len(parts) != 6:
+        raise PlanError(f"flexgen percentages must be 'flexgen:wg,wc,cg,cc,hg,hc' (six numbers), got {text!r}")
+    try:
+        values = tuple(float(p) / 100.0 for p in parts)
+    except ValueError:
+        raise PlanError(f"flexgen percentages must be numbers, got {text!r}") from None
+    if any(v < 0 or v > 1 for v in values):
+        raise PlanError(f"flexgen percentages must lie in 0..100, got {text!r}")
+    for name, (a, b) in (("wg+wc", values[0:2]), ("cg+cc", values[2:4]), ("hg+hc", values[4:6])):
+        if a + b > 1 + 1e-9:
+            raise PlanError(f"flexgen {name} must be at most 100, got {text!r}")
+    return values
+
+
+def _restriction(name: str, has_disk: bool) -> Restriction:
+    off = "disk" if has_disk else "host"
+    table = {
+        "gpu-only": Restriction(modes=(Mode("gpu", "gpu"),)),
+        "kv-offload": Restriction(modes=(Mode("gpu", "host", MOVE),), kv_all_offloaded=True),
+        "full-offload": Restriction(modes=(Mode("host", "host", MOVE),), weights_all_offloaded=True,
+                                    kv_all_offloaded=True),
+        "kvpr": Restriction(modes=(Mode("gpu", "host", MOVE, act=True),), kv_all_offloaded=True),
+        # FlexGen: one uniform policy with CPU attention over offloaded KV; percentages free over all tiers.
+        "flexgen": Restriction(modes=(Mode(off, off, CPU),)),
+    }
+    return table[name]
+
+
+def _solve_at(wl: KvWorkload, system: System, restriction: Restriction, *, n_ranges: int, kv_groups: int,
+              backend: str | None, time_limit_s: float, stats: dict) -> Evaluated | None:
+    sol = solve_kv(wl, system, n_ranges=n_ranges, kv_groups=kv_groups, restriction=restriction,
+                   backend=backend, time_limit_s=time_limit_s)
+    stats["solves"] += 1
+    stats["solve_time_s"] += sol.result.solve_time_s
+    stats["backend"] = sol.result.backend
+    stats["statuses"].add(sol.result.status.value)
+    stats["n_variables"] = max(stats["n_variables"], sol.result.n_variables)
+    if not sol.policies:
+        return None
+    cost = evaluate(wl, system, sol.policies, head_on_gpu=sol.head_on_gpu)
+    if not cost.feasible:  # the MIP's memory bounds are conservative, so this means a bug; never hide it
+        raise PlanError(f"internal: MIP plan does not fit when evaluated exactly: short {cost.shortfalls()}")
+    return Evaluated(workload=wl, policies=sol.policies, head_on_gpu=sol.head_on_gpu, cost=cost,
+                     mode_counts=sol.mode_counts, lp_estimate_s=sol.lp_estimate_s)
+
+
+def _best(cands: Sequence[Evaluated], objective: str) -> Evaluated | None:
+    return min(cands, key=lambda e: _score(e.workload, e.cost, objective), default=None)
+
+
+def flexgen_policies(wl: KvWorkload, values: tuple[float, ...], n_ranges: int) -> tuple[LayerPolicy, ...]:
+    wg, wc, cg, cc, _, _ = values
+    pol = LayerPolicy(weights=Fractions(gpu=wg, host=wc, disk=max(0.0, 1 - wg - wc)),
+                      kv=Fractions(gpu=cg, host=cc, disk=max(0.0, 1 - cg - cc)),
+                      splits=(TokenSplit(transfer=0.0, cpu=1.0),) * n_ranges)
+    return (pol,) * wl.model.n_layers
+
+
+def evaluate_policy(name: str, wl: KvWorkload, system: System, *, objective: str = "throughput",
+                    n_ranges: int = 4, backend: str | None = None, time_limit_s: float = 10.0,
+                    stats: dict | None = None) -> tuple[Evaluated | None, str]:
+    """Evaluate a named policy at its best batch (throughput) or at the workload's batch (latency).
+
+    Returns the evaluated policy (None if infeasible) and a reason when infeasible.
+    """
+    stats = stats if stats is not None else _new_stats()
+    cands = []
+    for b in batch_candidates(wl.batch, objective):
+        wlb = wl.with_batch(b)
+        if name.startswith("flexgen:"):
+            values = parse_flexgen(name)
+            if system.disk is None and (values[0] + values[1] < 1 - 1e-9 or values[2] + values[3] < 1 - 1e-9):
+                return None, f"{name} puts data on disk but system {system.name!r} has no disk"
+            pols = flexgen_policies(wlb, values, n_ranges)
+            cost = evaluate(wlb, system, pols)
+            if cost.feasible:
+                cands.append(Evaluated(workload=wlb, policies=pols, head_on_gpu=True, cost=cost))
+            continue
+        if name not in BASELINES:
+            raise PlanError(f"unknown policy {name!r}; policies are {', '.join(BASELINES)} or flexgen:wg,wc,cg,cc,hg,hc")
+        ev = _solve_at(wlb, system, _restriction(name, system.disk is not None), n_ranges=n_ranges, kv_groups=0,
+                       backend=backend, time_limit_s=time_limit_s, stats=stats)
+        if ev is not None:
+            cands.append(ev)
+    best = _best(cands, objective)
+    if best is None:
+        return None, f"{name} does not fit at any batch up to {wl.batch}: {explain_infeasible(wl.with_batch(1), system)}"
+    return best, ""
+
+
+def _new_stats() -> dict:
+    return {"solves": 0, "solve_time_s": 0.0, "backend": None, "statuses": set(), "n_variables": 0}
+
+
+def explain_infeasible(wl: KvWorkload, system: System) -> str:
+    """Which tier is short, by how many bytes, and what would fix it."""
+    m, dt = wl.model, wl.dtype_bytes
+    cap = capacity(system)
+    weights = m.n_layers * m.layer_params() * dt + m.head_params() * dt
+    kv = m.n_layers * wl.batch * wl.max_context * m.kv_elements_per_token() * dt
+    # GPU floor: working memory plus double buffers for one streamed layer and its KV (prefill).
+    gpu_floor = working_bytes(wl) + 2 * m.layer_params() * dt + 2 * wl.batch * wl.prompt_len * m.kv_elements_per_token() * dt
+    if gpu_floor > cap["gpu_bytes"]:
+        return (f"GPU memory is short by {format_bytes(gpu_floor - cap['gpu_bytes'])}: even with all weights and KV "
+                f"offloaded, activations and double buffers need {format_bytes(gpu_floor)} of "
+                f"{format_bytes(cap['gpu_bytes'])} usable; lower --batch or --prompt")
+    total_cap = cap["gpu_bytes"] - gpu_floor + cap["host_bytes"] + cap["disk_bytes"]
+    need = weights + kv
+    if need > total_cap:
+        per_seq = kv / wl.batch
+        fit = int((total_cap - weights) // per_seq) if total_cap > weights else 0
+        fixes = ["more host memory (--set host.memory=...)"]
+        if system.disk is None:
+            fixes.insert(0, "a disk tier (--set disk=nvme-gen4)")
+        fixes.append(f"a batch of at most {fit}" if fit >= 1 else "a shorter context")
+        return (f"memory is short by {format_bytes(need - total_cap)}: weights {format_bytes(weights)} + KV "
+                f"{format_bytes(kv)} (batch {wl.batch} x {wl.max_context} tokens) exceed GPU {format_bytes(cap['gpu_bytes'])} "
+                f"+ host {format_bytes(cap['host_bytes'])} + disk {format_bytes(cap['disk_bytes'])} usable; "
+                f"try {', or '.join(fixes)}")
+    return ("no placement satisfies every capacity at once (buffers for streaming are counted per tier); "
+            "lower --batch or add host memory")
+
+
+def _layer_entries(ev: Evaluated) -> list[dict]:
+    wl = ev.workload
+    contexts = wl.contexts()
+    bounds = range_bounds(wl.gen_len, len(ev.policies[0].splits))
+    entries = []
+    for i, (pol, lc) in enumerate(zip(ev.policies, ev.cost.layers)):
+        actions = []
+        tok = {"transferred": 0.0, "recomputed": 0.0, "cpu_attended": 0.0}
+        for (a, b), s in zip(bounds, pol.splits):
+            actions.append({"steps": [a, b], "context": [int(contexts[a]), int(contexts[b - 1])],
+                            "transfer": s.transfer, "recompute": s.recompute, "cpu": s.cpu})
+            off_tokens = float(contexts[a:b].sum()) * pol.kv.offloaded / wl.gen_len
+            tok["transferred"] += off_tokens * s.transfer
+            tok["recomputed"] += off_tokens * s.recompute
+            tok["cpu_attended"] += off_tokens * s.cpu
+        entries.append({
+            "index": i,
+            "weights": pol.weights.as_dict(),
+            "kv": pol.kv.as_dict(),
+            "activations_on_host": pol.activations_on_host,
+            "kv_actions": actions,
+            "tokens_per_step": tok,  # per sequence, mean over decode steps
+            "prefill_s": lc.prefill_s,
+            "step_time_s": lc.step_s,
+            "binding": lc.binding.value,
+            "decode_resource_s": {r.value: v for r, v in lc.decode},
+        })
+    return entries
+
+
+def plan_kv(wl: KvWorkload, system: System, *, objective: str = "throughput", n_ranges: int = 4,
+            kv_groups: int = 0, backend: str | None = None, time_limit_s: float = 10.0,
+            baselines: Sequence[str] = BASELINES, simulate: bool = True) -> Plan:
+    """Plan weights and KV placement and per-token actions for every layer.
+
+    Parameters
+    ----------
+    wl : KvWorkload
+        Model and lengths; ``wl.batch`` is the largest batch (throughput) or the batch (latency).
+    system : System
+        Hardware profile.
+    objective : {"throughput", "latency"}
+        Maximise generated tokens per second over candidate batches, or minimise total time at ``wl.batch``.
+    n_ranges : int
+        Decode context ranges that may each use their own token split.
+    kv_groups : int
+        Place KV per group of heads (integer groups per layer) instead of by token share.
+    """
+    if objective not in OBJECTIVES:
+        raise PlanError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+    if kv_groups and wl.model.n_kv_heads % kv_groups:
+        raise PlanError(f"--kv-groups must divide the model's {wl.model.n_kv_heads} KV heads, got {kv_groups}")
+    started = time.perf_counter()
+    stats = _new_stats()
+    cands = []
+    for b in batch_candidates(wl.batch, objective):
+        ev = _solve_at(wl.with_batch(b), system, Restriction(), n_ranges=n_ranges, kv_groups=kv_groups,
+                       backend=backend, time_limit_s=time_limit_s, stats=stats)
+        if ev is not None:
+            cands.append(ev)
+    best = _best(cands, objective)
+    base = {}
+    for name in baselines:
+        ev, reason = evaluate_policy(name, wl, system, objective=objective, n_ranges=n_ranges, backend=backend,
+                                     time_limit_s=time_limit_s, stats=stats)
+        base[name] = ({"status": "infeasible", "reason": reason} if ev is None
+                      else {"status": "feasible", "predicted": metrics(ev.workload, ev.cost),
+                            "mode_counts": dict(ev.mode_counts)})
+    hw = system.summary()
+    solver_info = {"backend": stats["backend"], "solves": stats["solves"],
+                   "solve_time_s": stats["solve_time_s"], "statuses": sorted(stats["statuses"]),
+                   "n_variables": stats["n_variables"], "batch_candidates": batch_candidates(wl.batch, objective),
+                   "kv_groups": kv_groups, "n_ranges": n_ranges}
+    if best is None:
+        solver_info["wall_time_s"] = time.perf_counter() - started
+        status = Status.INFEASIBLE if SolveStatus.INFEASIBLE.value in stats["statuses"] else Status.TIME_LIMIT
+        return Plan(kind="kv", status=status, objective=objective, workload=wl.summary(), hardware=hw,
+                    capacity=capacity(system), baselines=base, solver=solver_info,
+                    explanation=explain_infeasible(wl.with_batch(1), system))
+    pred = metrics(best.workload, best.cost)
+    for entry in base.values():
+        if entry["status"] == "feasible":
+            entry["speedup"] = pred["tokens_per_s"] / entry["predicted"]["tokens_per_s"] if objective == "throughput" \
+                else entry["predicted"]["total_s"] / pred["total_s"]
+    solver_info["lp_estimate_s"] = best.lp_estimate_s
+    solver_info["mode_counts"] = dict(best.mode_counts)
+    if simulate:
+        t = time.perf_counter()
+        sim_prefill, sim_decode = simulated_total_s(best.workload, system, best.policies, head_on_gpu=best.head_on_gpu)
+        solver_info["simulated"] = {"prefill_s": sim_prefill, "decode_s": sim_decode,
+                                    "total_s": sim_prefill + sim_decode, "time_s": time.perf_counter() - t}
+    solver_info["wall_time_s"] = time.perf_counter() - started
+    status = Status.OPTIMAL if stats["statuses"] <= {SolveStatus.OPTIMAL.value, SolveStatus.INFEASIBLE.value} \
+        else Status.FEASIBLE
+    mem = best.cost.memory
+    return Plan(
+        kind="kv", status=status, objective=objective, workload={**wl.summary(), "batch": best.workload.batch,
+                                                                 "max_batch": wl.batch},
+        hardware=hw, predicted=pred,
+        memory={**mem.as_dict(), "gpu_breakdown": dict(mem.gpu_breakdown), "host_breakdown": dict(mem.host_breakdown)},
+        capacity=best.cost.capacity, layers=tuple(_layer_entries(best)),
+        head={"on_gpu": best.head_on_gpu, "step_s": best.cost.head_step_s},
+        context_ranges=tuple({"steps": [a, b]} for a, b in range_bounds(wl.gen_len, n_ranges)),
+        baselines=base, solver=solver_info,
+    )
+
+
+def evaluate_plan(plan: Plan, wl: KvWorkload, system: System) -> tuple[KvCost, dict[str, float]]:
+    """Re-cost a plan's decisions on (possibly other) hardware."""
+    pols, head = plan.policies()
+    if len(pols) != wl.model.n_layers:
+        raise PlanError(f"plan has {len(pols)} layers but model {wl.model.name!r} has {wl.model.n_layers}")
+    cost = evaluate(wl, system, pols, head_on_gpu=head)
+    return cost, metrics(wl, cost)
+
+
+__all__ = ["BASELINES", "OBJECTIVES", "Evaluated", "batch_candidates", "evaluate_plan", "evaluate_policy",
+           "explain_infeasible", "metrics", "parse_flexgen", "plan_kv"]
+

@@ -1,0 +1,392 @@
+"""The KV-cache and weight placement MIP: formulate, solve, extract per-layer policies.
+
+Decoder layers are identical, so per-layer binaries would be symmetric and slow branch-and-bound.
+Instead each *mode* (which tiers a layer uses for weights and KV, whether it keeps activations on
+the host to recompute from, and which actions its offloaded KV may take) gets an integer layer
+count ``n_m``, and every continuous decision of the mode is an *aggregate* over its layers (e.g.
+``Wg_m`` = sum of the GPU weight shares of its layers). Each per-layer cost is affine in the
+per-layer decisions, so the perspective ``n_m * a + b * aggregate`` of the cost is exact for an
+equal split, and equal splits are optimal for identical layers. Overlap of compute and transfers is
+modelled with one epigraph variable per mode and context range: T >= GPU, H2D, D2H, disk, CPU.
+Capacity constraints are conservative (full-layer double buffers for any streaming mode), so a plan
+the MIP accepts fits when evaluated exactly.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pulp
+
+from costmodel import (
+    Fractions,
+    KvWorkload,
+    LayerPolicy,
+    TokenSplit,
+    capacity,
+    head_costs,
+    prefill_costs,
+    range_bounds,
+    unit_costs,
+    working_bytes,
+)
+from hwprofiles import System
+from solver.backends import SolveResult, SolveStatus, solve
+
+MOVE, CPU, MIXED = "move", "cpu", "mixed"
+
+
+@dataclass(frozen=True, slots=True)
+class Mode:
+    """A class of layer: weight tiers, KV tiers, whether activations are kept, and KV actions."""
+
+    w: str  # "gpu" (all weights on GPU), "host" (GPU + host shares), "disk" (GPU + host + disk)
+    kv: str  # same tiers for the KV cache
+    action: str = ""  # for offloaded KV: "move" (transfer/recompute), "cpu" (CPU attention), "mixed"
+    act: bool = False  # activations kept on the host (enables recompute)
+
+    @property
+    def name(self) -> str:
+        if self.kv == "gpu":
+            return f"w:{self.w}/kv:gpu"
+        return f"w:{self.w}/kv:{self.kv}/{self.action}{'+act' if self.act else ''}"
+
+    @property
+    def offloads_kv(self) -> bool:
+        return self.kv != "gpu"
+
+    @property
+    def streams_weights(self) -> bool:
+        return self.w != "gpu"
+
+    @property
+    def moves(self) -> bool:
+        return self.action in (MOVE, MIXED)
+
+    @property
+    def uses_cpu(self) -> bool:
+        return self.action in (CPU, MIXED)
+
+
+def all_modes(has_disk: bool) -> list[Mode]:
+    tiers = ("gpu", "host", "disk") if has_disk else ("gpu", "host")
+    modes = []
+    for w in tiers:
+        modes.append(Mode(w, "gpu"))
+        for kv in tiers[1:]:
+            for action in (MOVE, CPU, MIXED):
+                for act in (False, True):
+                    if act and action == CPU:
+                        continue
+                    modes.append(Mode(w, kv, action, act))
+    return modes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Restriction:
+    """Limits that turn the general MIP into a named policy (a baseline)."""
+
+    modes: tuple[Mode, ...] | None = None
+    weights_all_offloaded: bool = False
+    kv_all_offloaded: bool = False
+    head_on_gpu: bool | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MipSolution:
+    result: SolveResult
+    policies: tuple[LayerPolicy, ...] = ()
+    head_on_gpu: bool = True
+    mode_counts: tuple[tuple[str, int], ...] = ()
+    lp_estimate_s: float | None = None  # the MIP's objective: prefill + decode seconds
+    lp_prefill_s: float | None = None
+
+
+@dataclass(slots=True)
+class _Builder:
+    """Collects variables and constraints as coefficient dicts, built into PuLP in bulk."""
+
+    model: pulp.LpProblem
+    n_cons: int = 0
+
+    def add(self, terms: Iterable[tuple[pulp.LpVariable, float]], sense: int, rhs: float, scale: float = 1.0) -> None:
+        """Add ``sum(terms) <sense> rhs``, every coefficient multiplied by ``scale`` (byte rows are
+        scaled to GB so that HiGHS's absolute tolerances mean the same on every row)."""
+        expr = _affine((v, c * scale) for v, c in terms)
+        rhs = rhs * scale
+        self.n_cons += 1
+        self.model.addConstraint(pulp.LpConstraint(expr, sense, f"c{self.n_cons}", rhs))
+
+
+# Row and unit scales. HiGHS drops matrix entries below 1e-9 and uses absolute tolerances, so rows
+# of bytes are scaled to GB, time rows to milliseconds, and token variables count thousands of tokens.
+GB = 1e-9
+MS = 1e3
+KTOK = 1e3
+
+
+def _affine(terms: Iterable[tuple[pulp.LpVariable, float]], constant: float = 0.0) -> pulp.LpAffineExpression:
+    """One affine expression from (variable, coefficient) pairs; repeated variables add up
+    (LpAffineExpression keeps only the last coefficient of a repeated variable)."""
+    coef: dict[pulp.LpVariable, float] = {}
+    for v, c in terms:
+        coef[v] = coef.get(v, 0.0) + c
+    return pulp.LpAffineExpression([(v, c) for v, c in coef.items() if c != 0.0], constant=constant)
+
+
+def solve_kv(wl: KvWorkload, system: System, *, n_ranges: int = 4, kv_groups: int = 0,
+             restriction: Restriction = Restriction(), backend: str | None = None,
+             time_limit_s: float = 10.0, gap_rel: float = 1e-4) -> MipSolution:
+    """Formulate and solve the placement MIP for one batch size.
+
+    Parameters
+    ----------
+    n_ranges : int
+        Context ranges with their own token split (decode context grows each step).
+    kv_groups : int
+        0: KV GPU shares are continuous (by tokens); g > 0: KV is placed in g groups of heads per
+        layer (g must divide the KV heads), so each layer's GPU share is an integer count of groups.
+    """
+    m = wl.model
+    L = m.n_layers
+    has_disk = system.disk is not None
+    modes = list(restriction.modes) if restriction.modes is not None else all_modes(has_disk)
+    modes = [md for md in modes if has_disk or (md.w != "disk" and md.kv != "disk")]
+    bounds = range_bounds(wl.gen_len, n_ranges)
+    contexts = wl.contexts().astype(float)
+    ctx = [float(contexts[a:b].mean()) for a, b in bounds]
+    steps = [b - a for a, b in bounds]
+    ucs = [unit_costs(wl, system, context=c, gpu_attn_tokens=c, recompute_tokens=c, cpu_tokens=c) for c in ctx]
+    pc = prefill_costs(wl, system)
+    hc = head_costs(wl, system)
+    cap = capacity(system)
+    dt = wl.dtype_bytes
+    wb = m.layer_params() * dt
+    kv_layer = wl.batch * wl.max_context * m.kv_elements_per_token() * dt
+    act_layer = wl.batch * wl.max_context * m.hidden * dt
+    prefill_kv_buf = 2 * wl.batch * wl.prompt_len * m.kv_elements_per_token() * dt
+
+    prob = pulp.LpProblem("kv_placement", pulp.LpMinimize)
+    bld = _Builder(prob)
+    V = pulp.LpVariable
+    objective: list[tuple[pulp.LpVariable, float]] = []
+    gpu_mem: list[tuple[pulp.LpVariable, float]] = []
+    host_mem: list[tuple[pulp.LpVariable, float]] = []
+    disk_mem: list[tuple[pulp.LpVariable, float]] = []
+    bw_buf = V("buf_w", lowBound=0)
+    bk_buf = V("buf_kv", lowBound=0)
+    staging = V("staging", lowBound=0)
+    count_terms = []
+    per_mode = []
+    for i, md in enumerate(modes):
+        n = V(f"n{i}", lowBound=0, upBound=L, cat="Integer")
+        y = V(f"y{i}", cat="Binary")
+        count_terms.append((n, 1.0))
+        bld.add([(n, 1.0), (y, -float(L))], pulp.LpConstraintLE, 0.0)
+        bld.add([(n, 1.0), (y, -1.0)], pulp.LpConstraintGE, 0.0)
+        # Weight shares (aggregated over the mode's layers).
+        if md.w == "gpu":
+            wg, wh, wd = None, None, None
+        else:
+            wg = V(f"wg{i}", lowBound=0)
+            wh = V(f"wh{i}", lowBound=0)
+            wd = V(f"wd{i}", lowBound=0) if md.w == "disk" else None
+            bld.add([(wg, 1.0), (wh, 1.0)] + ([(wd, 1.0)] if wd else []) + [(n, -1.0)], pulp.LpConstraintEQ, 0.0)
+            if restriction.weights_all_offloaded:
+                bld.add([(wg, 1.0)], pulp.LpConstraintEQ, 0.0)
+        # KV shares.
+        if md.kv == "gpu":
+            kg, kh, kd = None, None, None
+        else:
+            if kv_groups:
+                g = V(f"kgroups{i}", lowBound=0, upBound=L * kv_groups, cat="Integer")
+                kg = V(f"kg{i}", lowBound=0)
+                bld.add([(kg, float(kv_groups)), (g, -1.0)], pulp.LpConstraintEQ, 0.0)
+            else:
+                kg = V(f"kg{i}", lowBound=0)
+            kh = V(f"kh{i}", lowBound=0)
+            kd = V(f"kd{i}", lowBound=0) if md.kv == "disk" else None
+            bld.add([(kg, 1.0), (kh, 1.0)] + ([(kd, 1.0)] if kd else []) + [(n, -1.0)], pulp.LpConstraintEQ, 0.0)
+            if restriction.kv_all_offloaded:
+                bld.add([(kg, 1.0)], pulp.LpConstraintEQ, 0.0)
+
+        # Memory.
+        gpu_mem += [(n, wb)] if wg is None else [(wg, wb)]
+        gpu_mem += [(n, kv_layer)] if kg is None else [(kg, kv_layer)]
+        if wh is not None:
+            host_mem.append((wh, wb))
+            bld.add([(bw_buf, 1 / GB), (y, -2.0 * wb)], pulp.LpConstraintGE, 0.0, GB)
+        if wd is not None:
+            disk_mem.append((wd, wb))
+            bld.add([(staging, 1 / GB), (y, -2.0 * wb)], pulp.LpConstraintGE, 0.0, GB)
+        if kh is not None:
+            host_mem.append((kh, kv_layer))
+            if md.act:
+                host_mem.append((n, act_layer))
+            kv_buf = prefill_kv_buf
+            if md.moves:
+                kv_buf = max(kv_buf, 2 * (kv_layer + (act_layer if md.act else 0.0)))
+            bld.add([(bk_buf, 1 / GB), (y, -kv_buf)], pulp.LpConstraintGE, 0.0, GB)
+        if kd is not None:
+            disk_mem.append((kd, kv_layer))
+
+        off = [v for v in (kh, kd) if v is not None]
+        streamed = [v for v in (wh, wd) if v is not None]
+        # Decode, per context range.
+        for k, (c, uc) in enumerate(zip(ctx, ucs)):
+            t = V(f"t{i}_{k}", lowBound=0)
+            objective.append((t, float(steps[k])))
+            x = V(f"x{i}_{k}", lowBound=0) if md.offloads_kv and md.moves else None
+            r = V(f"r{i}_{k}", lowBound=0) if md.offloads_kv and md.moves and md.act else None
+            cc = V(f"cpu{i}_{k}", lowBound=0) if md.offloads_kv and md.uses_cpu else None
+            toks = [v for v in (x, r, cc) if v is not None]
+            if off:
+                bld.add([(v, 1.0) for v in toks] + [(v, -c / KTOK) for v in off], pulp.LpConstraintEQ, 0.0)
+            # GPU stream: dense ops + attention over every token not attended on the CPU + recompute.
+            gpu = [(t, 1.0), (n, -(uc.dense_gpu_s + c * uc.attn_gpu_s_per_token))]
+            if cc is not None:
+                gpu.append((cc, uc.attn_gpu_s_per_token * KTOK))
+            if r is not None:
+                gpu.append((r, -uc.recompute_gpu_s_per_token * KTOK))
+            bld.add(gpu, pulp.LpConstraintGE, 0.0, MS)
+            # D2H bytes: the new token's KV for offloaded shares, the new activation, CPU-attention queries.
+            d2h = [(v, uc.kv_bytes_per_token) for v in off]
+            d2h_fixed = (uc.act_bytes_per_token if md.act else 0.0) + (uc.q_bytes if md.uses_cpu else 0.0)
+            n_d2h = (1 if md.offloads_kv else 0) + md.act + md.uses_cpu
+            n_h2d = md.streams_weights + (x is not None) + (r is not None) + md.uses_cpu
+            if n_h2d:
+                h2d = [(t, 1.0), (n, -(n_h2d * uc.link_latency_s
+                                       + ((uc.o_bytes if md.uses_cpu else 0.0)
+                                          + d2h_fixed * uc.bidir_penalty) / uc.h2d_bytes_per_s))]
+                h2d += [(v, -wb / uc.h2d_bytes_per_s) for v in streamed]
+                if x is not None:
+                    h2d.append((x, -uc.kv_bytes_per_token * KTOK / uc.h2d_bytes_per_s))
+                if r is not None:
+                    h2d.append((r, -uc.act_bytes_per_token * KTOK / uc.h2d_bytes_per_s))
+                h2d += [(v, -uc.kv_bytes_per_token * uc.bidir_penalty / uc.h2d_bytes_per_s) for v in off]
+                bld.add(h2d, pulp.LpConstraintGE, 0.0, MS)
+            if n_d2h:
+                scale = (1.0 + uc.bidir_penalty) / uc.d2h_bytes_per_s
+                bld.add([(t, 1.0), (n, -(n_d2h * uc.link_latency_s + d2h_fixed * scale))]
+                        + [(v, -b * scale) for v, b in d2h], pulp.LpConstraintGE, 0.0, MS)
+            if wd is not None or kd is not None:
+                disk = [(t, 1.0), (n, -2 * uc.disk_latency_s)]
+                if wd is not None:
+                    disk.append((wd, -wb / uc.disk_read_bytes_per_s))
+                if kd is not None:
+                    disk.append((kd, -uc.kv_bytes_per_token * (c / uc.disk_read_bytes_per_s
+                                                               + 1.0 / uc.disk_write_bytes_per_s)))
+                bld.add(disk, pulp.LpConstraintGE, 0.0, MS)
+            if cc is not None:
+                chain = (uc.dense_gpu_s + 2 * uc.link_latency_s + uc.q_bytes / uc.d2h_bytes_per_s
+                         + uc.o_bytes / uc.h2d_bytes_per_s)
+                bld.add([(t, 1.0), (n, -chain), (cc, -uc.attn_cpu_s_per_token * KTOK)], pulp.LpConstraintGE, 0.0, MS)
+            per_mode.append((i, k, x, r, cc))
+
+        # Prefill.
+        pt = V(f"pt{i}", lowBound=0)
+        objective.append((pt, 1.0))
+        uc = ucs[0]
+        bld.add([(pt, 1.0), (n, -pc.gpu_s)], pulp.LpConstraintGE, 0.0, MS)
+        pd2h = [(v, pc.kv_bytes) for v in off] + ([(n, pc.act_bytes)] if md.act else [])
+        if streamed:
+            bld.add([(pt, 1.0), (n, -uc.link_latency_s)] + [(v, -pc.weight_bytes / uc.h2d_bytes_per_s) for v in streamed]
+                    + [(v, -b * uc.bidir_penalty / uc.h2d_bytes_per_s) for v, b in pd2h], pulp.LpConstraintGE, 0.0, MS)
+        if pd2h:
+            scale = (1.0 + uc.bidir_penalty) / uc.d2h_bytes_per_s
+            bld.add([(pt, 1.0), (n, -(1 + md.act) * uc.link_latency_s)] + [(v, -b * scale) for v, b in pd2h],
+                    pulp.LpConstraintGE, 0.0, MS)
+        if wd is not None or kd is not None:
+            disk = [(pt, 1.0), (n, -2 * uc.disk_latency_s)]
+            if wd is not None:
+                disk.append((wd, -pc.weight_bytes / uc.disk_read_bytes_per_s))
+            if kd is not None:
+                disk.append((kd, -pc.kv_bytes / uc.disk_write_bytes_per_s))
+            bld.add(disk, pulp.LpConstraintGE, 0.0, MS)
+        per_mode.append((i, "vars", n, (wg, wh, wd), (kg, kh, kd), pt))
+
+    bld.add(count_terms, pulp.LpConstraintEQ, float(L))
+
+    # Head (embeddings + LM head): on the GPU, or on the host and streamed each step.
+    z = V("head_gpu", cat="Binary")
+    if restriction.head_on_gpu is not None:
+        bld.add([(z, 1.0)], pulp.LpConstraintEQ, 1.0 if restriction.head_on_gpu else 0.0)
+    head_gpu_s = hc.step_s(True, ucs[0])
+    head_host_s = hc.step_s(False, ucs[0])
+    head_const = (wl.gen_len + 1) * head_host_s
+    objective.append((z, -(wl.gen_len + 1) * (head_host_s - head_gpu_s)))
+    gpu_mem += [(z, hc.bytes), (bw_buf, 1 / GB), (bk_buf, 1 / GB)]
+    host_mem += [(z, -hc.bytes), (staging, 1 / GB)]
+    bld.add(gpu_mem, pulp.LpConstraintLE, cap["gpu_bytes"] - working_bytes(wl), GB)
+    bld.add(host_mem, pulp.LpConstraintLE, cap["host_bytes"] - hc.bytes, GB)
+    if disk_mem:
+        bld.add(disk_mem, pulp.LpConstraintLE, cap["disk_bytes"], GB)
+
+    prob.setObjective(_affine(objective, head_const))
+    result = solve(prob, backend=backend, time_limit_s=time_limit_s, gap_rel=gap_rel)
+    if result.status not in (SolveStatus.OPTIMAL, SolveStatus.FEASIBLE):
+        return MipSolution(result=result)
+    return _extract(wl, modes, per_mode, ctx, bounds, z, kv_groups, result, prob)
+
+
+def _val(v) -> float:
+    return 0.0 if v is None else max(float(v.varValue or 0.0), 0.0)
+
+
+def _fractions(values: Sequence[float], n: float) -> Fractions:
+    vals = [max(v / n, 0.0) for v in values]
+    vals = [0.0 if v < 1e-9 else v for v in vals]
+    total = sum(vals)
+    g, h, d = (v / total for v in vals)
+    return Fractions(gpu=g, host=h, disk=d)
+
+
+def _extract(wl, modes, per_mode, ctx, bounds, z, kv_groups, result, prob) -> MipSolution:
+    tokens = {}
+    info = {}
+    for entry in per_mode:
+        if entry[1] == "vars":
+            i, _, n, w, kv, pt = entry
+            info[i] = (round(_val(n)), w, kv, pt)
+        else:
+            i, k, x, r, cc = entry
+            tokens[(i, k)] = (_val(x), _val(r), _val(cc))
+    policies: list[LayerPolicy] = []
+    counts = []
+    lp_prefill = 0.0
+    for i, md in enumerate(modes):
+        n, (wg, wh, wd), (kg, kh, kd), pt = info[i]
+        lp_prefill += _val(pt)
+        if n == 0:
+            continue
+        counts.append((md.name, n))
+        weights = Fractions() if wg is None else _fractions([_val(wg), _val(wh), _val(wd)], n)
+        splits = []
+        for k in range(len(ctx)):
+            x, r, cc = tokens[(i, k)]
+            total = x + r + cc
+            splits.append(TokenSplit() if total <= 1e-9 else TokenSplit(transfer=x / total, recompute=r / total,
+                                                                           cpu=cc / total))
+        if kg is None:
+            kvs = [Fractions()] * n
+        elif kv_groups:
+            # Spread the integer head groups over the mode's layers as evenly as possible.
+            groups = round(_val(kg) * kv_groups)
+            base, extra = divmod(groups, n)
+            off_share = [_val(kh), _val(kd)]
+            off_total = sum(off_share) or 1.0
+            kvs = []
+            for j in range(n):
+                gpu_share = (base + (j < extra)) / kv_groups
+                rest = 1.0 - gpu_share
+                kvs.append(Fractions(gpu=gpu_share, host=rest * off_share[0] / off_total,
+                                     disk=rest * off_share[1] / off_total))
+        else:
+            kvs = [_fractions([_val(kg), _val(kh), _val(kd)], n)] * n
+        for kvf in kvs:
+            policies.append(LayerPolicy(weights=weights, kv=kvf, activations_on_host=md.act, splits=tuple(splits)))
+    return MipSolution(result=result, policies=tuple(policies), head_on_gpu=_val(z) > 0.5,
+                       mode_counts=tuple(counts), lp_estimate_s=result.objective, lp_prefill_s=lp_prefill)
