@@ -181,8 +181,10 @@ class UnitCosts:
 
     dense_gpu_s: float
     attn_gpu_s_per_token: float
-    recompute_gpu_s_per_token: float
+    recompute_gpu_s_per_token: float  # slope of the tangent at the operating size
+    recompute_gpu_fixed_s: float  # intercept of that tangent (small ops run below peak efficiency)
     attn_cpu_s_per_token: float
+    attn_cpu_fixed_s: float
     weight_bytes: float
     kv_bytes_per_token: float
     act_bytes_per_token: float
@@ -214,6 +216,14 @@ def unit_costs(wl: KvWorkload, system: System, *, context: float, gpu_attn_token
         tokens = max(float(tokens), 1.0)
         return float(fn(tokens)) / tokens
 
+    def tangent(tokens: float, fn) -> tuple[float, float]:
+        """(intercept, slope) of the tangent to fn at ``tokens``. Time grows sub-linearly with size
+        (efficiency rises with size), so the tangent over-estimates elsewhere and is exact here."""
+        tokens = max(float(tokens), 1.0)
+        f0, f1 = float(fn(tokens)), float(fn(tokens * 1.01))
+        slope = (f1 - f0) / (0.01 * tokens)
+        return max(f0 - slope * tokens, 0.0), slope
+
     def gpu_attn(t):
         flop, nbytes = attention_op(m, b, 1, t, dt, causal=False)
         return roofline_time_s(flop, nbytes, OpClass.ATTENTION, gpu, launches=0)
@@ -231,11 +241,15 @@ def unit_costs(wl: KvWorkload, system: System, *, context: float, gpu_attn_token
 
     link = system.link
     disk = system.disk
+    rec_fixed, rec_slope = tangent(recompute_tokens, recompute)
+    cpu_fixed, cpu_slope = tangent(cpu_tokens, cpu_attn)
     return UnitCosts(
         dense_gpu_s=ops_time_s(dense_ops(m, b, dt), gpu) + 2 * gpu.launch_overhead_s,  # + attention launches
         attn_gpu_s_per_token=per_token(gpu_attn_tokens, gpu_attn),
-        recompute_gpu_s_per_token=per_token(recompute_tokens, recompute),
-        attn_cpu_s_per_token=per_token(cpu_tokens, cpu_attn),
+        recompute_gpu_s_per_token=rec_slope,
+        recompute_gpu_fixed_s=rec_fixed,
+        attn_cpu_s_per_token=cpu_slope,
+        attn_cpu_fixed_s=cpu_fixed,
         weight_bytes=m.layer_params() * dt,
         kv_bytes_per_token=kv_tok,
         act_bytes_per_token=act_tok,
@@ -357,13 +371,14 @@ def layer_step_times(uc: UnitCosts, pol_w: Fractions, pol_kv: Fractions, act: bo
     n_d2h = (off > 0) + act + uses_cpu
     overlap = np.minimum(h2d_bytes, d2h_bytes) * uc.bidir_penalty
     times = {
-        Resource.GPU: uc.dense_gpu_s + (c - c_tok) * uc.attn_gpu_s_per_token + r_tok * uc.recompute_gpu_s_per_token,
+        Resource.GPU: uc.dense_gpu_s + (c - c_tok) * uc.attn_gpu_s_per_token
+        + np.where(r_tok > 0, uc.recompute_gpu_fixed_s + r_tok * uc.recompute_gpu_s_per_token, 0.0),
         Resource.H2D: n_h2d * uc.link_latency_s + (h2d_bytes + overlap) / uc.h2d_bytes_per_s,
         Resource.D2H: n_d2h * uc.link_latency_s + (d2h_bytes + overlap) / uc.d2h_bytes_per_s,
         Resource.DISK: ((pol_w.disk > 0) + (pol_kv.disk > 0)) * uc.disk_latency_s
         + (pol_w.disk * uc.weight_bytes + c * pol_kv.disk * uc.kv_bytes_per_token) / uc.disk_read_bytes_per_s
         + pol_kv.disk * uc.kv_bytes_per_token / uc.disk_write_bytes_per_s,
-        Resource.CPU: c_tok * uc.attn_cpu_s_per_token,
+        Resource.CPU: np.where(c_tok > 0, uc.attn_cpu_fixed_s + c_tok * uc.attn_cpu_s_per_token, 0.0),
     }
     times[Resource.CPU_CHAIN] = (
         uc.dense_gpu_s + 2 * uc.link_latency_s + uc.q_bytes / uc.d2h_bytes_per_s + uc.o_bytes / uc.h2d_bytes_per_s

@@ -103,6 +103,8 @@ class MipSolution:
     mode_counts: tuple[tuple[str, int], ...] = ()
     lp_estimate_s: float | None = None  # the MIP's objective: prefill + decode seconds
     lp_prefill_s: float | None = None
+    # range -> mean per-layer tokens recomputed and CPU-attended by the layers that do so
+    operating: dict[int, tuple[float, float]] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -139,7 +141,8 @@ def _affine(terms: Iterable[tuple[pulp.LpVariable, float]], constant: float = 0.
 
 def solve_kv(wl: KvWorkload, system: System, *, n_ranges: int = 4, kv_groups: int = 0,
              restriction: Restriction = Restriction(), backend: str | None = None,
-             time_limit_s: float = 10.0, gap_rel: float = 1e-4) -> MipSolution:
+             time_limit_s: float = 10.0, gap_rel: float = 1e-4,
+             operating: dict[int, tuple[float, float]] | None = None) -> MipSolution:
     """Formulate and solve the placement MIP for one batch size.
 
     Parameters
@@ -149,6 +152,10 @@ def solve_kv(wl: KvWorkload, system: System, *, n_ranges: int = 4, kv_groups: in
     kv_groups : int
         0: KV GPU shares are continuous (by tokens); g > 0: KV is placed in g groups of heads per
         layer (g must divide the KV heads), so each layer's GPU share is an integer count of groups.
+    operating : dict, optional
+        range -> tokens per sequence one layer recomputes and attends on the CPU: where the tangents
+        of the size-dependent recompute and CPU-attention times are taken. Default: the whole
+        context (``solver.kv`` re-solves at the sizes of the previous solution).
     """
     m = wl.model
     L = m.n_layers
@@ -159,7 +166,11 @@ def solve_kv(wl: KvWorkload, system: System, *, n_ranges: int = 4, kv_groups: in
     contexts = wl.contexts().astype(float)
     ctx = [float(contexts[a:b].mean()) for a, b in bounds]
     steps = [b - a for a, b in bounds]
-    ucs = [unit_costs(wl, system, context=c, gpu_attn_tokens=c, recompute_tokens=c, cpu_tokens=c) for c in ctx]
+    operating = operating or {}
+    ucs = []
+    for k, c in enumerate(ctx):
+        rec, cpu = operating.get(k, (c, c))
+        ucs.append(unit_costs(wl, system, context=c, gpu_attn_tokens=c, recompute_tokens=rec, cpu_tokens=cpu))
     pc = prefill_costs(wl, system)
     hc = head_costs(wl, system)
     cap = capacity(system)
@@ -246,7 +257,8 @@ def solve_kv(wl: KvWorkload, system: System, *, n_ranges: int = 4, kv_groups: in
             if off:
                 bld.add([(v, 1.0) for v in toks] + [(v, -c / KTOK) for v in off], pulp.LpConstraintEQ, 0.0)
             # GPU stream: dense ops + attention over every token not attended on the CPU + recompute.
-            gpu = [(t, 1.0), (n, -(uc.dense_gpu_s + c * uc.attn_gpu_s_per_token))]
+            gpu = [(t, 1.0), (n, -(uc.dense_gpu_s + c * uc.attn_gpu_s_per_token
+                                   + (uc.recompute_gpu_fixed_s if r is not None else 0.0)))]
             if cc is not None:
                 gpu.append((cc, uc.attn_gpu_s_per_token * KTOK))
             if r is not None:
@@ -282,7 +294,7 @@ def solve_kv(wl: KvWorkload, system: System, *, n_ranges: int = 4, kv_groups: in
                 bld.add(disk, pulp.LpConstraintGE, 0.0, MS)
             if cc is not None:
                 chain = (uc.dense_gpu_s + 2 * uc.link_latency_s + uc.q_bytes / uc.d2h_bytes_per_s
-                         + uc.o_bytes / uc.h2d_bytes_per_s)
+                         + uc.o_bytes / uc.h2d_bytes_per_s + uc.attn_cpu_fixed_s)
                 bld.add([(t, 1.0), (n, -chain), (cc, -uc.attn_cpu_s_per_token * KTOK)], pulp.LpConstraintGE, 0.0, MS)
             per_mode.append((i, k, x, r, cc))
 
@@ -356,6 +368,7 @@ def _extract(wl, modes, per_mode, ctx, bounds, z, kv_groups, result, prob) -> Mi
             tokens[(i, k)] = (_val(x), _val(r), _val(cc))
     policies: list[LayerPolicy] = []
     counts = []
+    operating = {}
     lp_prefill = 0.0
     for i, md in enumerate(modes):
         n, (wg, wh, wd), (kg, kh, kd), pt = info[i]
@@ -367,6 +380,13 @@ def _extract(wl, modes, per_mode, ctx, bounds, z, kv_groups, result, prob) -> Mi
         splits = []
         for k in range(len(ctx)):
             x, r, cc = tokens[(i, k)]
+            acc = operating.setdefault(k, [0.0, 0, 0.0, 0])
+            if r > 0:
+                acc[0] += r * KTOK
+                acc[1] += n
+            if cc > 0:
+                acc[2] += cc * KTOK
+                acc[3] += n
             total = x + r + cc
             splits.append(TokenSplit() if total <= 1e-9 else TokenSplit(transfer=x / total, recompute=r / total,
                                                                            cpu=cc / total))
@@ -388,5 +408,7 @@ def _extract(wl, modes, per_mode, ctx, bounds, z, kv_groups, result, prob) -> Mi
             kvs = [_fractions([_val(kg), _val(kh), _val(kd)], n)] * n
         for kvf in kvs:
             policies.append(LayerPolicy(weights=weights, kv=kvf, activations_on_host=md.act, splits=tuple(splits)))
+    points = {k: (a[0] / a[1] if a[1] else ctx[k], a[2] / a[3] if a[3] else ctx[k]) for k, a in operating.items()}
     return MipSolution(result=result, policies=tuple(policies), head_on_gpu=_val(z) > 0.5,
-                       mode_counts=tuple(counts), lp_estimate_s=result.objective, lp_prefill_s=lp_prefill)
+                       mode_counts=tuple(counts), lp_estimate_s=result.objective, lp_prefill_s=lp_prefill,
+                       operating=points)

@@ -114,12 +114,13 @@ def simulate_decode_step(wl: KvWorkload, system: System, layers: Sequence[LayerP
         pre = gr.task(f"L{li}.qkv", "gpu", li, pre_s, [prev_out, h2d[li]])
         if li + 1 < len(layers):  # prefetch the next layer once layer li-1 has freed its buffer
             h2d.append(prefetch(li + 1, gpu_done[li - 1] if li >= 1 else None))
-        attn = gr.task(f"L{li}.attn", "gpu", li, (c - ct) * uc.attn_gpu_s_per_token + r * uc.recompute_gpu_s_per_token,
-                       [pre])
+        recompute_s = (uc.recompute_gpu_fixed_s + r * uc.recompute_gpu_s_per_token) if r > 0 else 0.0
+        attn = gr.task(f"L{li}.attn", "gpu", li, (c - ct) * uc.attn_gpu_s_per_token + recompute_s, [pre])
         deps = [attn]
         if ct > 0:
             q = gr.task(f"L{li}.d2h_q", "d2h", li, uc.link_latency_s + uc.q_bytes / uc.d2h_bytes_per_s, [pre])
-            cpu = gr.task(f"L{li}.cpu_attn", "cpu", li, ct * uc.attn_cpu_s_per_token, [q, f"L{li}.disk_read"])
+            cpu = gr.task(f"L{li}.cpu_attn", "cpu", li, uc.attn_cpu_fixed_s + ct * uc.attn_cpu_s_per_token,
+                          [q, f"L{li}.disk_read"])
             deps.append(gr.task(f"L{li}.h2d_o", "h2d", li, uc.link_latency_s + uc.o_bytes / uc.h2d_bytes_per_s, [cpu]))
         post = gr.task(f"L{li}.mlp", "gpu", li, post_s, deps)
         d2h_bytes = off * uc.kv_bytes_per_token + (uc.act_bytes_per_token if pol.activations_on_host else 0.0)

@@ -1,0 +1,5 @@
+import sys
+
+from tierplan.cli import main
+
+sys.exit(main())

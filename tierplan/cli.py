@@ -1,0 +1,359 @@
+"""The ``tierplan`` command line: argument parsing and output formatting only."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from costmodel import KvWorkload, WorkloadError, list_models, load_model, model_info
+from hwprofiles import Dimension, ProfileError, format_bytes, format_quantity, list_systems, load_system
+from hwprofiles.loader import SCHEMA
+from solver import BASELINES, OBJECTIVES, Plan, PlanError, available_backends, evaluate_plan, evaluate_policy, plan_kv
+from solver.kv import metrics
+
+DEFAULTS = {"model": "llama-2-7b", "hw": "a100-40gb", "batch": 64, "prompt": 512, "gen": 128}
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1e3:,.2f}"
+
+
+def _pct(value: float) -> str:
+    return f"{value * 100:.0f}"
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths))
+    out = [line, "  ".join("-" * w for w in widths)]
+    out += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------------------------------------- hw
+
+
+def cmd_hw_list(args: argparse.Namespace) -> int:
+    rows = []
+    for name in list_systems():
+        s = load_system(name)
+        rows.append([name, s.gpu.name, format_bytes(s.gpu.memory_bytes),
+                     format_quantity(s.gpu.fp16_flop_per_s, Dimension.COMPUTE),
+                     format_quantity(s.gpu.memory_bytes_per_s, Dimension.BANDWIDTH), s.link.name,
+                     format_quantity(s.link.h2d_bytes_per_s, Dimension.BANDWIDTH), format_bytes(s.host.memory_bytes),
+                     s.disk.name if s.disk else "-"])
+    print(_table(["system", "gpu", "hbm", "fp16 dense", "hbm bw", "link", "h2d pinned", "host mem", "disk"], rows))
+    print("\nEvery number has a source: `tierplan hw show NAME`. Override any with --set part.field=value.")
+    return 0
+
+
+def cmd_hw_show(args: argparse.Namespace) -> int:
+    s = load_system(args.name, args.set or [])
+    if args.json:
+        out = {"system": s.summary(), "description": s.description, "parts": {}}
+        for kind in ("gpu", "host", "link", "disk"):
+            part = getattr(s, kind)
+            if part is None:
+                continue
+            out["parts"][kind] = {"name": part.name, "file": part.file, "fields": {
+                key: {"value": getattr(part, attr), "unit": dim.value, "source": part.source_of(key).source.value,
+                      "ref": part.source_of(key).ref} for key, (attr, dim) in SCHEMA[kind].items()}}
+        print(json.dumps(out, indent=1))
+        return 0
+    print(f"{s.name}: {s.description}")
+    if s.overrides:
+        print(f"overrides: {', '.join(s.overrides)}")
+    for kind in ("gpu", "host", "link", "disk"):
+        part = getattr(s, kind)
+        if part is None:
+            print(f"\n[{kind}] none")
+            continue
+        print(f"\n[{kind}] {part.name}: {part.description}")
+        rows = []
+        for key, (attr, dim) in SCHEMA[kind].items():
+            prov = part.source_of(key)
+            rows.append([key, format_quantity(getattr(part, attr), dim), prov.source.value, prov.ref])
+        print(_table(["field", "value", "source", "reference"], rows))
+        curves = getattr(part, "curves", None)
+        if curves is not None:
+            print(f"efficiency curves: {curves.name} ({curves.provenance.source.value}: {curves.provenance.ref[:100]}...)")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- models
+
+
+def cmd_models_list(args: argparse.Namespace) -> int:
+    rows = []
+    for name in list_models():
+        m = load_model(name)
+        rows.append([name, m.family, f"{m.total_params() / 1e9:.2f}", str(m.n_layers), str(m.n_heads),
+                     str(m.n_kv_heads), f"{m.kv_elements_per_token() * 2 * m.n_layers / 1024:.0f}",
+                     "MoE" if m.n_experts > 1 else ("GQA" if m.is_gqa else "MHA")])
+    print(_table(["model", "family", "params (B)", "layers", "heads", "kv heads", "KV KiB/token (fp16)", "attention"],
+                 rows))
+    return 0
+
+
+def cmd_models_show(args: argparse.Namespace) -> int:
+    m = load_model(args.name)
+    out = m.summary(args.dtype_bytes)
+    try:
+        info = model_info(args.name)
+        out["published_params"] = info.get("published_params")
+        out["published_params_source"] = info.get("params_source")
+    except WorkloadError:
+        pass  # a config file given by path has no published figure
+    if args.json:
+        print(json.dumps(out, indent=1))
+    else:
+        for k, v in out.items():
+            print(f"{k:38s} {v:,}" if isinstance(v, int) and not isinstance(v, bool) else f"{k:38s} {v}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- plan
+
+
+def _workload(args: argparse.Namespace) -> KvWorkload:
+    return KvWorkload(model=load_model(args.model), batch=args.batch, prompt_len=args.prompt, gen_len=args.gen,
+                      dtype_bytes=args.dtype_bytes)
+
+
+def _layer_rows(plan: Plan) -> list[list[str]]:
+    """One row per run of consecutive identical layers."""
+    rows: list[list[str]] = []
+    prev_key, start = None, 0
+    entries = list(plan.layers)
+
+    def key(e):
+        return (tuple(round(v, 3) for v in e["weights"].values()), tuple(round(v, 3) for v in e["kv"].values()),
+                e["activations_on_host"], tuple((round(a["transfer"], 2), round(a["recompute"], 2), round(a["cpu"], 2))
+                                                for a in e["kv_actions"]))
+
+    def row(a: int, b: int) -> list[str]:
+        e = entries[a]
+        w, kv = e["weights"], e["kv"]
+        acts = e["kv_actions"]
+        off = kv["host"] + kv["disk"]
+        if off <= 0:
+            actions = "-"
+        else:
+            first, last = acts[0], acts[-1]
+            fmt = lambda x: f"{_pct(x['transfer'])}/{_pct(x['recompute'])}/{_pct(x['cpu'])}"  # noqa: E731
+            actions = fmt(first) if fmt(first) == fmt(last) else f"{fmt(first)} -> {fmt(last)}"
+        return [f"{a}" if a == b else f"{a}-{b}", f"{_pct(w['gpu'])}/{_pct(w['host'])}/{_pct(w['disk'])}",
+                f"{_pct(kv['gpu'])}/{_pct(kv['host'])}/{_pct(kv['disk'])}", "yes" if e["activations_on_host"] else "no",
+                actions, _ms(e["prefill_s"]), _ms(e["step_time_s"]), e["binding"]]
+
+    for i, e in enumerate(entries):
+        k = key(e)
+        if k != prev_key and prev_key is not None:
+            rows.append(row(start, i - 1))
+            start = i
+        prev_key = k
+    if entries:
+        rows.append(row(start, len(entries) - 1))
+    return rows
+
+
+def render_plan(plan: Plan) -> str:
+    wl, hw = plan.workload, plan.hardware
+    lines = [f"tierplan kv plan: {wl['model']} on {hw['system']} ({hw['gpu']}, {hw['link']}), prompt {wl['prompt_len']}, "
+             f"gen {wl['gen_len']}, objective {plan.objective}"]
+    if hw.get("overrides"):
+        lines.append(f"overrides: {', '.join(hw['overrides'])}")
+    lines.append(f"status: {plan.status}")
+    if plan.predicted is None:
+        lines.append(f"no feasible plan: {plan.explanation}")
+        lines += _baseline_lines(plan)
+        return "\n".join(lines)
+    p = plan.predicted
+    lines.append(f"batch: {p['batch']} (largest tried {wl.get('max_batch', wl['batch'])})\n")
+    lines.append("per layer (weights and KV as % gpu/host/disk; offloaded KV tokens as % transfer/recompute/cpu, "
+                 "first -> last context range; times in ms)")
+    lines.append(_table(["layers", "weights", "kv", "act@host", "kv tokens T/R/C", "prefill ms", "step ms", "binding"],
+                        _layer_rows(plan)))
+    head = plan.head
+    lines.append(f"head (embeddings + LM head): {'gpu' if head['on_gpu'] else 'host, streamed'}, {_ms(head['step_s'])} ms/step\n")
+    lines.append(f"predicted  prefill {p['prefill_s']:.3f} s   decode step {_ms(p['step_time_s'])} ms (mean)   "
+                 f"decode {p['decode_s']:.3f} s")
+    lines.append(f"           throughput {p['tokens_per_s']:,.1f} tokens/s (generated / (prefill + decode)),  "
+                 f"decode-only {p['decode_tokens_per_s']:,.1f} tokens/s")
+    sim = plan.solver.get("simulated")
+    if sim:
+        lines.append(f"           LP estimate {plan.solver['lp_estimate_s']:.3f} s, exact cost model "
+                     f"{p['total_s']:.3f} s, simulated timeline {sim['total_s']:.3f} s")
+    lines.append("")
+    mem_rows = []
+    for tier in ("gpu", "host", "disk"):
+        used, cap = plan.memory[f"{tier}_bytes"], plan.capacity[f"{tier}_bytes"]
+        mem_rows.append([tier, format_bytes(used), format_bytes(cap), f"{100 * used / cap:.0f}%" if cap else "-"])
+    lines.append(_table(["memory", "used", "usable", "share"], mem_rows))
+    breakdown = ", ".join(f"{k} {format_bytes(v)}" for k, v in plan.memory["gpu_breakdown"].items() if v)
+    lines.append(f"gpu holds: {breakdown}\n")
+    lines += _baseline_lines(plan)
+    s = plan.solver
+    lines.append(f"\nsolver: {s['backend']}, {s['solves']} MIP solves in {s['solve_time_s']:.2f} s "
+                 f"(statuses: {', '.join(s['statuses'])}), largest model {s['n_variables']} variables; "
+                 f"modes {s.get('mode_counts')}")
+    return "\n".join(lines)
+
+
+def _baseline_lines(plan: Plan) -> list[str]:
+    rows = []
+    for name, b in plan.baselines.items():
+        if b["status"] != "feasible":
+            rows.append([name, "infeasible", "", "", "", b.get("reason", "")])
+            continue
+        bp = b["predicted"]
+        speed = f"{b['speedup']:.2f}x" if "speedup" in b else ""
+        rows.append([name, str(bp["batch"]), f"{bp['tokens_per_s']:,.1f}", _ms(bp["step_time_s"]), speed, ""])
+    if not rows:
+        return []
+    return ["baselines (same cost model; each at its best batch for throughput)",
+            _table(["policy", "batch", "tokens/s", "step ms", "plan speed-up", "note"], rows)]
+
+
+def cmd_plan_kv(args: argparse.Namespace) -> int:
+    system = load_system(args.hw, args.set or [])
+    wl = _workload(args)
+    plan = plan_kv(wl, system, objective=args.objective, n_ranges=args.ranges, kv_groups=args.kv_groups,
+                   backend=args.backend, time_limit_s=args.time_limit)
+    if args.output:
+        plan.save(args.output)
+    print(json.dumps(plan.to_dict(), indent=1) if args.json else render_plan(plan))
+    return 0 if plan.predicted is not None else 1
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    if args.target == "kv":
+        if not args.policy:
+            raise PlanError("evaluate kv needs --policy NAME (" + ", ".join(BASELINES) + ", flexgen:wg,wc,cg,cc,hg,hc)")
+        system = load_system(args.hw or DEFAULTS["hw"], args.set or [])
+        wl = _workload(args)
+        ev, reason = evaluate_policy(args.policy, wl, system, objective=args.objective, backend=args.backend)
+        if ev is None:
+            out = {"policy": args.policy, "status": "infeasible", "reason": reason}
+        else:
+            out = {"policy": args.policy, "status": "feasible", "predicted": metrics(ev.workload, ev.cost),
+                   "memory": ev.cost.memory.as_dict(), "capacity": ev.cost.capacity}
+        _print_eval(out, args.json)
+        return 0 if ev is not None else 1
+    plan = Plan.load(args.target)
+    system = load_system(args.hw or plan.hardware["system"], args.set or [])
+    w = plan.workload
+    wl = KvWorkload(model=load_model(args.model or w["model"]), batch=w["batch"], prompt_len=w["prompt_len"],
+                    gen_len=w["gen_len"], dtype_bytes=w.get("dtype_bytes", 2))
+    cost, pred = evaluate_plan(plan, wl, system)
+    out = {"policy": f"plan {args.target}", "hardware": system.name,
+           "status": "feasible" if cost.feasible else "infeasible", "predicted": pred,
+           "memory": cost.memory.as_dict(), "capacity": cost.capacity}
+    if not cost.feasible:
+        out["reason"] = "; ".join(f"{k.removesuffix('_bytes')} short by {format_bytes(v)}" for k, v in cost.shortfalls().items())
+    _print_eval(out, args.json)
+    return 0 if cost.feasible else 1
+
+
+def _print_eval(out: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(out, indent=1))
+        return
+    print(f"{out['policy']}: {out['status']}")
+    if "reason" in out:
+        print(f"  {out['reason']}")
+    p = out.get("predicted")
+    if p:
+        print(f"  batch {p['batch']}: prefill {p['prefill_s']:.3f} s, decode step {_ms(p['step_time_s'])} ms, "
+              f"throughput {p['tokens_per_s']:,.1f} tokens/s")
+        for tier in ("gpu", "host", "disk"):
+            print(f"  {tier:5s} {format_bytes(out['memory'][f'{tier}_bytes']):>12s} of "
+                  f"{format_bytes(out['capacity'][f'{tier}_bytes'])}")
+
+
+# ---------------------------------------------------------------------------------------------- parser
+
+
+def _workload_args(p: argparse.ArgumentParser, *, required_model: bool = False) -> None:
+    p.add_argument("--model", default=None if required_model else DEFAULTS["model"],
+                   help="bundled model name or path to a Hugging Face config.json (default: %(default)s)")
+    p.add_argument("--batch", type=int, default=DEFAULTS["batch"],
+                   help="largest batch (throughput) or the batch (latency) (default: %(default)s)")
+    p.add_argument("--prompt", type=int, default=DEFAULTS["prompt"], help="prompt tokens (default: %(default)s)")
+    p.add_argument("--gen", type=int, default=DEFAULTS["gen"], help="generated tokens (default: %(default)s)")
+    p.add_argument("--dtype-bytes", type=int, default=2, help="bytes per weight/KV element (default: 2, fp16)")
+    p.add_argument("--objective", choices=OBJECTIVES, default="throughput")
+    p.add_argument("--set", action="append", metavar="PART.FIELD=VALUE",
+                   help="override a profile number or part, e.g. link.h2d=12GB/s, host.memory=208GiB, disk=nvme-gen4")
+    p.add_argument("--backend", choices=("highs", "cbc"), default=None,
+                   help=f"MIP backend (default: the first installed of {available_backends()})")
+    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tierplan", description=__doc__ or "")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    hw = sub.add_parser("hw", help="bundled hardware profiles").add_subparsers(dest="sub", required=True)
+    hw.add_parser("list", help="list bundled systems").set_defaults(func=cmd_hw_list)
+    show = hw.add_parser("show", help="every number of one system with its source")
+    show.add_argument("name", help="system name or YAML path")
+    show.add_argument("--set", action="append", metavar="PART.FIELD=VALUE")
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(func=cmd_hw_show)
+
+    models = sub.add_parser("models", help="bundled model configs").add_subparsers(dest="sub", required=True)
+    models.add_parser("list", help="list bundled models").set_defaults(func=cmd_models_list)
+    mshow = models.add_parser("show", help="one model's sizes")
+    mshow.add_argument("name", help="bundled model name or path to a config.json")
+    mshow.add_argument("--dtype-bytes", type=int, default=2)
+    mshow.add_argument("--json", action="store_true")
+    mshow.set_defaults(func=cmd_models_show)
+
+    plan = sub.add_parser("plan", help="plan placement").add_subparsers(dest="sub", required=True)
+    kv = plan.add_parser("kv", help="KV cache and weights for LLM inference")
+    _workload_args(kv)
+    kv.add_argument("--hw", default=DEFAULTS["hw"], help="bundled system or YAML path (default: %(default)s)")
+    kv.add_argument("--ranges", type=int, default=4, help="decode context ranges with their own token split")
+    kv.add_argument("--kv-groups", type=int, default=0,
+                    help="place KV per group of heads: G groups per layer (must divide the KV heads)")
+    kv.add_argument("--time-limit", type=float, default=10.0, help="seconds per MIP solve")
+    kv.add_argument("-o", "--output", help="also write the plan to this .json or .yaml file")
+    kv.set_defaults(func=cmd_plan_kv)
+
+    ev = sub.add_parser("evaluate", help="cost a named policy, or re-cost a plan file on other hardware")
+    ev.add_argument("target", help="'kv' with --policy, or a plan .json/.yaml file")
+    ev.add_argument("--policy", help=f"{', '.join(BASELINES)} or flexgen:wg,wc,cg,cc,hg,hc")
+    ev.add_argument("--hw", default=None, help="system (default: a100-40gb, or the plan's own)")
+    _workload_args(ev)
+    ev.set_defaults(func=cmd_evaluate)
+    return parser
+
+
+def _validate_counts(args: argparse.Namespace) -> None:
+    for name in ("batch", "prompt", "gen", "ranges", "dtype_bytes"):
+        value = getattr(args, name, None)
+        if value is not None and value <= 0:
+            raise WorkloadError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+    if getattr(args, "kv_groups", 0) < 0:
+        raise WorkloadError(f"--kv-groups must be 0 or positive, got {args.kv_groups}")
+    if getattr(args, "time_limit", 1.0) <= 0:
+        raise WorkloadError(f"--time-limit must be positive, got {args.time_limit}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        _validate_counts(args)
+        return args.func(args)
+    except (ProfileError, WorkloadError, PlanError) as err:
+        print(f"tierplan: error: {err}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # e.g. piped into head
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
