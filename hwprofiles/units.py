@@ -96,7 +96,7 @@ def parse_quantity(
             f"{field} must be a quantity string with a unit such as '{_example(dimension)}', "
             f"got {text!r}{where}"
         )
-    if isinstance(text, (int, float)):
+    if isinstance(text, (int, float)) or re.fullmatch(r"\s*[-+]?[\d.eE+-]+\s*", text):
         raise ProfileError(
             f"{field} needs a unit (a bare number is ambiguous), e.g. '{_example(dimension)}', "
             f"got {text!r}{where}"

@@ -1,0 +1,44 @@
+"""Solve time of the KV placement MIP for 32-, 80- and 96/126-layer models, per backend, with
+continuous KV shares and with per-head-group KV placement. Prints a table; asserts nothing.
+
+    python benchmarks/solve_time.py
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+from costmodel import KvWorkload, load_model
+from hwprofiles import load_system
+from solver import available_backends, solve_kv
+
+CASES = [  # (model, layers, system, batch, prompt, gen)
+    ("llama-2-7b", "a100-40gb", 32, 2048, 256),
+    ("llama-2-70b", "h100-sxm", 16, 4096, 256),
+    ("opt-175b", "h100-sxm", 8, 2048, 128),  # 96 layers; the largest bundled model
+]
+REPEATS = 3
+
+
+def main() -> None:
+    print(f"{'model':12s} {'layers':>6s} {'kv groups':>9s} {'backend':>7s} {'vars':>5s} {'status':>9s} "
+          f"{'median solve ms':>15s} {'build+solve ms':>14s}")
+    for model, hw, batch, prompt, gen in CASES:
+        m = load_model(model)
+        system = load_system(hw)
+        wl = KvWorkload(model=m, batch=batch, prompt_len=prompt, gen_len=gen)
+        for groups in (0, m.n_kv_heads):
+            for backend in available_backends():
+                solve_ms, total_ms = [], []
+                for _ in range(REPEATS):
+                    t = time.perf_counter()
+                    sol = solve_kv(wl, system, kv_groups=groups, backend=backend, time_limit_s=60)
+                    total_ms.append((time.perf_counter() - t) * 1e3)
+                    solve_ms.append(sol.result.solve_time_s * 1e3)
+                print(f"{model:12s} {m.n_layers:6d} {groups or '-':>9} {backend:>7s} {sol.result.n_variables:5d} "
+                      f"{sol.result.status.value:>9s} {statistics.median(solve_ms):15.1f} {statistics.median(total_ms):14.1f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+"""The CLI end to end, as a user runs it (in process, through main())."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tierplan.cli import main
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_hw_list_names_every_bundled_system(capsys):
+    from hwprofiles import list_systems
+
+    code, out, _ = run(capsys, "hw", "list")
+    assert code == 0
+    for name in list_systems():
+        assert name in out
+
+
+def test_hw_show_prints_sources_and_applies_overrides(capsys):
+    code, out, _ = run(capsys, "hw", "show", "a100-40gb", "--set", "link.h2d=12GB/s", "--json")
+    data = json.loads(out)
+    assert code == 0
+    h2d = data["parts"]["link"]["fields"]["h2d"]
+    assert h2d["value"] == 12e9 and h2d["source"] == "override"
+    assert all(f["ref"] for part in data["parts"].values() for f in part["fields"].values())
+
+
+def test_models_show_json_gives_gqa_kv_bytes(capsys):
+    code, out, _ = run(capsys, "models", "show", "llama-3-8b", "--json")
+    data = json.loads(out)
+    # 8 KV heads x 128 dims x (K and V) x 2 bytes = 4096 bytes per token per layer, x 32 layers
+    assert data["kv_bytes_per_token_per_layer"] == 2 * 8 * 128 * 2
+    assert data["kv_bytes_per_token"] == 2 * 8 * 128 * 2 * 32
+    assert data["kv_heads"] == 8 and data["heads"] == 32
+
+
+def test_plan_json_has_stable_fields_and_evaluate_recosts_it(capsys, tmp_path):
+    code, out, _ = run(capsys, "plan", "kv", "--model", "llama-2-7b", "--hw", "a100-40gb", "--batch", "8",
+                       "--prompt", "256", "--gen", "16", "--json")
+    assert code == 0
+    plan = json.loads(out)
+    for key in ("schema_version", "kind", "status", "workload", "hardware", "predicted", "memory", "capacity",
+                "layers", "baselines", "solver"):
+        assert key in plan
+    for key in ("prefill_s", "step_time_s", "decode_s", "tokens_per_s", "decode_tokens_per_s"):
+        assert plan["predicted"][key] > 0
+    assert len(plan["layers"]) == 32
+    for tier in ("gpu_bytes", "host_bytes", "disk_bytes"):
+        assert plan["memory"][tier] <= plan["capacity"][tier]
+    assert {"backend", "status", "solve_time_s"} <= set(plan["solver"]) or "statuses" in plan["solver"]
+    path = tmp_path / "plan.json"
+    path.write_text(out)
+    code, out, _ = run(capsys, "evaluate", str(path), "--hw", "h100-sxm", "--json")
+    recost = json.loads(out)
+    assert code == 0 and recost["hardware"] == "h100-sxm"
+    # Same decisions on a faster GPU and link cannot be slower.
+    assert recost["predicted"]["total_s"] <= plan["predicted"]["total_s"]
+
+
+def test_evaluate_named_policy_and_flexgen_percentages(capsys):
+    code, out, _ = run(capsys, "evaluate", "kv", "--policy", "flexgen:100,0,0,100,0,100", "--model", "llama-2-7b",
+                       "--hw", "rtx4090", "--batch", "4", "--prompt", "1024", "--gen", "8", "--json")
+    data = json.loads(out)
+    assert code == 0 and data["status"] == "feasible"
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["plan", "kv", "--model", "no-such-model"], "unknown model 'no-such-model'"),
+    (["plan", "kv", "--hw", "no-such-gpu"], "unknown system 'no-such-gpu'"),
+    (["plan", "kv", "--set", "link.h2d=-3GB/s"], "link.h2d must be positive"),
+    (["plan", "kv", "--set", "link.h2d=12"], "needs a unit"),
+    (["plan", "kv", "--batch", "0"], "--batch must be a positive integer"),
+    (["evaluate", "kv", "--policy", "nope"], "unknown policy 'nope'"),
+])
+def test_bad_input_is_a_clear_error_not_a_traceback(capsys, argv, needle):
+    code, out, err = run(capsys, *argv)
+    assert code == 2
+    assert needle in err and "Traceback" not in err
+
+
+def test_infeasible_workload_explains_the_short_tier(capsys):
+    code, out, _ = run(capsys, "plan", "kv", "--model", "llama-2-70b", "--hw", "t4", "--set", "host.memory=32GiB",
+                       "--set", "disk.capacity=1GB", "--batch", "1", "--prompt", "128", "--gen", "8")
+    assert code == 1
+    assert "infeasible" in out and "short by" in out
