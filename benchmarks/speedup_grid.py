@@ -15,8 +15,8 @@ from costmodel import KvWorkload, load_model
 from hwprofiles import load_system
 from solver import BASELINES, plan_kv
 
-MODELS = ["opt-6.7b", "llama-2-7b", "llama-3-8b", "mistral-7b", "llama-2-13b", "opt-30b"]
-SYSTEMS = ["a100-40gb", "rtx4090", "l4", "h100-pcie"]
+MODELS = ["opt-6.7b", "llama-2-7b", "llama-3-8b", "mistral-7b", "llama-2-13b"]
+SYSTEMS = ["a100-40gb", "rtx4090", "l4"]
 BATCHES = [8, 64]
 PROMPTS = [512, 8192]
 GEN = 64
