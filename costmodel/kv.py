@@ -130,8 +130,9 @@ def dense_ops(model: TransformerSpec, tokens: int, dt: int) -> list[Op]:
     else:
         e, k = model.n_experts, model.experts_per_token
         ops.append(_gemm("router", tokens, h, e, dt))
-        # Expected distinct experts hit by tokens*k routings (uniform router): e * (1 - (1 - 1/e)^(tokens*k)).
-        hit = e * (1.0 - (1.0 - 1.0 / e) ** (tokens * k))
+        # Expected distinct experts hit when each token picks k distinct experts (uniform router):
+        # an expert is missed by one token with probability 1 - k/e, so hit = e * (1 - (1 - k/e)^tokens).
+        hit = e * (1.0 - (1.0 - k / e) ** tokens)
         rows = tokens * k
         ops.append(_gemm("experts_up", rows, h, 2 * i, dt, weight_bytes=hit * h * 2 * i * dt))
         ops.append(_gemm("experts_down", rows, i, h, dt, weight_bytes=hit * i * h * dt))

@@ -8,6 +8,7 @@ replace one number or one part, so a what-if study changes exactly what it says.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -165,6 +166,14 @@ def parse_curves(data: Mapping[str, Any], *, file: str) -> CurveSet:
             raise ProfileError(f"{field} sizes must increase strictly, got {[p[0] for p in points]} ({file})")
         if any(v > 1.0 for v in values):
             raise ProfileError(f"{field} ratios must be at most 100 % ({file})")
+        # Time = size / (peak * eff(size)) with eff linear in log10(size) must not fall as size grows:
+        # on each segment eff may rise at most ln(10) * eff(segment start) per decade.
+        for (s0, v0), (s1, v1), p1 in zip(zip(sizes, values), zip(sizes[1:], values[1:]), points[1:]):
+            limit = v0 + math.log(10) * v0 * math.log10(s1 / s0)
+            if v1 > limit * (1 + 1e-9):
+                raise ProfileError(
+                    f"{field} rises too fast before {p1[0]!r}: a larger op would take less time; "
+                    f"at most {100 * limit:.3g} % is allowed there, got {p1[1]!r} ({file})")
         return Curve(sizes=tuple(sizes), values=tuple(values))
 
     compute = data.get("compute")

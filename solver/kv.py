@@ -187,7 +187,9 @@ def evaluate_policy(name: str, wl: KvWorkload, system: System, *, objective: str
             cands.append(ev)
     best = _best(cands, objective)
     if best is None:
-        return None, f"{name} does not fit at any batch up to {wl.batch}: {explain_infeasible(wl.with_batch(1), system)}"
+        smallest = batch_candidates(wl.batch, objective)[0]
+        tried = f"at batch {wl.batch}" if objective == "latency" else f"at any batch up to {wl.batch}"
+        return None, f"{name} does not fit {tried}: {explain_infeasible(wl.with_batch(smallest), system)}"
     return best, ""
 
 
@@ -321,7 +323,7 @@ def plan_kv(wl: KvWorkload, system: System, *, objective: str = "throughput", n_
         status = Status.INFEASIBLE if SolveStatus.INFEASIBLE.value in stats["statuses"] else Status.TIME_LIMIT
         return Plan(kind="kv", status=status, objective=objective, workload=wl.summary(), hardware=hw,
                     capacity=capacity(system), baselines=base, solver=solver_info,
-                    explanation=explain_infeasible(wl.with_batch(1), system))
+                    explanation=explain_infeasible(wl.with_batch(batch_candidates(wl.batch, objective)[0]), system))
     pred = metrics(best.workload, best.cost)
     for entry in base.values():
         if entry["status"] == "feasible":

@@ -435,13 +435,6 @@ def test_moe_expert_bytes_reach_all_experts_at_large_batch():
     assert weight_bytes == pytest.approx(8 * 4096 * 2 * 14336 * 2, rel=1e-9)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="costmodel.kv.dense_ops counts the experts a batch touches as e*(1-(1-1/e)^(tokens*k)), i.e. k "
-    "routings *with replacement*; top-k routing picks k distinct experts per token, so the expectation is "
-    "e*(1-(1-k/e)^tokens). For one decode token of mixtral-8x7b it reads 1.875 experts' weights "
-    "instead of 2 (6% low), while its FLOPs count 2 experts.",
-)
 def test_moe_single_token_reads_exactly_top_k_experts():
     from costmodel.kv import dense_ops
 

@@ -114,13 +114,6 @@ def _bundled_processors() -> list[tuple[str, Processor]]:
     return out
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Bundled efficiency curves (hwprofiles/curves/generic-gpu.yaml, generic-cpu.yaml) rise faster "
-    "than size between their first points, so a bigger op is predicted faster than a smaller one: on "
-    "h100-sxm a 2 MFLOP GEMM takes 65 ns but a 1 MFLOP GEMM 101 ns, and a ~68 KiB copy is faster than "
-    "a 64 KiB one. Time must be non-decreasing in work (the loader could reject such curves).",
-)
 def test_time_is_non_decreasing_in_op_size_for_bundled_curves():
     sizes = np.logspace(3, 13, 401)  # 1 kFLOP / 1 kB .. 10 TFLOP / 10 TB, 40 points per decade
     bad = []

@@ -386,3 +386,18 @@ def test_load_part_rejects_unknown_kind_and_name():
         load_part("gpu", "b200x")
     with pytest.raises(ProfileError, match="part kind must be one of"):
         list_parts("nic")
+
+
+def test_curve_that_makes_a_bigger_op_faster_is_rejected(tmp_path):
+    # From 1 % at 1 MFLOP, linear-in-log10 interpolation may rise at most ln(10) * 1 % = 2.30 % per
+    # decade before time = size / eff falls; 10 % one decade on would make a 2 MFLOP op faster than 1 MFLOP.
+    from hwprofiles import parse_curves
+
+    flat = [["1 FLOP", "100 %"]]
+    data = {"source": "estimate", "ref": "test", "memory": [["1 B", "100 %"]],
+            "compute": {"gemm": [["1 MFLOP", "1 %"], ["10 MFLOP", "10 %"]], "gemv": flat, "attention": flat,
+                        "elementwise": flat}}
+    with pytest.raises(ProfileError, match=r"curves.compute.gemm rises too fast before '10 MFLOP'.*x.yaml"):
+        parse_curves(data, file="x.yaml")
+    data["compute"]["gemm"] = [["1 MFLOP", "1 %"], ["10 MFLOP", "3.3 %"]]
+    assert parse_curves(data, file="x.yaml").compute_curve(OpClass.GEMM)(1e7) == pytest.approx(0.033)

@@ -357,14 +357,6 @@ def test_gpu_floor_shortfall_is_explained(toy, llama2):
     assert "--prompt" in plan.explanation
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="plan_kv (and evaluate_policy) build the infeasibility explanation with "
-    "explain_infeasible(wl.with_batch(1), ...) even for objective='latency', which only tries wl.batch. "
-    "When batch 1 would fit, the user gets the generic 'no placement satisfies every capacity at once' "
-    "with no tier and no bytes, although explain_infeasible(wl) reports 'memory is short by 10.89 GiB ... "
-    "a batch of at most 58'.",
-)
 def test_latency_infeasibility_is_explained_at_the_requested_batch(toy, llama2):
     # batch 64 x 4104 tokens: KV 32 * 64 * 4104 * 16_384 B = 137.7 GB (128.25 GiB) + weights 12.55 GiB
     # exceed GPU 15 GiB + host 128 GiB; batch 1 would fit.
