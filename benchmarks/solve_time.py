@@ -1,5 +1,7 @@
-"""Solve time of the KV placement MIP for 32-, 80- and 96/126-layer models, per backend, with
-continuous KV shares and with per-head-group KV placement. Prints a table; asserts nothing.
+"""Solve time of the KV placement MIP for 32-, 80- and 96-layer models, per backend, with
+continuous KV shares and with per-head-group KV placement (one MIP over every mode, disk included),
+then the wall time of a whole ``plan_kv`` (batch search, re-linearisation, baselines, simulation),
+which is what ``tierplan plan kv`` costs. Prints tables; asserts nothing.
 
     python benchmarks/solve_time.py
 """
@@ -11,7 +13,7 @@ import time
 
 from costmodel import KvWorkload, load_model
 from hwprofiles import load_system
-from solver import available_backends, solve_kv
+from solver import available_backends, plan_kv, solve_kv
 
 CASES = [  # (model, layers, system, batch, prompt, gen)
     ("llama-2-7b", "a100-40gb", 32, 2048, 256),
@@ -38,6 +40,16 @@ def main() -> None:
                     solve_ms.append(sol.result.solve_time_s * 1e3)
                 print(f"{model:12s} {m.n_layers:6d} {groups or '-':>9} {backend:>7s} {sol.result.n_variables:5d} "
                       f"{sol.result.status.value:>9s} {statistics.median(solve_ms):15.1f} {statistics.median(total_ms):14.1f}")
+
+
+    print(f"\n{'model':12s} {'system':10s} {'plan_kv wall s':>14s} {'MIP solves':>10s} {'solver s':>9s} {'status':>10s}")
+    for model, hw, batch, prompt, gen in CASES:
+        t = time.perf_counter()
+        plan = plan_kv(KvWorkload(model=load_model(model), batch=batch, prompt_len=prompt, gen_len=gen),
+                       load_system(hw))
+        wall = time.perf_counter() - t
+        print(f"{model:12s} {hw:10s} {wall:14.2f} {plan.solver['solves']:10d} {plan.solver['solve_time_s']:9.2f} "
+              f"{plan.status:>10s}")
 
 
 if __name__ == "__main__":

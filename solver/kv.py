@@ -189,12 +189,36 @@ def evaluate_policy(name: str, wl: KvWorkload, system: System, *, objective: str
     if best is None:
         smallest = batch_candidates(wl.batch, objective)[0]
         tried = f"at batch {wl.batch}" if objective == "latency" else f"at any batch up to {wl.batch}"
-        return None, f"{name} does not fit {tried}: {explain_infeasible(wl.with_batch(smallest), system)}"
+        why = _baseline_shortfall(name, wl.with_batch(smallest), system) or explain_infeasible(wl.with_batch(smallest), system)
+        return None, f"{name} does not fit {tried}: {why}"
     return best, ""
 
 
 def _new_stats() -> dict:
     return {"solves": 0, "solve_time_s": 0.0, "backend": None, "statuses": set(), "n_variables": 0}
+
+
+def _baseline_shortfall(name: str, wl: KvWorkload, system: System) -> str:
+    """The tier a fixed-placement baseline overfills, with bytes ('' when no tier is short by itself)."""
+    m, dt = wl.model, wl.dtype_bytes
+    cap = capacity(system)
+    weights = m.n_layers * m.layer_params() * dt + m.head_params() * dt
+    kv_layer = wl.batch * wl.max_context * m.kv_elements_per_token() * dt
+    kv = m.n_layers * kv_layer
+    act = m.n_layers * wl.batch * wl.max_context * m.hidden * dt
+    work = working_bytes(wl)
+    stream = 2 * m.layer_params() * dt + 2 * kv_layer
+    needs = {
+        "gpu-only": {"gpu": ("weights + KV", weights + kv + work)},
+        "kv-offload": {"gpu": ("weights", weights + work + 2 * kv_layer), "host": ("KV", kv)},
+        "kvpr": {"gpu": ("weights", weights + work + 2 * kv_layer), "host": ("KV + activations", kv + act)},
+        "full-offload": {"gpu": ("buffers", work + stream + m.head_params() * dt), "host": ("weights + KV", weights + kv)},
+    }.get(name, {})
+    for tier, (what, need) in needs.items():
+        if need > cap[f"{tier}_bytes"]:
+            return (f"{tier} memory would hold {what}: {format_bytes(need)} needed at batch {wl.batch}, "
+                    f"{format_bytes(cap[f'{tier}_bytes'])} usable")
+    return ""
 
 
 def explain_infeasible(wl: KvWorkload, system: System) -> str:

@@ -192,12 +192,12 @@ def solve_kv(wl: KvWorkload, system: System, *, n_ranges: int = 4, kv_groups: in
     staging = V("staging", lowBound=0)
     count_terms = []
     per_mode = []
+    # (buffer variable, bytes it needs) -> layer counts of the modes that need it. One binary per
+    # distinct buffer, not per mode: few binaries keep branch-and-bound short.
+    buffer_users: dict[tuple[pulp.LpVariable, float], list[pulp.LpVariable]] = {}
     for i, md in enumerate(modes):
         n = V(f"n{i}", lowBound=0, upBound=L, cat="Integer")
-        y = V(f"y{i}", cat="Binary")
         count_terms.append((n, 1.0))
-        bld.add([(n, 1.0), (y, -float(L))], pulp.LpConstraintLE, 0.0)
-        bld.add([(n, 1.0), (y, -1.0)], pulp.LpConstraintGE, 0.0)
         # Weight shares (aggregated over the mode's layers).
         if md.w == "gpu":
             wg, wh, wd = None, None, None
@@ -205,7 +205,7 @@ def solve_kv(wl: KvWorkload, system: System, *, n_ranges: int = 4, kv_groups: in
             wg = V(f"wg{i}", lowBound=0)
             wh = V(f"wh{i}", lowBound=0)
             wd = V(f"wd{i}", lowBound=0) if md.w == "disk" else None
-            bld.add([(wg, 1.0), (wh, 1.0)] + ([(wd, 1.0)] if wd else []) + [(n, -1.0)], pulp.LpConstraintEQ, 0.0)
+            bld.add([(wg, 1.0), (wh, 1.0)] + ([(wd, 1.0)] if wd is not None else []) + [(n, -1.0)], pulp.LpConstraintEQ, 0.0)
             if restriction.weights_all_offloaded:
                 bld.add([(wg, 1.0)], pulp.LpConstraintEQ, 0.0)
         # KV shares.
@@ -220,7 +220,7 @@ def solve_kv(wl: KvWorkload, system: System, *, n_ranges: int = 4, kv_groups: in
                 kg = V(f"kg{i}", lowBound=0)
             kh = V(f"kh{i}", lowBound=0)
             kd = V(f"kd{i}", lowBound=0) if md.kv == "disk" else None
-            bld.add([(kg, 1.0), (kh, 1.0)] + ([(kd, 1.0)] if kd else []) + [(n, -1.0)], pulp.LpConstraintEQ, 0.0)
+            bld.add([(kg, 1.0), (kh, 1.0)] + ([(kd, 1.0)] if kd is not None else []) + [(n, -1.0)], pulp.LpConstraintEQ, 0.0)
             if restriction.kv_all_offloaded:
                 bld.add([(kg, 1.0)], pulp.LpConstraintEQ, 0.0)
 
@@ -229,10 +229,10 @@ def solve_kv(wl: KvWorkload, system: System, *, n_ranges: int = 4, kv_groups: in
         gpu_mem += [(n, kv_layer)] if kg is None else [(kg, kv_layer)]
         if wh is not None:
             host_mem.append((wh, wb))
-            bld.add([(bw_buf, 1 / GB), (y, -2.0 * wb)], pulp.LpConstraintGE, 0.0, GB)
+            buffer_users.setdefault((bw_buf, 2.0 * wb), []).append(n)
         if wd is not None:
             disk_mem.append((wd, wb))
-            bld.add([(staging, 1 / GB), (y, -2.0 * wb)], pulp.LpConstraintGE, 0.0, GB)
+            buffer_users.setdefault((staging, 2.0 * wb), []).append(n)
         if kh is not None:
             host_mem.append((kh, kv_layer))
             if md.act:
@@ -240,7 +240,7 @@ def solve_kv(wl: KvWorkload, system: System, *, n_ranges: int = 4, kv_groups: in
             kv_buf = prefill_kv_buf
             if md.moves:
                 kv_buf = max(kv_buf, 2 * (kv_layer + (act_layer if md.act else 0.0)))
-            bld.add([(bk_buf, 1 / GB), (y, -kv_buf)], pulp.LpConstraintGE, 0.0, GB)
+            buffer_users.setdefault((bk_buf, kv_buf), []).append(n)
         if kd is not None:
             disk_mem.append((kd, kv_layer))
 
@@ -321,6 +321,10 @@ def solve_kv(wl: KvWorkload, system: System, *, n_ranges: int = 4, kv_groups: in
         per_mode.append((i, "vars", n, (wg, wh, wd), (kg, kh, kd), pt))
 
     bld.add(count_terms, pulp.LpConstraintEQ, float(L))
+    for j, ((buf, need), users) in enumerate(sorted(buffer_users.items(), key=lambda kv: (kv[0][0].name, kv[0][1]))):
+        used = V(f"buffer{j}", cat="Binary")
+        bld.add([(n, 1.0) for n in users] + [(used, -float(L))], pulp.LpConstraintLE, 0.0)
+        bld.add([(buf, 1 / GB), (used, -need)], pulp.LpConstraintGE, 0.0, GB)
 
     # Head (embeddings + LM head): on the GPU, or on the host and streamed each step.
     z = V("head_gpu", cat="Binary")

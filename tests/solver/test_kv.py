@@ -439,3 +439,24 @@ def test_recosting_a_plan_on_a_faster_link_is_never_slower(toy, llama2):
     assert faster["total_s"] <= plan.predicted["total_s"] * (1 + 1e-12)
     with pytest.raises(PlanError, match="has 32 layers but model"):
         evaluate_plan(plan, KvWorkload(model=load_model("llama-2-13b"), batch=8, prompt_len=1024, gen_len=8), toy)
+
+
+def test_model_larger_than_gpu_plus_host_is_planned_onto_disk():
+    # opt-175b: 96 layers x 12 x 12288^2 params x 2 B ~ 325 GiB of weights, more than the h100-sxm
+    # system's 78 GiB usable GPU + 248 GiB usable host, so a feasible plan must put bytes on the disk.
+    # (Regression: disk shares were once left out of the share equalities, so disk was never used.)
+    from costmodel import load_model
+    from hwprofiles import load_system
+    from solver import plan_kv
+    from costmodel import KvWorkload
+
+    wl = KvWorkload(model=load_model("opt-175b"), batch=1, prompt_len=128, gen_len=4)
+    plan = plan_kv(wl, load_system("h100-sxm"), objective="latency", baselines=("gpu-only", "full-offload"))
+    assert plan.status == "optimal"
+    assert plan.memory["disk_bytes"] > 0
+    for tier in ("gpu_bytes", "host_bytes", "disk_bytes"):
+        assert plan.memory[tier] <= plan.capacity[tier]
+    assert any(e["weights"]["disk"] > 0 or e["kv"]["disk"] > 0 for e in plan.layers)
+    # Baselines that cannot fit name the tier and the bytes.
+    assert "gpu memory would hold weights + KV" in plan.baselines["gpu-only"]["reason"]
+    assert "host memory would hold weights + KV" in plan.baselines["full-offload"]["reason"]
