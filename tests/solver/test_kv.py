@@ -216,6 +216,24 @@ def test_more_gpu_memory_never_makes_the_optimum_worse(toy, wl, gpu_gib, extra_g
 
 
 @HYPO
+@given(wl=workloads, gpu_gib=st.sampled_from([8, 12, 16]), gbps=st.sampled_from([4, 10, 25]),
+       factor=st.sampled_from([1.5, 2.0, 4.0]), direction=st.sampled_from(["h2d", "d2h", "both"]))
+def test_more_link_bandwidth_never_makes_the_optimum_worse(toy, wl, gpu_gib, gbps, factor, direction):
+    def system(bw: float):
+        sets = [f"gpu.memory={gpu_gib}GiB"]
+        sets += [f"link.{d}={bw}GB/s" for d in (("h2d", "d2h") if direction == "both" else (direction,))]
+        return apply_overrides(toy, sets)
+
+    slow = solve_kv(wl, system(gbps), gap_rel=1e-7)
+    fast = solve_kv(wl, system(gbps * factor), gap_rel=1e-7)
+    if slow.result.status is not SolveStatus.OPTIMAL:
+        return
+    # Bandwidth changes no capacity, so the same plans are feasible, and each costs no more.
+    assert fast.result.status is SolveStatus.OPTIMAL
+    assert fast.result.objective <= slow.result.objective * (1 + 1e-6)
+
+
+@HYPO
 @given(wl=workloads, gpu_gib=st.sampled_from([10, 14, 16]))
 def test_optimum_is_never_worse_than_any_baseline(toy, wl, gpu_gib):
     system = apply_overrides(toy, [f"gpu.memory={gpu_gib}GiB"])
