@@ -14,12 +14,12 @@ from solver.kv import (
     plan_kv,
 )
 from solver.kv_formulation import Mode, Restriction, all_modes, solve_kv
-from solver.plan import SCHEMA_VERSION, Plan, Status
+from solver.plan import SCHEMA_VERSION, Plan
 from solver.timeline import Timeline, simulate_decode_step, simulate_prefill, simulated_total_s
 
 __all__ = [
     "BASELINES", "Mode", "OBJECTIVES", "Plan", "PlanError", "Restriction", "SCHEMA_VERSION", "SolveStatus",
-    "Status", "Timeline", "all_modes", "available_backends", "batch_candidates", "default_backend",
+    "Timeline", "all_modes", "available_backends", "batch_candidates", "default_backend",
     "evaluate_plan", "evaluate_policy", "explain_infeasible", "metrics", "parse_flexgen", "plan_kv",
     "simulate_decode_step", "simulate_prefill", "simulated_total_s", "solve_kv",
 ]

@@ -50,7 +50,8 @@ class SolveResult:
 
 def solve(model: pulp.LpProblem, *, backend: str | None = None, time_limit_s: float = 10.0,
           gap_rel: float = 1e-4) -> SolveResult:
-    """Solve ``model`` in place; statuses are returned, never raised (a missing backend raises)."""
+    """Solve ``model`` in place. Infeasible and time limit are statuses; a missing or crashed backend
+    raises PlanError."""
     backend = backend or default_backend()
     if backend not in BACKENDS:
         raise PlanError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -63,9 +64,8 @@ def solve(model: pulp.LpProblem, *, backend: str | None = None, time_limit_s: fl
     start = time.perf_counter()
     try:
         model.solve(engine)
-    except pulp.PulpSolverError as err:
-        return SolveResult(status=SolveStatus.ERROR, backend=backend, solve_time_s=time.perf_counter() - start,
-                           objective=None, n_variables=model.numVariables(), n_constraints=model.numConstraints())
+    except pulp.PulpSolverError as err:  # a crashed backend is an exception, not a status
+        raise PlanError(f"MIP backend {backend!r} failed: {err}") from err
     elapsed = time.perf_counter() - start
     if model.status == pulp.LpStatusOptimal:
         status = SolveStatus.OPTIMAL if model.sol_status == pulp.LpSolutionOptimal else SolveStatus.FEASIBLE

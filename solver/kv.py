@@ -26,7 +26,7 @@ from hwprofiles import System, format_bytes
 from solver.backends import SolveStatus
 from solver.errors import PlanError
 from solver.kv_formulation import CPU, MOVE, Mode, Restriction, all_modes, solve_kv
-from solver.plan import Plan, Status
+from solver.plan import Plan
 from solver.timeline import simulated_total_s
 
 OBJECTIVES = ("throughput", "latency")
@@ -344,8 +344,8 @@ def plan_kv(wl: KvWorkload, system: System, *, objective: str = "throughput", n_
                    "kv_groups": kv_groups, "n_ranges": n_ranges}
     if best is None:
         solver_info["wall_time_s"] = time.perf_counter() - started
-        status = Status.INFEASIBLE if SolveStatus.INFEASIBLE.value in stats["statuses"] else Status.TIME_LIMIT
-        return Plan(kind="kv", status=status, objective=objective, workload=wl.summary(), hardware=hw,
+        status = SolveStatus.INFEASIBLE if SolveStatus.INFEASIBLE.value in stats["statuses"] else SolveStatus.TIME_LIMIT
+        return Plan(kind="kv", status=status.value, objective=objective, workload=wl.summary(), hardware=hw,
                     capacity=capacity(system), baselines=base, solver=solver_info,
                     explanation=explain_infeasible(wl.with_batch(batch_candidates(wl.batch, objective)[0]), system))
     pred = metrics(best.workload, best.cost)
@@ -361,11 +361,11 @@ def plan_kv(wl: KvWorkload, system: System, *, objective: str = "throughput", n_
         solver_info["simulated"] = {"prefill_s": sim_prefill, "decode_s": sim_decode,
                                     "total_s": sim_prefill + sim_decode, "time_s": time.perf_counter() - t}
     solver_info["wall_time_s"] = time.perf_counter() - started
-    status = Status.OPTIMAL if stats["statuses"] <= {SolveStatus.OPTIMAL.value, SolveStatus.INFEASIBLE.value} \
-        else Status.FEASIBLE
+    status = SolveStatus.OPTIMAL if stats["statuses"] <= {SolveStatus.OPTIMAL.value, SolveStatus.INFEASIBLE.value} \
+        else SolveStatus.FEASIBLE
     mem = best.cost.memory
     return Plan(
-        kind="kv", status=status, objective=objective, workload={**wl.summary(), "batch": best.workload.batch,
+        kind="kv", status=status.value, objective=objective, workload={**wl.summary(), "batch": best.workload.batch,
                                                                  "max_batch": wl.batch},
         hardware=hw, predicted=pred,
         memory={**mem.as_dict(), "gpu_breakdown": dict(mem.gpu_breakdown), "host_breakdown": dict(mem.host_breakdown)},

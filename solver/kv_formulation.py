@@ -14,11 +14,9 @@ the MIP accepts fits when evaluated exactly.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-import numpy as np
 import pulp
 
 from costmodel import (
@@ -191,7 +189,8 @@ def solve_kv(wl: KvWorkload, system: System, *, n_ranges: int = 4, kv_groups: in
     bk_buf = V("buf_kv", lowBound=0)
     staging = V("staging", lowBound=0)
     count_terms = []
-    per_mode = []
+    mode_vars: dict[int, tuple] = {}  # mode -> (n, weight shares, KV shares, prefill time)
+    token_vars: dict[tuple[int, int], tuple] = {}  # (mode, range) -> (transfer, recompute, CPU) tokens
     # (buffer variable, bytes it needs) -> layer counts of the modes that need it. One binary per
     # distinct buffer, not per mode: few binaries keep branch-and-bound short.
     buffer_users: dict[tuple[pulp.LpVariable, float], list[pulp.LpVariable]] = {}
@@ -296,7 +295,7 @@ def solve_kv(wl: KvWorkload, system: System, *, n_ranges: int = 4, kv_groups: in
                 chain = (uc.dense_gpu_s + 2 * uc.link_latency_s + uc.q_bytes / uc.d2h_bytes_per_s
                          + uc.o_bytes / uc.h2d_bytes_per_s + uc.attn_cpu_fixed_s)
                 bld.add([(t, 1.0), (n, -chain), (cc, -uc.attn_cpu_s_per_token * KTOK)], pulp.LpConstraintGE, 0.0, MS)
-            per_mode.append((i, k, x, r, cc))
+            token_vars[(i, k)] = (x, r, cc)
 
         # Prefill.
         pt = V(f"pt{i}", lowBound=0)
@@ -318,7 +317,7 @@ def solve_kv(wl: KvWorkload, system: System, *, n_ranges: int = 4, kv_groups: in
             if kd is not None:
                 disk.append((kd, -pc.kv_bytes / uc.disk_write_bytes_per_s))
             bld.add(disk, pulp.LpConstraintGE, 0.0, MS)
-        per_mode.append((i, "vars", n, (wg, wh, wd), (kg, kh, kd), pt))
+        mode_vars[i] = (n, (wg, wh, wd), (kg, kh, kd), pt)
 
     bld.add(count_terms, pulp.LpConstraintEQ, float(L))
     for j, ((buf, need), users) in enumerate(sorted(buffer_users.items(), key=lambda kv: (kv[0][0].name, kv[0][1]))):
@@ -345,7 +344,7 @@ def solve_kv(wl: KvWorkload, system: System, *, n_ranges: int = 4, kv_groups: in
     result = solve(prob, backend=backend, time_limit_s=time_limit_s, gap_rel=gap_rel)
     if result.status not in (SolveStatus.OPTIMAL, SolveStatus.FEASIBLE):
         return MipSolution(result=result)
-    return _extract(wl, modes, per_mode, ctx, bounds, z, kv_groups, result, prob)
+    return _extract(modes, mode_vars, token_vars, ctx, z, kv_groups, result)
 
 
 def _val(v) -> float:
@@ -360,16 +359,9 @@ def _fractions(values: Sequence[float], n: float) -> Fractions:
     return Fractions(gpu=g, host=h, disk=d)
 
 
-def _extract(wl, modes, per_mode, ctx, bounds, z, kv_groups, result, prob) -> MipSolution:
-    tokens = {}
-    info = {}
-    for entry in per_mode:
-        if entry[1] == "vars":
-            i, _, n, w, kv, pt = entry
-            info[i] = (round(_val(n)), w, kv, pt)
-        else:
-            i, k, x, r, cc = entry
-            tokens[(i, k)] = (_val(x), _val(r), _val(cc))
+def _extract(modes, mode_vars, token_vars, ctx, z, kv_groups, result) -> MipSolution:
+    tokens = {key: tuple(_val(v) for v in vs) for key, vs in token_vars.items()}
+    info = {i: (round(_val(n)), w, kv, pt) for i, (n, w, kv, pt) in mode_vars.items()}
     policies: list[LayerPolicy] = []
     counts = []
     operating = {}

@@ -18,16 +18,6 @@ from solver.errors import PlanError
 SCHEMA_VERSION = 1
 
 
-class Status:
-    """Plan statuses (strings in JSON)."""
-
-    OPTIMAL = "optimal"
-    FEASIBLE = "feasible"
-    INFEASIBLE = "infeasible"
-    TIME_LIMIT = "time_limit"
-    ERROR = "error"
-
-
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Plan:
     kind: str

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from costmodel import KvWorkload, WorkloadError, list_models, load_model, model_info
 from hwprofiles import Dimension, ProfileError, format_bytes, format_quantity, list_systems, load_system
