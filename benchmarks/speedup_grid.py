@@ -15,7 +15,7 @@ from costmodel import KvWorkload, load_model
 from hwprofiles import load_system
 from solver import BASELINES, plan_kv
 
-MODELS = ["opt-6.7b", "llama-2-7b", "llama-3-8b", "mistral-7b", "llama-2-13b"]
+MODELS = ["opt-6.7b", "llama-2-7b", "llama-3-8b", "mistral-7b", "llama-2-13b", "opt-30b", "llama-2-70b", "llama-3-70b"]
 SYSTEMS = ["a100-40gb", "rtx4090", "l4"]
 BATCHES = [8, 64]
 PROMPTS = [512, 8192]

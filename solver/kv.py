@@ -345,6 +345,7 @@ def plan_kv(wl: KvWorkload, system: System, *, objective: str = "throughput", n_
     if best is None:
         solver_info["wall_time_s"] = time.perf_counter() - started
         status = SolveStatus.INFEASIBLE if SolveStatus.INFEASIBLE.value in stats["statuses"] else SolveStatus.TIME_LIMIT
+        solver_info["status"] = status.value
         return Plan(kind="kv", status=status.value, objective=objective, workload=wl.summary(), hardware=hw,
                     capacity=capacity(system), baselines=base, solver=solver_info,
                     explanation=explain_infeasible(wl.with_batch(batch_candidates(wl.batch, objective)[0]), system))
@@ -363,6 +364,7 @@ def plan_kv(wl: KvWorkload, system: System, *, objective: str = "throughput", n_
     solver_info["wall_time_s"] = time.perf_counter() - started
     status = SolveStatus.OPTIMAL if stats["statuses"] <= {SolveStatus.OPTIMAL.value, SolveStatus.INFEASIBLE.value} \
         else SolveStatus.FEASIBLE
+    solver_info["status"] = status.value  # optimal: every MIP proven optimal; feasible: a time limit stopped one
     mem = best.cost.memory
     return Plan(
         kind="kv", status=status.value, objective=objective, workload={**wl.summary(), "batch": best.workload.batch,

@@ -55,7 +55,8 @@ def test_plan_json_has_stable_fields_and_evaluate_recosts_it(capsys, tmp_path):
     assert len(plan["layers"]) == 32
     for tier in ("gpu_bytes", "host_bytes", "disk_bytes"):
         assert plan["memory"][tier] <= plan["capacity"][tier]
-    assert {"backend", "status", "solve_time_s"} <= set(plan["solver"]) or "statuses" in plan["solver"]
+    assert {"backend", "status", "solve_time_s"} <= set(plan["solver"])
+    assert plan["solver"]["status"] == plan["status"] == "optimal"
     path = tmp_path / "plan.json"
     path.write_text(out)
     code, out, _ = run(capsys, "evaluate", str(path), "--hw", "h100-sxm", "--json")
@@ -91,3 +92,19 @@ def test_infeasible_workload_explains_the_short_tier(capsys):
                        "--set", "disk.capacity=1GB", "--batch", "1", "--prompt", "128", "--gen", "8")
     assert code == 1
     assert "infeasible" in out and "short by" in out
+
+
+def test_plan_from_a_config_file_and_a_system_file(capsys, tmp_path):
+    # A user's own files: an HF config.json and a system YAML that names bundled parts and a file.
+    from costmodel.transformer import MODELS_DIR
+
+    (tmp_path / "config.json").write_text((MODELS_DIR / "mistral-7b.json").read_text())
+    (tmp_path / "my-system.yaml").write_text(
+        "kind: system\nname: mine\ngpu: rtx4090\nhost: workstation-7950x-128gb\nlink: pcie4-x16\n")
+    code, out, _ = run(capsys, "plan", "kv", "--model", str(tmp_path / "config.json"), "--hw",
+                       str(tmp_path / "my-system.yaml"), "--batch", "2", "--prompt", "4096", "--gen", "8",
+                       "--objective", "latency", "--json")
+    plan = json.loads(out)
+    assert code == 0 and plan["hardware"]["system"] == "mine" and plan["objective"] == "latency"
+    assert plan["workload"]["batch"] == 2  # latency: the batch is fixed
+    assert plan["hardware"]["disk"] is None and plan["memory"]["disk_bytes"] == 0
