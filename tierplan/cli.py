@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import textwrap
 
 from costmodel import KvWorkload, WorkloadError, list_models, load_model, model_info
 from hwprofiles import Dimension, ProfileError, format_bytes, format_quantity, list_systems, load_system
@@ -74,7 +75,16 @@ def cmd_hw_show(args: argparse.Namespace) -> int:
         for key, (attr, dim) in SCHEMA[kind].items():
             prov = part.source_of(key)
             rows.append([key, format_quantity(getattr(part, attr), dim), prov.source.value, prov.ref])
-        print(_table(["field", "value", "source", "reference"], rows))
+        # Wrap the references so a table row fits a terminal; continuation lines align under them.
+        table = _table(["field", "value", "source", "reference"], [r[:3] + [""] for r in rows]).splitlines()
+        indent = len(table[0]) - len("reference")
+        print("\n".join(table[:2]))
+        for line, row in zip(table[2:], rows):
+            wrapped = textwrap.wrap(row[3], width=max(40, 110 - indent), break_long_words=False,
+                                    break_on_hyphens=False) or [""]
+            print(line.rstrip().ljust(indent) + wrapped[0])
+            for more in wrapped[1:]:
+                print(" " * indent + more)
         curves = getattr(part, "curves", None)
         if curves is not None:
             print(f"efficiency curves: {curves.name} ({curves.provenance.source.value}: {curves.provenance.ref[:100]}...)")
