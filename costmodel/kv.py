@@ -86,7 +86,7 @@ class KvWorkload:
                           dtype_bytes=self.dtype_bytes, prefill_chunk_tokens=self.prefill_chunk_tokens)
 
     def summary(self) -> dict[str, object]:
-        return {"model": self.model.name, "batch": self.batch, "prompt_len": self.prompt_len,
+        return {"model": self.model.name, "model_file": self.model.source, "batch": self.batch, "prompt_len": self.prompt_len,
                 "gen_len": self.gen_len, "dtype_bytes": self.dtype_bytes,
                 "prefill_chunk_tokens": self.prefill_chunk_tokens}
 

@@ -145,6 +145,7 @@ class System:
         """A JSON-friendly identification of the hardware (used in plans)."""
         return {
             "system": self.name,
+            "file": self.file,
             "gpu": self.gpu.name,
             "host": self.host.name,
             "link": self.link.name,

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 import textwrap
+from pathlib import Path
 
 from costmodel import KvWorkload, WorkloadError, list_models, load_model, model_info
 from hwprofiles import Dimension, ProfileError, format_bytes, format_quantity, list_systems, load_system
@@ -282,6 +283,82 @@ def _print_eval(out: dict, as_json: bool) -> None:
                   f"{format_bytes(out['capacity'][f'{tier}_bytes'])}")
 
 
+# ---------------------------------------------------------------------------------------------- validate
+# validate needs torch: imported here, lazily, so planning never loads it.
+
+
+def _validate_modules():
+    try:
+        from validate import profile, replay, report, suite
+    except ImportError as err:
+        raise PlanError(f"this command needs torch ({err}); install it with pip install 'tierplan[validate]'") from None
+    return profile, replay, report, suite
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    profile, _, _, _ = _validate_modules()
+    command = "tierplan profile" + (" --quick" if args.quick else "")
+    data = profile.profile_machine(quick=args.quick, device=args.device, command=command,
+                                   progress=lambda m: print(m, file=sys.stderr, flush=True))
+    profile.write_profile(data, args.output)
+    system = load_system(args.output)  # what --hw will read: fail here, not later
+    print(f"wrote {args.output}: {system.gpu.description}, {format_quantity(system.gpu.fp16_flop_per_s, Dimension.COMPUTE)}, "
+          f"{format_quantity(system.gpu.memory_bytes_per_s, Dimension.BANDWIDTH)} memory, link "
+          f"{format_quantity(system.link.h2d_bytes_per_s, Dimension.BANDWIDTH)} H2D")
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    _, replay, report, _ = _validate_modules()
+    plan = Plan.load(args.plan)
+    hw = args.hw or plan.hardware.get("file") or plan.hardware["system"]
+    system = load_system(hw, args.set or [])
+    w = plan.workload
+    wl = KvWorkload(model=load_model(w.get("model_file") or w["model"]), batch=w["batch"], prompt_len=w["prompt_len"],
+                    gen_len=w["gen_len"], dtype_bytes=w.get("dtype_bytes", 2))
+    pols, _ = plan.policies()
+    result = replay.replay_policies(wl, system, pols, layers=args.layers, steps=args.steps, repeats=args.repeats,
+                                    device=args.device, progress=lambda m: print(m, file=sys.stderr, flush=True))
+    result.update({"plan": str(args.plan), "profile": system.summary(), "command": " ".join(["tierplan", "replay", *args.argv])})
+    if args.json:
+        print(json.dumps(result, indent=1))
+    else:
+        print(report.replay_table(result))
+    if args.report:
+        out = Path(args.report)
+        report.write_json(result, out / "replay.json")
+        png = report.plot(result, out / "replay.png", f"{wl.model.name} on {system.name}: predicted vs measured")
+        print(f"report: {out / 'replay.json'}" + (f", {png}" if png else ""), file=sys.stderr)
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    profile, _, report, suite = _validate_modules()
+    if args.suite != "kv":
+        raise PlanError(f"--suite must be 'kv', got {args.suite!r}")
+    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    out = Path(args.output)
+    if args.hw:
+        system = load_system(args.hw, args.set or [])
+    else:
+        log("no --hw: profiling this machine first (--quick)")
+        data = profile.profile_machine(quick=True, device=args.device, command="tierplan validate (profile --quick)",
+                                       progress=log)
+        out.mkdir(parents=True, exist_ok=True)
+        profile.write_profile(data, out / "profile.yaml")
+        system = load_system(out / "profile.yaml", args.set or [])
+    result = suite.run_suite(system, layers=args.layers, steps=args.steps, repeats=args.repeats, device=args.device,
+                             progress=log, command=" ".join(["tierplan", "validate", *args.argv]))
+    report.write_json(result, out / "validate-kv.json")
+    report.plot(result["cases"], out / "validate-kv.png", f"kv suite on {result['device_name']}")
+    print(report.suite_table(result["cases"]))
+    for model, ratios in result["baseline_time_over_plan_time"].items():
+        worse = [f"{b} {r:.2f}x" for b, r in ratios.items()]
+        print(f"{model}: measured baseline time / plan time: {', '.join(worse)}")
+    print(f"results: {out / 'validate-kv.json'}")
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------- parser
 
 
@@ -338,11 +415,40 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--hw", default=None, help="system (default: a100-40gb, or the plan's own)")
     _workload_args(ev)
     ev.set_defaults(func=cmd_evaluate)
+
+    pr = sub.add_parser("profile", help="measure this machine (torch) and write a hardware profile YAML")
+    pr.add_argument("-o", "--output", required=True, help="profile YAML to write (usable as --hw)")
+    pr.add_argument("--quick", action="store_true", help="fewer sizes and repeats: under a minute")
+    pr.add_argument("--device", choices=("cuda", "cpu"), default=None, help="default: cuda if available")
+    pr.set_defaults(func=cmd_profile)
+
+    rp = sub.add_parser("replay", help="replay a plan with torch and report predicted vs measured")
+    rp.add_argument("plan", help="plan .json/.yaml from `tierplan plan kv -o`")
+    rp.add_argument("--hw", help="profile to predict with (default: the plan's own)")
+    rp.add_argument("--set", action="append", metavar="PART.FIELD=VALUE")
+    rp.add_argument("--layers", type=int, default=None, help="replay a slice of this many layers")
+    rp.add_argument("--steps", type=int, default=None, help="replay this many decode steps, spread over the generation")
+    rp.add_argument("--repeats", type=int, default=5)
+    rp.add_argument("--device", choices=("cuda", "cpu"), default=None)
+    rp.add_argument("--report", help="folder for replay.json and replay.png")
+    rp.add_argument("--json", action="store_true")
+    rp.set_defaults(func=cmd_replay)
+
+    va = sub.add_parser("validate", help="plan, replay and tabulate a fixed validation suite")
+    va.add_argument("--suite", default="kv")
+    va.add_argument("--hw", help="measured profile to use (default: profile this machine with --quick)")
+    va.add_argument("--set", action="append", metavar="PART.FIELD=VALUE")
+    va.add_argument("--layers", type=int, default=2)
+    va.add_argument("--steps", type=int, default=2)
+    va.add_argument("--repeats", type=int, default=3)
+    va.add_argument("--device", choices=("cuda", "cpu"), default=None)
+    va.add_argument("-o", "--output", default="validate-out", help="folder for results (default: %(default)s)")
+    va.set_defaults(func=cmd_validate)
     return parser
 
 
 def _validate_counts(args: argparse.Namespace) -> None:
-    for name in ("batch", "prompt", "gen", "ranges", "dtype_bytes"):
+    for name in ("batch", "prompt", "gen", "ranges", "dtype_bytes", "layers", "steps", "repeats"):
         value = getattr(args, name, None)
         if value is not None and value <= 0:
             raise WorkloadError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
@@ -353,11 +459,17 @@ def _validate_counts(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv[1:]
     try:
         _validate_counts(args)
         return args.func(args)
-    except (ProfileError, WorkloadError, PlanError) as err:
+    except ValueError as err:
+        # Our packages' errors (ProfileError, WorkloadError, PlanError, ReplayError) are clear
+        # messages for the user; any other ValueError is a bug and keeps its traceback.
+        if type(err).__module__.split(".")[0] not in ("hwprofiles", "costmodel", "solver", "validate"):
+            raise
         print(f"tierplan: error: {err}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # e.g. piped into head

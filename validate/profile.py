@@ -1,0 +1,393 @@
+"""Measure this machine with torch micro-benchmarks and write a hardware profile YAML.
+
+GEMM, GEMV, decode attention (SDPA) and elementwise throughput over sizes on the compute device;
+device memory bandwidth over sizes; H2D and D2H copies (pinned and pageable) over sizes, alone and
+both directions at once; CPU GEMM, CPU attention and CPU memory bandwidth. Per-transfer latency and
+bandwidth are fitted (scipy) from time = latency + bytes / bandwidth. Efficiency curves are the
+measured throughput over the peak measured throughput, made to satisfy the loader's rule that a
+bigger op never takes less time.
+
+On a machine without CUDA the CPU is profiled as the compute device and a host memcpy stands in
+for the link, so the whole path (profile -> plan -> replay) runs everywhere; the profile says so.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import yaml
+from scipy import optimize
+
+from validate.errors import ReplayError
+
+try:
+    import torch
+    import torch.nn.functional as F
+except ImportError as err:  # pragma: no cover - the error names the fix
+    raise ImportError("validate needs torch: pip install 'tierplan[validate]' (or torch your usual way)") from err
+
+Clock = Callable[[], float]
+
+
+@dataclass(slots=True)
+class Timer:
+    """Median wall time of a callable after warm-up; synchronises CUDA around each run.
+
+    ``clock`` is injectable so tests can use a fake clock.
+    """
+
+    device: torch.device
+    repeats: int = 5
+    warmup: int = 2
+    clock: Clock = time.perf_counter
+    samples: list[float] = field(default_factory=list)
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def __call__(self, fn: Callable[[], object], repeats: int | None = None) -> float:
+        for _ in range(self.warmup):
+            fn()
+        self._sync()
+        times = []
+        for _ in range(repeats or self.repeats):
+            start = self.clock()
+            fn()
+            self._sync()
+            times.append(self.clock() - start)
+        self.samples = times
+        return statistics.median(times)
+
+
+def monotone_curve(sizes: list[float], eff: list[float]) -> list[tuple[float, float]]:
+    """Clamp measured efficiencies so that time = size / eff never falls as size grows (the loader's
+    rule for curves interpolated linearly in log10(size)), and to at most 1.
+
+    >>> [(s, round(v, 4)) for s, v in monotone_curve([1e6, 1e7], [0.01, 0.5])]
+    [(1000000.0, 0.01), (10000000.0, 0.033)]
+    """
+    out: list[tuple[float, float]] = []
+    for s, v in sorted(zip(sizes, eff)):
+        v = min(max(v, 1e-6), 1.0)
+        if out:
+            s0, v0 = out[-1]
+            if s <= s0:
+                continue
+            v = min(v, v0 * (1 + math.log(10) * math.log10(s / s0)))
+        out.append((s, v))
+    return out
+
+
+def fit_link(sizes_bytes: list[float], times_s: list[float]) -> tuple[float, float]:
+    """Least-squares fit of time = latency + bytes / bandwidth; returns (latency_s, bytes_per_s).
+
+    >>> lat, bw = fit_link([1e6, 1e7, 1e8], [1e-5 + 1e6 / 1e10, 1e-5 + 1e7 / 1e10, 1e-5 + 1e8 / 1e10])
+    >>> round(lat * 1e6, 3), round(bw / 1e9, 3)
+    (10.0, 10.0)
+    """
+    x = np.asarray(sizes_bytes, dtype=float)
+    y = np.asarray(times_s, dtype=float)
+    # Relative errors: small transfers matter as much as large ones.
+    res = optimize.least_squares(lambda p: (p[0] + x * p[1] - y) / y, x0=[y.min() * 0.5, y.max() / x.max()],
+                                 bounds=([0.0, 1e-18], [np.inf, np.inf]), x_scale=[y.min(), y.max() / x.max()])
+    latency, inv_bw = res.x
+    return float(latency), float(1.0 / inv_bw)
+
+
+@dataclass(slots=True)
+class Profiler:
+    device: torch.device
+    quick: bool = False
+    progress: Callable[[str], None] = print
+    timer: Timer | None = None
+    results: dict = field(default_factory=dict)
+    dtype: torch.dtype | None = None
+
+    def __post_init__(self) -> None:
+        self.timer = self.timer or Timer(self.device, repeats=3 if self.quick else 7, warmup=1 if self.quick else 2)
+        # fp16 on the GPU (what plans assume); fp32 on the CPU, where fp16 math is emulated.
+        self.dtype = self.dtype or (torch.float16 if self.device.type == "cuda" else torch.float32)
+
+    # -- compute ------------------------------------------------------------------------------
+    def _gemm_points(self, dev: torch.device, dtype, sizes: list[int]) -> tuple[list[float], list[float]]:
+        flops, tput = [], []
+        for n in sizes:
+            a = torch.randn(n, n, device=dev, dtype=dtype)
+            b = torch.randn(n, n, device=dev, dtype=dtype)
+            t = self.timer(lambda: a @ b)
+            flops.append(2.0 * n**3)
+            tput.append(2.0 * n**3 / t)
+            self.progress(f"  gemm {n}x{n}x{n} on {dev.type}: {tput[-1] / 1e12:.3f} TFLOP/s")
+        return flops, tput
+
+    def _gemv_points(self, dev, dtype, sizes: list[int]) -> tuple[list[float], list[float]]:
+        flops, tput = [], []
+        for n in sizes:
+            x = torch.randn(4, n, device=dev, dtype=dtype)
+            w = torch.randn(n, n, device=dev, dtype=dtype)
+            t = self.timer(lambda: x @ w)
+            flops.append(2.0 * 4 * n * n)
+            tput.append(flops[-1] / t)
+        self.progress(f"  gemv (4 rows) on {dev.type}: up to {max(tput) / 1e12:.3f} TFLOP/s")
+        return flops, tput
+
+    def _attention_points(self, dev, dtype, contexts: list[int], batch: int = 4, heads: int = 32,
+                          head_dim: int = 128) -> tuple[list[float], list[float], list[float]]:
+        flops, tput, bws = [], [], []
+        for c in contexts:
+            q = torch.randn(batch, heads, 1, head_dim, device=dev, dtype=dtype)
+            k = torch.randn(batch, heads, c, head_dim, device=dev, dtype=dtype)
+            v = torch.randn(batch, heads, c, head_dim, device=dev, dtype=dtype)
+            t = self.timer(lambda: F.scaled_dot_product_attention(q, k, v))
+            f = 4.0 * batch * heads * c * head_dim
+            flops.append(f)
+            tput.append(f / t)
+            bws.append(2.0 * batch * heads * c * head_dim * q.element_size() / t)
+        self.progress(f"  decode attention on {dev.type}: up to {max(bws) / 1e9:.1f} GB/s of KV read")
+        return flops, tput, bws
+
+    def _elementwise_points(self, dev, dtype, sizes: list[int]) -> tuple[list[float], list[float]]:
+        flops, tput = [], []
+        for n in sizes:
+            a = torch.randn(n, device=dev, dtype=dtype)
+            b = torch.randn(n, device=dev, dtype=dtype)
+            t = self.timer(lambda: a.add_(b))
+            flops.append(float(n))
+            tput.append(n / t)
+        return flops, tput
+
+    def _copy_points(self, dev, sizes_bytes: list[int]) -> tuple[list[float], list[float]]:
+        moved, bw = [], []
+        for nbytes in sizes_bytes:
+            src = torch.empty(nbytes, dtype=torch.uint8, device=dev).random_(0, 255)
+            dst = torch.empty_like(src)
+            t = self.timer(lambda: dst.copy_(src))
+            moved.append(2.0 * nbytes)  # read + write
+            bw.append(2.0 * nbytes / t)
+        self.progress(f"  memory copy on {dev.type}: up to {max(bw) / 1e9:.1f} GB/s (read + write)")
+        return moved, bw
+
+    def _launch_overhead(self, dev) -> float:
+        x = torch.zeros(1, device=dev)
+        return self.timer(lambda: x.add_(1.0), repeats=50 if not self.quick else 10)
+
+    def compute_part(self, dev: torch.device, dtype) -> dict:
+        gemm_sizes = [64, 128, 256, 512, 1024] + ([] if self.quick else [2048, 4096 if dev.type == "cuda" else 1536])
+        gemv_sizes = [256, 1024, 4096] if self.quick else [256, 512, 1024, 2048, 4096, 8192]
+        ctx = [64, 512, 4096] if self.quick else [64, 256, 1024, 4096, 16384]
+        elem = [2**12, 2**18, 2**22] if self.quick else [2**10, 2**14, 2**18, 2**22, 2**24]
+        mem = [2**16, 2**20, 2**24] + ([] if self.quick else [2**18, 2**22, 2**26, 2**28])
+        gf, gt = self._gemm_points(dev, dtype, gemm_sizes)
+        vf, vt = self._gemv_points(dev, dtype, gemv_sizes)
+        af, at, _ = self._attention_points(dev, dtype, ctx)
+        ef, et = self._elementwise_points(dev, dtype, elem)
+        mb, mw = self._copy_points(dev, sorted(mem))
+        peak = max(gt)
+        mem_peak = max(mw)
+        return {
+            "peak_flop_per_s": peak,
+            "memory_bytes_per_s": mem_peak,
+            "launch_overhead_s": self._launch_overhead(dev) if dev.type == "cuda" else 0.0,
+            "curves": {
+                "gemm": monotone_curve(gf, [t / peak for t in gt]),
+                "gemv": monotone_curve(vf, [t / peak for t in vt]),
+                "attention": monotone_curve(af, [t / peak for t in at]),
+                "elementwise": monotone_curve(ef, [t / peak for t in et]),
+                "memory": monotone_curve(mb, [b / mem_peak for b in mw]),
+            },
+            "points": {"gemm": list(zip(gf, gt)), "gemv": list(zip(vf, vt)), "attention": list(zip(af, at)),
+                       "elementwise": list(zip(ef, et)), "memory": list(zip(mb, mw))},
+        }
+
+    # -- link ---------------------------------------------------------------------------------
+    def link_part(self) -> dict:
+        sizes = [2**16, 2**20, 2**24] + ([] if self.quick else [2**18, 2**22, 2**26, 2**28])
+        sizes = sorted(sizes)
+        cuda = self.device.type == "cuda"
+        dev = self.device
+        out: dict = {}
+
+        def measure(direction: str, pinned: bool) -> tuple[float, float]:
+            times = []
+            for nbytes in sizes:
+                host = torch.empty(nbytes, dtype=torch.uint8, pin_memory=pinned and cuda)
+                other = torch.empty(nbytes, dtype=torch.uint8, device=dev)
+                src, dst = (host, other) if direction == "h2d" else (other, host)
+                times.append(self.timer(lambda: dst.copy_(src, non_blocking=pinned and cuda)))
+            lat, bw = fit_link(sizes, times)
+            self.progress(f"  {direction} {'pinned' if pinned else 'pageable'}: {bw / 1e9:.2f} GB/s, "
+                          f"latency {lat * 1e6:.1f} us")
+            return lat, bw
+
+        lat_h, out["h2d"] = measure("h2d", True)
+        lat_d, out["d2h"] = measure("d2h", True)
+        out["latency"] = (lat_h + lat_d) / 2
+        _, pageable = measure("h2d", False)
+        out["pageable_factor"] = min(pageable / out["h2d"], 1.0) if cuda else 1.0
+        out["bidirectional_factor"] = self._bidirectional(sizes[-1], out["h2d"], out["d2h"])
+        return out
+
+    def _bidirectional(self, nbytes: int, h2d: float, d2h: float) -> float:
+        """Each direction's share of its solo bandwidth while both directions copy at once."""
+        cuda = self.device.type == "cuda"
+        host_a = torch.empty(nbytes, dtype=torch.uint8, pin_memory=cuda)
+        host_b = torch.empty(nbytes, dtype=torch.uint8, pin_memory=cuda)
+        dev_a = torch.empty(nbytes, dtype=torch.uint8, device=self.device)
+        dev_b = torch.empty(nbytes, dtype=torch.uint8, device=self.device)
+        if cuda:
+            s1, s2 = torch.cuda.Stream(), torch.cuda.Stream()
+
+            def both():
+                with torch.cuda.stream(s1):
+                    dev_a.copy_(host_a, non_blocking=True)
+                with torch.cuda.stream(s2):
+                    host_b.copy_(dev_b, non_blocking=True)
+                s1.synchronize()
+                s2.synchronize()
+        else:
+            import threading
+
+            def both():
+                t = threading.Thread(target=lambda: dev_a.copy_(host_a))
+                t.start()
+                host_b.copy_(dev_b)
+                t.join()
+
+        t_both = self.timer(both)
+        solo = nbytes / h2d + nbytes / d2h
+        # Both transfers finish in t_both; alone they would take nbytes/bw each, overlapped perfectly
+        # in max(...). The factor is the solo time of the slower one over the concurrent time.
+        factor = max(nbytes / h2d, nbytes / d2h) / t_both
+        self.progress(f"  both directions at once: {factor * 100:.0f} % of solo bandwidth each "
+                      f"(serial would be {max(nbytes / h2d, nbytes / d2h) / solo * 100:.0f} %)")
+        return float(min(max(factor, 0.01), 1.0))
+
+    # -- host ---------------------------------------------------------------------------------
+    def host_part(self) -> dict:
+        cpu = torch.device("cpu")
+        if self.device.type == "cpu" and "compute" in self.results:
+            c = self.results["compute"]  # the CPU was already profiled as the compute device
+        else:
+            c = self.compute_part(cpu, torch.float32)
+        return c
+
+
+def _meminfo_bytes(key: str) -> float:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return float(line.split()[1]) * 1024
+    raise ReplayError(f"/proc/meminfo has no {key}")
+
+
+def _q(value: float, unit: str, scale: float, source: str, ref: str) -> dict:
+    return {"value": f"{value / scale:.6g} {unit}", "source": source, "ref": ref}
+
+
+def _curves(name: str, c: dict, ref: str) -> dict:
+    def pts(points, unit_flop: bool):
+        return [[f"{s:.6g} {'FLOP' if unit_flop else 'B'}", f"{v * 100:.4g} %"] for s, v in points]
+
+    return {"name": name, "source": "fitted", "ref": ref,
+            "compute": {k: pts(c["curves"][k], True) for k in ("gemm", "gemv", "attention", "elementwise")},
+            "memory": pts(c["curves"]["memory"], False)}
+
+
+def profile_machine(*, quick: bool = False, device: str | None = None, command: str = "tierplan profile",
+                    progress: Callable[[str], None] = print) -> dict:
+    """Run the micro-benchmarks and return a system profile mapping (``yaml.safe_dump``-able)."""
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ReplayError("--device cuda was asked for but torch sees no CUDA device")
+    prof = Profiler(dev, quick=quick, progress=progress)
+    date = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    if dev.type == "cuda":
+        props = torch.cuda.get_device_properties(dev)
+        dev_name = props.name
+        driver = f"CUDA {torch.version.cuda}, driver {_driver_version()}"
+    else:
+        dev_name = f"CPU {platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
+        driver = "no CUDA"
+    ref = f"{command} on {dev_name}, {driver}, torch {torch.__version__}, {date}"
+    progress(f"profiling {dev_name} with torch {torch.__version__} ({'quick' if quick else 'full'})")
+    progress("compute device:")
+    prof.results["compute"] = comp = prof.compute_part(dev, prof.dtype)
+    progress("link:")
+    link = prof.link_part()
+    progress("host CPU:")
+    host = prof.host_part()
+    dram = _meminfo_bytes("MemTotal")
+    if dev.type == "cuda":
+        gpu_mem = float(torch.cuda.get_device_properties(dev).total_memory)
+        gpu_mem_ref = f"torch.cuda.get_device_properties().total_memory; {ref}"
+        host_mem, host_ref = dram, f"MemTotal in /proc/meminfo; {ref}"
+    else:
+        # CPU-as-GPU: the 'device' and the 'host' share one DRAM; give each half so plans that
+        # offload are exercised, and say so.
+        gpu_mem, host_mem = dram / 2, dram / 2
+        gpu_mem_ref = host_ref = f"half of MemTotal ({dram / 2**30:.1f} GiB): CPU-as-GPU profile, DRAM split between the two roles; {ref}"
+    gpu_dtype = "fp16" if dev.type == "cuda" else "fp32 (CPU as the compute device)"
+    data = {
+        "kind": "system",
+        "name": "measured-" + ("cuda" if dev.type == "cuda" else "cpu"),
+        "description": f"Measured by {command}: {dev_name}; compute in {gpu_dtype}; {ref}",
+        "gpu": {
+            "kind": "gpu", "name": dev_name.lower().replace(" ", "-")[:60], "description": dev_name,
+            "memory": _q(gpu_mem, "GiB", 2**30, "measured", gpu_mem_ref),
+            "memory_bandwidth": _q(comp["memory_bytes_per_s"], "GB/s", 1e9, "measured",
+                                   f"peak of a tensor copy sweep (read + write bytes); {ref}"),
+            "flops_fp16": _q(comp["peak_flop_per_s"], "TFLOP/s", 1e12, "measured",
+                             f"peak of a {gpu_dtype} GEMM sweep (the field holds the plan dtype's peak); {ref}"),
+            "flops_fp32": _q(comp["peak_flop_per_s"] / (2 if dev.type == "cuda" else 1), "TFLOP/s", 1e12,
+                             "estimate" if dev.type == "cuda" else "measured",
+                             f"{'half the fp16 peak (not measured separately)' if dev.type == 'cuda' else 'fp32 GEMM peak'}; {ref}"),
+            "reserved_memory": _q(2**30 if dev.type == "cuda" else 0.0, "GiB", 2**30, "estimate",
+                                  "CUDA context and allocator slack" if dev.type == "cuda" else "none on the CPU"),
+            "launch_overhead": _q(comp["launch_overhead_s"], "us", 1e-6, "measured",
+                                  f"median time of a one-element add; {ref}"),
+            "efficiency": _curves("measured-device", comp, f"fitted from the sweeps of {ref}"),
+        },
+        "host": {
+            "kind": "host", "name": "measured-host", "description": f"{platform.processor() or platform.machine()}",
+            "memory": _q(host_mem, "GiB", 2**30, "measured", host_ref),
+            "memory_bandwidth": _q(host["memory_bytes_per_s"], "GB/s", 1e9, "measured", f"CPU tensor copy sweep; {ref}"),
+            "flops_fp32": _q(host["peak_flop_per_s"], "TFLOP/s", 1e12, "measured", f"CPU fp32 GEMM sweep; {ref}"),
+            "reserved_memory": _q(0.0 if dev.type == "cpu" else 8 * 2**30, "GiB", 2**30, "estimate",
+                                  "OS and framework share"),
+            "efficiency": _curves("measured-host", host, f"fitted from the CPU sweeps of {ref}"),
+        },
+        "link": {
+            "kind": "link", "name": "measured-link",
+            "description": "pinned cudaMemcpy" if dev.type == "cuda" else "host memcpy standing in for the link (no CUDA)",
+            "h2d": _q(link["h2d"], "GB/s", 1e9, "fitted", f"time = latency + bytes / bandwidth fit over sizes; {ref}"),
+            "d2h": _q(link["d2h"], "GB/s", 1e9, "fitted", f"time = latency + bytes / bandwidth fit over sizes; {ref}"),
+            "latency": _q(link["latency"], "us", 1e-6, "fitted", f"intercept of the same fits; {ref}"),
+            "pageable_factor": _q(link["pageable_factor"], "%", 0.01, "measured", f"pageable / pinned H2D; {ref}"),
+            "bidirectional_factor": _q(link["bidirectional_factor"], "%", 0.01, "measured",
+                                       f"both directions at once vs alone; {ref}"),
+        },
+    }
+    return data
+
+
+def _driver_version() -> str:
+    try:
+        import subprocess
+
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10)
+        return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def write_profile(data: dict, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(data, sort_keys=False, width=200))
