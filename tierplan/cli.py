@@ -9,7 +9,7 @@ import textwrap
 from pathlib import Path
 
 from costmodel import KvWorkload, WorkloadError, list_models, load_model, model_info
-from hwprofiles import Dimension, ProfileError, format_bytes, format_quantity, list_systems, load_system
+from hwprofiles import Dimension, format_bytes, format_quantity, list_systems, load_system
 from hwprofiles.loader import SCHEMA
 from solver import BASELINES, OBJECTIVES, Plan, PlanError, available_backends, evaluate_plan, evaluate_policy, plan_kv
 from solver.kv import metrics
@@ -332,7 +332,31 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def _show_records(paths: list[str]) -> int:
+    """Print the error table of saved suite results (no torch needed)."""
+    from validate.report import suite_table  # plain Python: no torch
+
+    files = sorted(p for path in paths for p in ([Path(path)] if Path(path).is_file() else Path(path).glob("*.json")))
+    if not files:
+        raise PlanError(f"no suite results (*.json) found in {paths}")
+    for f in files:
+        try:
+            data = json.loads(f.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise PlanError(f"cannot read suite results {f}: {err}") from None
+        print(f"{f.name}: {data['device_name']} ({data['device']}), torch {data['torch']}, {data['date']}")
+        print(f"command: {data['command']}")
+        print(suite_table(data["cases"]))
+        for model, ratios in data.get("baseline_time_over_plan_time", {}).items():
+            print(f"{model}: measured baseline time / plan time: "
+                  + ", ".join(f"{b} {r:.2f}x" for b, r in ratios.items()))
+        print()
+    return 0
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
+    if args.show:
+        return _show_records(args.show)
     profile, _, report, suite = _validate_modules()
     if args.suite != "kv":
         raise PlanError(f"--suite must be 'kv', got {args.suite!r}")
@@ -443,6 +467,7 @@ def build_parser() -> argparse.ArgumentParser:
     va.add_argument("--repeats", type=int, default=3)
     va.add_argument("--device", choices=("cuda", "cpu"), default=None)
     va.add_argument("-o", "--output", default="validate-out", help="folder for results (default: %(default)s)")
+    va.add_argument("--show", nargs="+", metavar="RESULTS", help="print the tables of saved results (files or folders)")
     va.set_defaults(func=cmd_validate)
     return parser
 

@@ -80,9 +80,10 @@ def monotone_curve(sizes: list[float], eff: list[float]) -> list[tuple[float, fl
         v = min(max(v, 1e-6), 1.0)
         if out:
             s0, v0 = out[-1]
-            if s <= s0:
+            if s <= s0 * (1 + 1e-4):  # sizes must stay distinct when written with 6 digits
                 continue
-            v = min(v, v0 * (1 + math.log(10) * math.log10(s / s0)))
+            # 1e-5 below the limit, so the value written with 6 significant digits stays under it.
+            v = min(v, v0 * (1 + math.log(10) * math.log10(s / s0)) * (1 - 1e-5))
         out.append((s, v))
     return out
 
@@ -294,7 +295,7 @@ def _q(value: float, unit: str, scale: float, source: str, ref: str) -> dict:
 
 def _curves(name: str, c: dict, ref: str) -> dict:
     def pts(points, unit_flop: bool):
-        return [[f"{s:.6g} {'FLOP' if unit_flop else 'B'}", f"{v * 100:.4g} %"] for s, v in points]
+        return [[f"{s:.6g} {'FLOP' if unit_flop else 'B'}", f"{v * 100:.6g} %"] for s, v in points]
 
     return {"name": name, "source": "fitted", "ref": ref,
             "compute": {k: pts(c["curves"][k], True) for k in ("gemm", "gemv", "attention", "elementwise")},

@@ -41,8 +41,10 @@ def run_suite(system: System, *, layers: int = 2, steps: int = 2, repeats: int =
         weights = wl.model.total_params() * wl.dtype_bytes
         kv = wl.model.n_layers * wl.batch * wl.max_context * wl.model.kv_elements_per_token() * wl.dtype_bytes
         # Ample: every policy fits, so each strategy is exercised. Tight: the planner must offload.
-        ample = apply_overrides(system, [f"gpu.memory={(weights + kv) * 1.5 / 2**30 + system.gpu.reserved_bytes / 2**30:.3f}GiB"])
-        tight = apply_overrides(system, [f"gpu.memory={weights * 0.6 / 2**30 + system.gpu.reserved_bytes / 2**30:.3f}GiB"])
+        # Only a slice is replayed, so capacities may exceed this machine's: they shape the plans.
+        host = f"host.memory={(weights + kv) * 1.5 / 2**30 + system.host.reserved_bytes / 2**30:.3f}GiB"
+        ample = apply_overrides(system, [host, f"gpu.memory={(weights + kv) * 1.5 / 2**30 + system.gpu.reserved_bytes / 2**30:.3f}GiB"])
+        tight = apply_overrides(system, [host, f"gpu.memory={weights * 0.6 / 2**30 + system.gpu.reserved_bytes / 2**30:.3f}GiB"])
         runs = []
         for label, sysm in (("plan (ample memory)", ample), ("plan (tight memory)", tight)):
             plan = plan_kv(wl, sysm, objective="latency", baselines=(), simulate=False)

@@ -49,11 +49,12 @@ def test_fit_link_recovers_latency_and_bandwidth():
 @settings(max_examples=25, deadline=None)
 @given(st.lists(st.tuples(st.floats(1e3, 1e13), st.floats(1e-4, 1.0)), min_size=1, max_size=8, unique_by=lambda p: p[0]))
 def test_monotone_curve_always_passes_the_loader_rule(points):
+    # Written exactly as profile_machine writes curves (6 significant digits), then loaded.
+    from validate.profile import _curves
+
     curve = monotone_curve([p[0] for p in points], [p[1] for p in points])
-    flat = [["1 FLOP", "100 %"]]
-    as_yaml = [[f"{s!r} FLOP", f"{v * 100!r} %"] for s, v in curve]
-    parse_curves({"source": "fitted", "ref": "t", "memory": [["1 B", "100 %"]],
-                  "compute": {"gemm": as_yaml, "gemv": flat, "attention": flat, "elementwise": flat}}, file="t")
+    curves = {k: curve for k in ("gemm", "gemv", "attention", "elementwise", "memory")}
+    parse_curves(_curves("t", {"curves": curves}, "test"), file="t")
 
 
 def test_quick_cpu_profile_is_a_loadable_measured_system(cpu_profile):
