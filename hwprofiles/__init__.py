@@ -6,6 +6,7 @@ The public API: :func:`load_system`, :func:`list_systems`, :func:`load_part`,
 
 from hwprofiles.errors import ProfileError
 from hwprofiles.loader import (
+    SCHEMA_DIMENSIONS,
     apply_overrides,
     list_parts,
     list_systems,
@@ -19,7 +20,7 @@ from hwprofiles.types import Curve, CurveSet, Disk, Gpu, Host, Link, OpClass, Pr
 from hwprofiles.units import Dimension, format_bytes, format_quantity, parse_quantity
 
 __all__ = [
-    "Curve", "CurveSet", "Dimension", "Disk", "Gpu", "Host", "Link", "OpClass", "ProfileError",
+    "SCHEMA_DIMENSIONS", "Curve", "CurveSet", "Dimension", "Disk", "Gpu", "Host", "Link", "OpClass", "ProfileError",
     "Provenance", "Source", "System", "apply_overrides", "format_bytes", "format_quantity",
     "list_parts", "list_systems", "load_curves", "load_part", "load_system", "parse_curves",
     "parse_part", "parse_quantity",

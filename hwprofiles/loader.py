@@ -66,6 +66,10 @@ SCHEMA: dict[str, dict[str, tuple[str, Dimension]]] = {
         "latency": ("latency_s", Dimension.TIME),
     },
 }
+# "part.field" -> dimension, for overrides and sweeps given on the command line.
+SCHEMA_DIMENSIONS: dict[str, Dimension] = {
+    f"{kind}.{key}": dim for kind, fields in SCHEMA.items() for key, (_, dim) in fields.items()
+}
 # Quantities that may be zero (a zero latency is a valid what-if; zero capacity is not).
 ZERO_OK = {"reserved_memory", "launch_overhead", "latency"}
 RATIO_MAX = {"pageable_factor", "bidirectional_factor"}

@@ -283,6 +283,33 @@ def _print_eval(out: dict, as_json: bool) -> None:
                   f"{format_bytes(out['capacity'][f'{tier}_bytes'])}")
 
 
+# ---------------------------------------------------------------------------------------------- sweep
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from solver.sweep import grid, parse_vary, sweep
+
+    output = args.resume or args.output
+    vary = [parse_vary(v) for v in (args.vary or [])]
+    points = grid(args.model.split(","), args.hw.split(","), prompts=[int(p) for p in args.prompt.split(",")],
+                  batches=[int(b) for b in args.batch.split(",")], gen=args.gen, vary=vary, fixed=args.set or [],
+                  objective=args.objective)
+    df = sweep(points, output=output, resume=bool(args.resume), workers=args.workers)
+    cols = [c for c in ("model", "hw", *[f for f, _ in vary], "prompt", "max_batch", "status", "batch",
+                        "tokens_per_s", "kv_gpu_share", "offloaded_recompute_share", "offloaded_cpu_share",
+                        "speedup_flexgen") if c in df.columns]
+    print(df[cols].to_string(index=False, float_format=lambda v: f"{v:,.3g}"))
+    if output:
+        print(f"wrote {output} ({len(df)} points)", file=sys.stderr)
+    if args.plot:
+        from solver.plots import sweep_lines
+
+        if not vary:
+            raise PlanError("--plot needs a --vary field for its x axis")
+        print(f"plot: {sweep_lines(df, vary[0][0], args.plot)}", file=sys.stderr)
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------- validate
 # validate needs torch: imported here, lazily, so planning never loads it.
 
@@ -440,6 +467,23 @@ def build_parser() -> argparse.ArgumentParser:
     _workload_args(ev)
     ev.set_defaults(func=cmd_evaluate)
 
+    sw = sub.add_parser("sweep", help="what-if grids over models, hardware and overrides")
+    sw.add_argument("family", choices=("kv",))
+    sw.add_argument("--model", default=DEFAULTS["model"], help="comma-separated models")
+    sw.add_argument("--hw", default=DEFAULTS["hw"], help="comma-separated systems")
+    sw.add_argument("--vary", action="append", metavar="PART.FIELD=A..B:N",
+                    help="a profile field to sweep: 'link.h2d=8GB/s..64GB/s:8' or 'host.memory=64GiB,208GiB'")
+    sw.add_argument("--set", action="append", metavar="PART.FIELD=VALUE", help="an override for every point")
+    sw.add_argument("--prompt", default=str(DEFAULTS["prompt"]), help="comma-separated prompt lengths")
+    sw.add_argument("--batch", default=str(DEFAULTS["batch"]), help="comma-separated (largest) batches")
+    sw.add_argument("--gen", type=int, default=DEFAULTS["gen"])
+    sw.add_argument("--objective", choices=OBJECTIVES, default="throughput")
+    sw.add_argument("-o", "--output", help="results .parquet or .csv (written incrementally beside it)")
+    sw.add_argument("--resume", metavar="OUTPUT", help="continue the sweep saved in OUTPUT; finished points are kept")
+    sw.add_argument("--workers", type=int, default=None, help="local processes (default: all cores)")
+    sw.add_argument("--plot", help="PNG of throughput against the first --vary field")
+    sw.set_defaults(func=cmd_sweep)
+
     pr = sub.add_parser("profile", help="measure this machine (torch) and write a hardware profile YAML")
     pr.add_argument("-o", "--output", required=True, help="profile YAML to write (usable as --hw)")
     pr.add_argument("--quick", action="store_true", help="fewer sizes and repeats: under a minute")
@@ -473,8 +517,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _validate_counts(args: argparse.Namespace) -> None:
-    for name in ("batch", "prompt", "gen", "ranges", "dtype_bytes", "layers", "steps", "repeats"):
+    for name in ("batch", "prompt", "gen", "ranges", "dtype_bytes", "layers", "steps", "repeats", "workers"):
         value = getattr(args, name, None)
+        if isinstance(value, str):  # sweep takes comma-separated lists
+            try:
+                values = [int(v) for v in value.split(",")]
+            except ValueError:
+                raise WorkloadError(f"--{name} must be comma-separated positive integers, got {value!r}") from None
+            value = min(values)
         if value is not None and value <= 0:
             raise WorkloadError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
     if getattr(args, "kv_groups", 0) < 0:

@@ -131,3 +131,16 @@ def test_cli_plan_then_replay_with_a_report(tmp_path, cpu_profile, capsys):
     assert "total" in out and "slice: 2 of 4 layers" in out
     report = json.loads((tmp_path / "out" / "replay.json").read_text())
     assert report["plan"] == str(plan) and report["profile"]["file"] == str(cpu_profile)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", list(POLICIES))
+def test_replay_every_strategy_on_cuda(tiny, name):
+    # The CUDA path: copy stream, events, pinned host buffers. Predictions use a bundled profile;
+    # only the mechanics are checked here, accuracy is the suite's job.
+    wl = KvWorkload(model=tiny, batch=2, prompt_len=64, gen_len=8)
+    pols = [POLICIES[name]] * 4
+    r = replay_policies(wl, load_system("h100-sxm"), pols, layers=2, steps=2, repeats=2, warmup=1,
+                        device="cuda", progress=lambda m: None)
+    assert all(row["measured_s"] > 0 for row in r["layers"]) and r["peak_gpu_bytes"] > 0
