@@ -43,16 +43,6 @@ KV_BYTES_PER_TOKEN_LAYER = 2 * 32 * 128 * 2  # 16_384 B per sequence, token and 
 ACT_BYTES_PER_TOKEN_LAYER = 4096 * 2  # 8_192 B: one layer input (hidden) per token
 
 
-@pytest.fixture(scope="module")
-def toy():
-    return load_system(TOY)
-
-
-@pytest.fixture(scope="module")
-def llama2():
-    return load_model("llama-2-7b")
-
-
 def _policies(n_layers: int, n_ranges: int = 4, **kw) -> tuple[LayerPolicy, ...]:
     splits = kw.pop("splits", (TokenSplit(),) * n_ranges)
     return (LayerPolicy(splits=splits, **kw),) * n_layers

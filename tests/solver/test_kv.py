@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from costmodel import KvWorkload, evaluate, load_model
-from hwprofiles import apply_overrides, format_bytes, load_system
+from hwprofiles import apply_overrides, format_bytes
 from solver import (
     BASELINES,
     PlanError,
@@ -37,16 +37,6 @@ TOY = Path(__file__).resolve().parents[1] / "data" / "toy-system.yaml"
 GIB = 2**30
 BACKENDS = available_backends()
 HYPO = settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-
-
-@pytest.fixture(scope="module")
-def toy():
-    return load_system(TOY)
-
-
-@pytest.fixture(scope="module")
-def llama2():
-    return load_model("llama-2-7b")
 
 
 def _offloaded_kv_share(pols) -> float:

@@ -4,20 +4,12 @@ from __future__ import annotations
 
 import copy
 import json
-from pathlib import Path
 
 import pytest
 
 from costmodel import KvWorkload, load_model
-from hwprofiles import load_system
 from solver import SCHEMA_VERSION, Plan, PlanError, evaluate_plan, plan_kv
 
-TOY = Path(__file__).resolve().parents[1] / "data" / "toy-system.yaml"
-
-
-@pytest.fixture(scope="module")
-def toy():
-    return load_system(TOY)
 
 
 @pytest.fixture(scope="module")

@@ -3,28 +3,16 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from costmodel import Fractions, KvWorkload, LayerPolicy, TokenSplit, evaluate, load_model
-from hwprofiles import apply_overrides, load_system
+from costmodel import Fractions, KvWorkload, LayerPolicy, TokenSplit, evaluate
+from hwprofiles import apply_overrides
 from solver import Timeline, plan_kv, simulate_decode_step, simulate_prefill, simulated_total_s
 from solver.timeline import RESOURCES
 
-TOY = Path(__file__).resolve().parents[1] / "data" / "toy-system.yaml"
-
-
-@pytest.fixture(scope="module")
-def toy():
-    return load_system(TOY)
-
-
-@pytest.fixture(scope="module")
-def llama2():
-    return load_model("llama-2-7b")
 
 
 def _check_invariants(tl: Timeline) -> None:
