@@ -7,7 +7,9 @@ replace one number or one part, so a what-if study changes exactly what it says.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import functools
 import math
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -77,6 +79,20 @@ PART_CLASSES: dict[str, type[Part]] = {"gpu": Gpu, "host": Host, "link": Link, "
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
+    """Parse a profile file; parsed files are cached by path and modification time (a sweep reads the
+    same bundled files for every point), and each caller gets its own copy."""
+    try:
+        stamp = path.stat().st_mtime_ns
+    except FileNotFoundError:
+        raise ProfileError(f"profile file not found: {path}") from None
+    except OSError as err:
+        raise ProfileError(f"cannot read profile file {path}: {err.strerror}") from None
+    return copy.deepcopy(_read_yaml_cached(str(path), stamp))
+
+
+@functools.lru_cache(maxsize=256)
+def _read_yaml_cached(name: str, _stamp: int) -> dict[str, Any]:
+    path = Path(name)
     try:
         text = path.read_text()
     except FileNotFoundError:

@@ -7,6 +7,7 @@ PuLP's ``status`` reads "Optimal" even when the time limit stopped the search; o
 from __future__ import annotations
 
 import enum
+import functools
 import time
 from dataclasses import dataclass
 
@@ -26,8 +27,14 @@ class SolveStatus(enum.StrEnum):
 BACKENDS = ("highs", "cbc")
 
 
+@functools.lru_cache(maxsize=1)
+def _found_solvers() -> tuple[str, ...]:
+    # listSolvers probes executables on PATH each call: ~3 ms, a quarter of a sweep point's time.
+    return tuple(pulp.listSolvers(onlyAvailable=True))
+
+
 def available_backends() -> list[str]:
-    found = pulp.listSolvers(onlyAvailable=True)
+    found = _found_solvers()
     return [b for b, s in (("highs", "HiGHS"), ("cbc", "PULP_CBC_CMD")) if s in found]
 
 
