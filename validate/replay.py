@@ -113,11 +113,15 @@ class Replayer:
         self.act_slots = [torch.empty(wl.batch, c_max, m.hidden, device=device, dtype=self.dtype) for _ in range(2)] \
             if any(L.act_host is not None for L in self.layers) else None
         self.copy_stream = torch.cuda.Stream(device) if self.cuda else None
+        # The copy thread stands in for the copy engine on the CPU; CPU attention gets its own
+        # thread so it runs beside the device's attention, as the cost model assumes.
         self.pool = None if self.cuda else ThreadPoolExecutor(max_workers=1)
+        self.cpu_attention = ThreadPoolExecutor(max_workers=1)
 
     def close(self) -> None:
         if self.pool is not None:
             self.pool.shutdown()
+        self.cpu_attention.shutdown()
 
     # -- copies (one direction per engine, issued ahead) ---------------------------------------
     def _tokens(self, L: _Layer, c: int, split) -> tuple[int, int, int]:
@@ -192,8 +196,7 @@ class Replayer:
             out = F.scaled_dot_product_attention(q, k, v, enable_gqa=m.is_gqa)
         else:
             q_host = q.to("cpu", torch.float32, non_blocking=False)
-            fut = (self.pool.submit if self.pool else (lambda f, *a: _Done(f(*a))))(
-                _attention_lse, q_host, L.k_host32[:, :, :n_c], L.v_host32[:, :, :n_c])
+            fut = self.cpu_attention.submit(_attention_lse, q_host, L.k_host32[:, :, :n_c], L.v_host32[:, :, :n_c])
             o_dev, lse_dev = _attention_lse(q, k, v) if n_dev else (None, None)
             o_cpu, lse_cpu = fut.result()
             o_cpu, lse_cpu = o_cpu.to(self.dev, self.dtype), lse_cpu.to(self.dev)
@@ -243,14 +246,6 @@ class Replayer:
             torch.cuda.synchronize(self.dev)
             times = [marks[i].elapsed_time(marks[i + 1]) / 1e3 for i in range(len(self.layers))]
         return times
-
-
-class _Done:
-    def __init__(self, value):
-        self.value = value
-
-    def result(self):
-        return self.value
 
 
 def _attention_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -32,6 +32,19 @@ def suite_workloads(device: torch.device) -> dict[str, KvWorkload]:
     return {m: KvWorkload(model=load_model(m), batch=4, prompt_len=256, gen_len=16, dtype_bytes=4) for m in MODELS}
 
 
+def _git_commit() -> str | None:
+    """The checkout's commit, so a record says which code produced it (None outside a git checkout)."""
+    import subprocess
+    from pathlib import Path
+
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
+                             cwd=Path(__file__).resolve().parent)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
 def run_suite(system: System, *, layers: int = 2, steps: int = 2, repeats: int = 3, device: str | None = None,
               progress: Callable[[str], None] = print, command: str = "") -> dict:
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -80,6 +93,7 @@ def run_suite(system: System, *, layers: int = 2, steps: int = 2, repeats: int =
         "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
+        "tierplan_commit": _git_commit(),
         "profile": system.summary(),
         "cases": cases,
         "summary": summary(cases),
