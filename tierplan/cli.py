@@ -238,11 +238,18 @@ def cmd_plan_kv(args: argparse.Namespace) -> int:
     return 0 if plan.predicted is not None else 1
 
 
+def _plan_model(workload: dict):
+    """The plan's model: by bundled name when it is one (paths differ between machines), else its file."""
+    name = workload["model"]
+    return load_model(name if name in list_models() else workload.get("model_file") or name)
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.target == "kv":
         if not args.policy:
             raise PlanError("evaluate kv needs --policy NAME (" + ", ".join(BASELINES) + ", flexgen:wg,wc,cg,cc,hg,hc)")
         system = load_system(args.hw or DEFAULTS["hw"], args.set or [])
+        args.model = args.model or DEFAULTS["model"]
         wl = _workload(args)
         ev, reason = evaluate_policy(args.policy, wl, system, objective=args.objective, backend=args.backend)
         if ev is None:
@@ -255,7 +262,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     plan = Plan.load(args.target)
     system = load_system(args.hw or plan.hardware["system"], args.set or [])
     w = plan.workload
-    wl = KvWorkload(model=load_model(args.model or w["model"]), batch=w["batch"], prompt_len=w["prompt_len"],
+    wl = KvWorkload(model=load_model(args.model) if args.model else _plan_model(w), batch=w["batch"], prompt_len=w["prompt_len"],
                     gen_len=w["gen_len"], dtype_bytes=w.get("dtype_bytes", 2))
     cost, pred = evaluate_plan(plan, wl, system)
     out = {"policy": f"plan {args.target}", "hardware": system.name,
@@ -341,7 +348,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     hw = args.hw or plan.hardware.get("file") or plan.hardware["system"]
     system = load_system(hw, args.set or [])
     w = plan.workload
-    wl = KvWorkload(model=load_model(w.get("model_file") or w["model"]), batch=w["batch"], prompt_len=w["prompt_len"],
+    wl = KvWorkload(model=_plan_model(w), batch=w["batch"], prompt_len=w["prompt_len"],
                     gen_len=w["gen_len"], dtype_bytes=w.get("dtype_bytes", 2))
     pols, _ = plan.policies()
     result = replay.replay_policies(wl, system, pols, layers=args.layers, steps=args.steps, repeats=args.repeats,
@@ -415,7 +422,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def _workload_args(p: argparse.ArgumentParser, *, required_model: bool = False) -> None:
     p.add_argument("--model", default=None if required_model else DEFAULTS["model"],
-                   help="bundled model name or path to a Hugging Face config.json (default: %(default)s)")
+                   help=f"bundled model name or path to a Hugging Face config.json (default: {DEFAULTS['model']}"
+                        + (", or the plan's own" if required_model else "") + ")")
     p.add_argument("--batch", type=int, default=DEFAULTS["batch"],
                    help="largest batch (throughput) or the batch (latency) (default: %(default)s)")
     p.add_argument("--prompt", type=int, default=DEFAULTS["prompt"], help="prompt tokens (default: %(default)s)")
@@ -464,7 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("target", help="'kv' with --policy, or a plan .json/.yaml file")
     ev.add_argument("--policy", help=f"{', '.join(BASELINES)} or flexgen:wg,wc,cg,cc,hg,hc")
     ev.add_argument("--hw", default=None, help="system (default: a100-40gb, or the plan's own)")
-    _workload_args(ev)
+    _workload_args(ev, required_model=True)  # no default model: a plan file names its own
     ev.set_defaults(func=cmd_evaluate)
 
     sw = sub.add_parser("sweep", help="what-if grids over models, hardware and overrides")

@@ -108,3 +108,17 @@ def test_plan_from_a_config_file_and_a_system_file(capsys, tmp_path):
     assert code == 0 and plan["hardware"]["system"] == "mine" and plan["objective"] == "latency"
     assert plan["workload"]["batch"] == 2  # latency: the batch is fixed
     assert plan["hardware"]["disk"] is None and plan["memory"]["disk_bytes"] == 0
+
+
+def test_evaluate_plan_uses_the_plans_own_model(capsys, tmp_path):
+    # Regression: --model defaulted to llama-2-7b, so a llama-3-8b plan (also 32 layers) was
+    # silently re-costed as llama-2-7b.
+    path = tmp_path / "plan.json"
+    code, _, _ = run(capsys, "plan", "kv", "--model", "llama-3-8b", "--hw", "a100-40gb", "--batch", "4",
+                     "--prompt", "256", "--gen", "8", "--objective", "latency", "-o", str(path), "--json")
+    plan = json.loads(path.read_text())
+    code, out, _ = run(capsys, "evaluate", str(path), "--json")
+    same_hw = json.loads(out)
+    assert code == 0
+    # Re-costed on its own hardware, the plan predicts exactly what it predicted.
+    assert same_hw["predicted"]["total_s"] == pytest.approx(plan["predicted"]["total_s"], rel=1e-9)
