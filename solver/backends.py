@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import enum
 import functools
+import os
+import sys
 import time
 from dataclasses import dataclass
 
@@ -25,6 +27,26 @@ class SolveStatus(enum.StrEnum):
 
 
 BACKENDS = ("highs", "cbc")
+
+
+@functools.lru_cache(maxsize=1)
+def _silence_highs_banner() -> None:
+    """highspy >= 1.16 prints a copyright banner on stdout (from C, before any option can be set)
+    the first time a Highs object is made in a process. It would corrupt `tierplan ... --json`,
+    so make that first object with file descriptor 1 pointed at /dev/null."""
+    try:
+        import highspy
+    except ImportError:
+        return
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 1)
+            highspy.Highs()
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 @functools.lru_cache(maxsize=1)
@@ -65,6 +87,7 @@ def solve(model: pulp.LpProblem, *, backend: str | None = None, time_limit_s: fl
     if backend not in available_backends():
         raise PlanError(f"backend {backend!r} is not installed; available: {available_backends()}")
     if backend == "highs":
+        _silence_highs_banner()
         engine = pulp.HiGHS(msg=False, timeLimit=time_limit_s, gapRel=gap_rel, threads=1)
     else:
         engine = pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit_s, gapRel=gap_rel)

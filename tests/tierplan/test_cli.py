@@ -122,3 +122,14 @@ def test_evaluate_plan_uses_the_plans_own_model(capsys, tmp_path):
     assert code == 0
     # Re-costed on its own hardware, the plan predicts exactly what it predicted.
     assert same_hw["predicted"]["total_s"] == pytest.approx(plan["predicted"]["total_s"], rel=1e-9)
+
+
+def test_json_output_is_pure_json_in_a_fresh_process():
+    # highspy >= 1.16 prints a banner on stdout when a process makes its first solver; piping
+    # `--json` into another tool must still work.
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "tierplan", "plan", "kv", "--batch", "2", "--prompt", "64",
+                          "--gen", "4", "--json"], capture_output=True, text=True, timeout=300, check=True)
+    assert json.loads(out.stdout)["status"] == "optimal"
