@@ -22,7 +22,7 @@ import numpy as np
 from costmodel.errors import WorkloadError
 from costmodel.roofline import Op, Processor, roofline_time_s
 from costmodel.transformer import TransformerSpec
-from hwprofiles import OpClass, System
+from hwprofiles import Link, OpClass, System
 
 # A batch at or below this many rows makes a GEMM a GEMV-like (memory-bound, low-occupancy) kernel.
 GEMV_MAX_ROWS = 8
@@ -409,20 +409,20 @@ class HeadCosts:
     """Embeddings, final norm and LM head: kept on the GPU, or on the host and streamed each step."""
 
     bytes: float
-    decode_gpu_s: float
-    prefill_gpu_s: float
+    gpu_s: float
 
-    def step_s(self, on_gpu: bool, uc: UnitCosts) -> float:
+    def step_s(self, on_gpu: bool, link: Link) -> float:
+        """One pass of the head: its GPU time, or (streamed) the longer of that and its H2D copy."""
         if on_gpu:
-            return self.decode_gpu_s
-        return max(self.decode_gpu_s, uc.link_latency_s + self.bytes / uc.h2d_bytes_per_s)
+            return self.gpu_s
+        return max(self.gpu_s, link.latency_s + self.bytes / link.h2d_bytes_per_s)
 
 
 def head_costs(wl: KvWorkload, system: System) -> HeadCosts:
     m, dt = wl.model, wl.dtype_bytes
     gpu = Processor.gpu(system.gpu)
     t = ops_time_s(head_ops(m, wl.batch, dt), gpu)
-    return HeadCosts(bytes=(m.head_params()) * dt, decode_gpu_s=t, prefill_gpu_s=t)
+    return HeadCosts(bytes=m.head_params() * dt, gpu_s=t)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -583,12 +583,10 @@ def evaluate(wl: KvWorkload, system: System, layers: Sequence[LayerPolicy], *, h
         cost, per_step = cache[pol]
         costs.append(cost)
         step_total += per_step
-    uc_any = unit_costs(wl, system, context=float(contexts.mean()), gpu_attn_tokens=1, recompute_tokens=1, cpu_tokens=1)
-    head_step = hc.step_s(head_on_gpu, uc_any)
+    head_step = hc.step_s(head_on_gpu, system.link)  # once per decode step, and once after prefill
     step_total += head_step
-    head_prefill = hc.step_s(head_on_gpu, uc_any)
     return KvCost(
-        prefill_s=sum(c.prefill_s for c in costs) + head_prefill,
+        prefill_s=sum(c.prefill_s for c in costs) + head_step,
         decode_s=float(step_total.sum()),
         step_times_s=step_total,
         layers=tuple(costs),

@@ -329,8 +329,8 @@ def solve_kv(wl: KvWorkload, system: System, *, n_ranges: int = 4, kv_groups: in
     z = V("head_gpu", cat="Binary")
     if restriction.head_on_gpu is not None:
         bld.add([(z, 1.0)], pulp.LpConstraintEQ, 1.0 if restriction.head_on_gpu else 0.0)
-    head_gpu_s = hc.step_s(True, ucs[0])
-    head_host_s = hc.step_s(False, ucs[0])
+    head_gpu_s = hc.step_s(True, system.link)
+    head_host_s = hc.step_s(False, system.link)
     head_const = (wl.gen_len + 1) * head_host_s
     objective.append((z, -(wl.gen_len + 1) * (head_host_s - head_gpu_s)))
     gpu_mem += [(z, hc.bytes), (bw_buf, 1 / GB), (bk_buf, 1 / GB)]

@@ -128,8 +128,7 @@ def simulate_decode_step(wl: KvWorkload, system: System, layers: Sequence[LayerP
             gr.task(f"L{li}.d2h_kv", "d2h", li, uc.link_latency_s + d2h_bytes / uc.d2h_bytes_per_s, [pre])
         gpu_done.append(post)
         prev_out = post
-    uc = unit_costs(wl, system, context=c, gpu_attn_tokens=c, recompute_tokens=1, cpu_tokens=1)
-    gr.task("head", "gpu", len(layers), head_costs(wl, system).step_s(head_on_gpu, uc), [prev_out])
+    gr.task("head", "gpu", len(layers), head_costs(wl, system).step_s(head_on_gpu, system.link), [prev_out])
     return gr.schedule()
 
 
@@ -156,7 +155,7 @@ def simulate_prefill(wl: KvWorkload, system: System, layers: Sequence[LayerPolic
         gpu_done.append(comp)
         d2h_done.append(d2h)
         prev = comp
-    gr.task("head", "gpu", len(layers), head_costs(wl, system).step_s(head_on_gpu, uc), [prev])
+    gr.task("head", "gpu", len(layers), head_costs(wl, system).step_s(head_on_gpu, system.link), [prev])
     return gr.schedule()
 
 

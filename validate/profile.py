@@ -205,8 +205,6 @@ class Profiler:
                 "elementwise": monotone_curve(ef, [t / peak for t in et]),
                 "memory": monotone_curve(mb, [b / mem_peak for b in mw]),
             },
-            "points": {"gemm": list(zip(gf, gt)), "gemv": list(zip(vf, vt)), "attention": list(zip(af, at)),
-                       "elementwise": list(zip(ef, et)), "memory": list(zip(mb, mw))},
         }
 
     # -- link ---------------------------------------------------------------------------------
