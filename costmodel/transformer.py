@@ -6,6 +6,7 @@ opt (learned positions, LayerNorm, biases, ReLU MLP) and gpt-neox (parallel atte
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -208,7 +209,15 @@ def spec_from_hf_config(cfg: dict[str, Any], *, name: str, file: str = "") -> Tr
 
 def _index() -> dict[str, dict[str, Any]]:
     path = MODELS_DIR / "index.yaml"
-    data = yaml.safe_load(path.read_text()) if path.exists() else None
+    if not path.exists():
+        return {}
+    # Parsed once per modification time: a sweep looks up a model for every point (~50 ms a parse).
+    return dict(_index_cached(str(path), path.stat().st_mtime_ns))
+
+
+@functools.lru_cache(maxsize=4)
+def _index_cached(name: str, _stamp: int) -> dict[str, dict[str, Any]]:
+    data = yaml.safe_load(Path(name).read_text())
     return dict((data or {}).get("models", {}))
 
 
@@ -222,7 +231,7 @@ def model_info(name: str) -> dict[str, Any]:
     index = _index()
     if name not in index:
         raise WorkloadError(f"unknown model {name!r}; bundled models are: {', '.join(sorted(index))}")
-    return index[name]
+    return dict(index[name])
 
 
 def load_model(name_or_path: str | Path) -> TransformerSpec:

@@ -1,19 +1,26 @@
-"""Solve a PuLP model with HiGHS (in process, via highspy) or CBC, and report an honest status.
+"""A small MIP container and its solvers: HiGHS in process (highspy, the default) or CBC via PuLP.
 
-PuLP's ``status`` reads "Optimal" even when the time limit stopped the search; only
-``sol_status`` (1: proven optimal, 2: a solution was found) tells them apart, so both are read.
+Models are plain arrays (columns with bounds and integrality, rows in compressed sparse row form),
+so a model of a few hundred columns is built in well under a millisecond and handed to HiGHS in
+one call; PuLP's per-expression objects cost more than the solve itself on models this small.
+CBC, the fallback, gets the same arrays rebuilt as a PuLP problem.
+
+Infeasible and time-limited solves are statuses, never exceptions; only a missing or crashed
+backend raises :class:`PlanError`.
 """
 
 from __future__ import annotations
 
 import enum
 import functools
+import math
 import os
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 
-import pulp
+import numpy as np
 
 from solver.errors import PlanError
 
@@ -27,6 +34,101 @@ class SolveStatus(enum.StrEnum):
 
 
 BACKENDS = ("highs", "cbc")
+LE, GE, EQ = "<=", ">=", "=="
+
+
+class MipModel:
+    """Columns and rows of a mixed-integer program, built incrementally.
+
+    Examples
+    --------
+    >>> m = MipModel()
+    >>> x, y = m.var("x", ub=4), m.var("y", integer=True)
+    >>> m.add([(x, 1.0), (y, 1.0)], GE, 2.5)
+    >>> m.minimize([(x, 1.0), (y, 2.0)])
+    >>> m.n_variables, m.n_constraints
+    (2, 1)
+    """
+
+    def __init__(self, name: str = "mip") -> None:
+        self.name = name
+        self.col_names: list[str] = []
+        self.col_lower: list[float] = []
+        self.col_upper: list[float] = []
+        self.col_integer: list[bool] = []
+        self.row_start: list[int] = [0]
+        self.row_index: list[int] = []
+        self.row_value: list[float] = []
+        self.row_lower: list[float] = []
+        self.row_upper: list[float] = []
+        self.cost: dict[int, float] = {}
+        self.offset = 0.0
+        self.maximise = False
+
+    @property
+    def n_variables(self) -> int:
+        return len(self.col_names)
+
+    @property
+    def n_constraints(self) -> int:
+        return len(self.row_lower)
+
+    def var(self, name: str, *, lb: float = 0.0, ub: float = math.inf, integer: bool = False) -> int:
+        """A new column; returns its index."""
+        self.col_names.append(name)
+        self.col_lower.append(lb)
+        self.col_upper.append(ub)
+        self.col_integer.append(integer)
+        return len(self.col_names) - 1
+
+    def binary(self, name: str) -> int:
+        return self.var(name, lb=0.0, ub=1.0, integer=True)
+
+    def add(self, terms: Iterable[tuple[int, float]], sense: str, rhs: float, scale: float = 1.0) -> None:
+        """Add ``sum(coef * x[col]) <sense> rhs``, every coefficient and ``rhs`` multiplied by ``scale``
+        (rows of bytes are scaled to GB so that a solver's absolute tolerances mean the same on every
+        row). A column repeated in ``terms`` gets the sum of its coefficients."""
+        coef: dict[int, float] = {}
+        for col, c in terms:
+            coef[col] = coef.get(col, 0.0) + c
+        for col, c in coef.items():
+            if c != 0.0:
+                self.row_index.append(col)
+                self.row_value.append(c * scale)
+        self.row_start.append(len(self.row_index))
+        rhs = rhs * scale
+        if sense not in (LE, GE, EQ):
+            raise PlanError(f"internal: row sense must be one of {LE!r}, {GE!r}, {EQ!r}, got {sense!r}")
+        self.row_lower.append(rhs if sense in (GE, EQ) else -math.inf)
+        self.row_upper.append(rhs if sense in (LE, EQ) else math.inf)
+
+    def minimize(self, terms: Iterable[tuple[int, float]], constant: float = 0.0) -> None:
+        self._objective(terms, constant, maximise=False)
+
+    def maximize(self, terms: Iterable[tuple[int, float]], constant: float = 0.0) -> None:
+        self._objective(terms, constant, maximise=True)
+
+    def _objective(self, terms: Iterable[tuple[int, float]], constant: float, *, maximise: bool) -> None:
+        self.cost = {}
+        for col, c in terms:
+            self.cost[col] = self.cost.get(col, 0.0) + c
+        self.offset = constant
+        self.maximise = maximise
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SolveResult:
+    status: SolveStatus
+    backend: str
+    solve_time_s: float
+    objective: float | None
+    n_variables: int
+    n_constraints: int
+    values: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False, compare=False)
+
+    def value(self, col: int | None) -> float:
+        """A column's value, clipped at zero (solvers return -1e-12 for zero); 0 for no column."""
+        return 0.0 if col is None or not len(self.values) else max(float(self.values[col]), 0.0)
 
 
 @functools.lru_cache(maxsize=1)
@@ -34,10 +136,8 @@ def _silence_highs_banner() -> None:
     """highspy >= 1.16 prints a copyright banner on stdout (from C, before any option can be set)
     the first time a Highs object is made in a process. It would corrupt `tierplan ... --json`,
     so make that first object with file descriptor 1 pointed at /dev/null."""
-    try:
-        import highspy
-    except ImportError:
-        return
+    import highspy
+
     sys.stdout.flush()
     saved = os.dup(1)
     try:
@@ -50,14 +150,27 @@ def _silence_highs_banner() -> None:
 
 
 @functools.lru_cache(maxsize=1)
-def _found_solvers() -> tuple[str, ...]:
-    # listSolvers probes executables on PATH each call: ~3 ms, a quarter of a sweep point's time.
-    return tuple(pulp.listSolvers(onlyAvailable=True))
+def _found_backends() -> tuple[str, ...]:
+    found = []
+    try:
+        import highspy  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        found.append("highs")
+    try:
+        import pulp
+    except ImportError:
+        pass
+    else:
+        # listSolvers probes executables on PATH each call (~3 ms), hence the cache.
+        if "PULP_CBC_CMD" in pulp.listSolvers(onlyAvailable=True):
+            found.append("cbc")
+    return tuple(found)
 
 
 def available_backends() -> list[str]:
-    found = _found_solvers()
-    return [b for b, s in (("highs", "HiGHS"), ("cbc", "PULP_CBC_CMD")) if s in found]
+    return list(_found_backends())
 
 
 def default_backend() -> str:
@@ -67,46 +180,107 @@ def default_backend() -> str:
     return avail[0]
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SolveResult:
-    status: SolveStatus
-    backend: str
-    solve_time_s: float
-    objective: float | None
-    n_variables: int
-    n_constraints: int
-
-
-def solve(model: pulp.LpProblem, *, backend: str | None = None, time_limit_s: float = 10.0,
+def solve(model: MipModel, *, backend: str | None = None, time_limit_s: float = 10.0,
           gap_rel: float = 1e-4) -> SolveResult:
-    """Solve ``model`` in place. Infeasible and time limit are statuses; a missing or crashed backend
-    raises PlanError."""
+    """Solve ``model``. Infeasible and time limit are statuses; a missing or crashed backend raises
+    PlanError. ``gap_rel`` is the relative MIP gap at which a solution counts as optimal."""
     backend = backend or default_backend()
     if backend not in BACKENDS:
         raise PlanError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend not in available_backends():
         raise PlanError(f"backend {backend!r} is not installed; available: {available_backends()}")
-    if backend == "highs":
-        _silence_highs_banner()
-        engine = pulp.HiGHS(msg=False, timeLimit=time_limit_s, gapRel=gap_rel, threads=1)
-    else:
-        engine = pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit_s, gapRel=gap_rel)
     start = time.perf_counter()
-    try:
-        model.solve(engine)
-    except pulp.PulpSolverError as err:  # a crashed backend is an exception, not a status
-        raise PlanError(f"MIP backend {backend!r} failed: {err}") from err
-    elapsed = time.perf_counter() - start
-    if model.status == pulp.LpStatusOptimal:
-        status = SolveStatus.OPTIMAL if model.sol_status == pulp.LpSolutionOptimal else SolveStatus.FEASIBLE
-    elif model.status == pulp.LpStatusInfeasible:
+    run = _solve_highs if backend == "highs" else _solve_cbc
+    status, objective, values = run(model, time_limit_s, gap_rel)
+    return SolveResult(status=status, backend=backend, solve_time_s=time.perf_counter() - start,
+                       objective=objective, n_variables=model.n_variables, n_constraints=model.n_constraints,
+                       values=values)
+
+
+def _solve_highs(model: MipModel, time_limit_s: float, gap_rel: float) -> tuple[SolveStatus, float | None, np.ndarray]:
+    import highspy
+
+    _silence_highs_banner()
+    n, m = model.n_variables, model.n_constraints
+    lp = highspy.HighsLp()
+    lp.num_col_, lp.num_row_ = n, m
+    cost = np.zeros(n)
+    for col, c in model.cost.items():
+        cost[col] = c
+    lp.col_cost_ = cost
+    lp.offset_ = model.offset
+    lp.sense_ = highspy.ObjSense.kMaximize if model.maximise else highspy.ObjSense.kMinimize
+    lp.col_lower_ = np.asarray(model.col_lower, dtype=float)
+    lp.col_upper_ = np.asarray(model.col_upper, dtype=float)
+    lp.row_lower_ = np.asarray(model.row_lower, dtype=float)
+    lp.row_upper_ = np.asarray(model.row_upper, dtype=float)
+    lp.a_matrix_.format_ = highspy.MatrixFormat.kRowwise
+    lp.a_matrix_.num_col_, lp.a_matrix_.num_row_ = n, m
+    lp.a_matrix_.start_ = np.asarray(model.row_start, dtype=np.int32)
+    lp.a_matrix_.index_ = np.asarray(model.row_index, dtype=np.int32)
+    lp.a_matrix_.value_ = np.asarray(model.row_value, dtype=float)
+    if any(model.col_integer):
+        lp.integrality_ = [highspy.HighsVarType.kInteger if i else highspy.HighsVarType.kContinuous
+                           for i in model.col_integer]
+    h = highspy.Highs()
+    for key, value in (("output_flag", False), ("threads", 1), ("time_limit", float(time_limit_s)),
+                       ("mip_rel_gap", float(gap_rel))):
+        h.setOptionValue(key, value)
+    if h.passModel(lp) == highspy.HighsStatus.kError:
+        raise PlanError(f"MIP backend 'highs' rejected model {model.name!r}")
+    if h.run() == highspy.HighsStatus.kError:
+        raise PlanError(f"MIP backend 'highs' failed on model {model.name!r}: {h.modelStatusToString(h.getModelStatus())}")
+    ms = h.getModelStatus()
+    has_solution = h.getInfo().primal_solution_status == 2  # kSolutionStatusFeasible
+    S = highspy.HighsModelStatus
+    if ms == S.kOptimal:
+        status = SolveStatus.OPTIMAL
+    elif ms in (S.kInfeasible, S.kUnboundedOrInfeasible):
         status = SolveStatus.INFEASIBLE
-    elif model.sol_status == pulp.LpSolutionIntegerFeasible:
+    elif ms in (S.kTimeLimit, S.kIterationLimit, S.kSolutionLimit, S.kInterrupt):
+        status = SolveStatus.FEASIBLE if has_solution else SolveStatus.TIME_LIMIT
+    else:
+        status = SolveStatus.ERROR
+    if status in (SolveStatus.OPTIMAL, SolveStatus.FEASIBLE):
+        return status, h.getInfo().objective_function_value, np.asarray(h.getSolution().col_value, dtype=float)
+    return status, None, np.zeros(0)
+
+
+def _solve_cbc(model: MipModel, time_limit_s: float, gap_rel: float) -> tuple[SolveStatus, float | None, np.ndarray]:
+    import pulp
+
+    prob = pulp.LpProblem(model.name, pulp.LpMaximize if model.maximise else pulp.LpMinimize)
+    cols = [pulp.LpVariable(name, lowBound=None if math.isinf(lo) else lo, upBound=None if math.isinf(hi) else hi,
+                            cat="Integer" if integer else "Continuous")
+            for name, lo, hi, integer in zip(model.col_names, model.col_lower, model.col_upper, model.col_integer)]
+    prob.setObjective(pulp.LpAffineExpression([(cols[c], v) for c, v in model.cost.items()], constant=model.offset))
+    for r in range(model.n_constraints):
+        a, b = model.row_start[r], model.row_start[r + 1]
+        expr = pulp.LpAffineExpression([(cols[c], v) for c, v in zip(model.row_index[a:b], model.row_value[a:b])])
+        lo, hi = model.row_lower[r], model.row_upper[r]
+        if lo == hi:
+            prob.addConstraint(pulp.LpConstraint(expr, pulp.LpConstraintEQ, f"r{r}", lo))
+        else:
+            if not math.isinf(lo):
+                prob.addConstraint(pulp.LpConstraint(expr, pulp.LpConstraintGE, f"r{r}", lo))
+            if not math.isinf(hi):
+                prob.addConstraint(pulp.LpConstraint(expr, pulp.LpConstraintLE, f"r{r}u", hi))
+    try:
+        prob.solve(pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit_s, gapRel=gap_rel))
+    except pulp.PulpSolverError as err:  # a crashed backend is an exception, not a status
+        raise PlanError(f"MIP backend 'cbc' failed: {err}") from err
+    # PuLP's ``status`` reads "Optimal" even when the time limit stopped the search; only
+    # ``sol_status`` (1: proven optimal, 2: a solution was found) tells them apart.
+    if prob.status == pulp.LpStatusOptimal:
+        status = SolveStatus.OPTIMAL if prob.sol_status == pulp.LpSolutionOptimal else SolveStatus.FEASIBLE
+    elif prob.status in (pulp.LpStatusInfeasible, pulp.LpStatusUnbounded):  # CBC reports some infeasible MIPs as unbounded
+        status = SolveStatus.INFEASIBLE
+    elif prob.sol_status == pulp.LpSolutionIntegerFeasible:
         status = SolveStatus.FEASIBLE
-    elif model.status == pulp.LpStatusNotSolved:
+    elif prob.status == pulp.LpStatusNotSolved:
         status = SolveStatus.TIME_LIMIT
     else:
-        status = SolveStatus.INFEASIBLE if model.status == pulp.LpStatusUnbounded else SolveStatus.ERROR
-    objective = pulp.value(model.objective) if status in (SolveStatus.OPTIMAL, SolveStatus.FEASIBLE) else None
-    return SolveResult(status=status, backend=backend, solve_time_s=elapsed, objective=objective,
-                       n_variables=model.numVariables(), n_constraints=model.numConstraints())
+        status = SolveStatus.ERROR
+    if status in (SolveStatus.OPTIMAL, SolveStatus.FEASIBLE):
+        return status, pulp.value(prob.objective), np.array([v.varValue or 0.0 for v in cols], dtype=float)
+    return status, None, np.zeros(0)

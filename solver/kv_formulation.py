@@ -14,10 +14,8 @@ the MIP accepts fits when evaluated exactly.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-
-import pulp
 
 from costmodel import (
     Fractions,
@@ -32,7 +30,7 @@ from costmodel import (
     working_bytes,
 )
 from hwprofiles import System
-from solver.backends import SolveResult, SolveStatus, solve
+from solver.backends import EQ, GE, LE, MipModel, SolveResult, SolveStatus, solve
 
 MOVE, CPU, MIXED = "move", "cpu", "mixed"
 
@@ -105,36 +103,11 @@ class MipSolution:
     operating: dict[int, tuple[float, float]] = field(default_factory=dict)
 
 
-@dataclass(slots=True)
-class _Builder:
-    """Collects variables and constraints as coefficient dicts, built into PuLP in bulk."""
-
-    model: pulp.LpProblem
-    n_cons: int = 0
-
-    def add(self, terms: Iterable[tuple[pulp.LpVariable, float]], sense: int, rhs: float, scale: float = 1.0) -> None:
-        """Add ``sum(terms) <sense> rhs``, every coefficient multiplied by ``scale`` (byte rows are
-        scaled to GB so that HiGHS's absolute tolerances mean the same on every row)."""
-        expr = _affine((v, c * scale) for v, c in terms)
-        rhs = rhs * scale
-        self.n_cons += 1
-        self.model.addConstraint(pulp.LpConstraint(expr, sense, f"c{self.n_cons}", rhs))
-
-
 # Row and unit scales. HiGHS drops matrix entries below 1e-9 and uses absolute tolerances, so rows
 # of bytes are scaled to GB, time rows to milliseconds, and token variables count thousands of tokens.
 GB = 1e-9
 MS = 1e3
 KTOK = 1e3
-
-
-def _affine(terms: Iterable[tuple[pulp.LpVariable, float]], constant: float = 0.0) -> pulp.LpAffineExpression:
-    """One affine expression from (variable, coefficient) pairs; repeated variables add up
-    (LpAffineExpression keeps only the last coefficient of a repeated variable)."""
-    coef: dict[pulp.LpVariable, float] = {}
-    for v, c in terms:
-        coef[v] = coef.get(v, 0.0) + c
-    return pulp.LpAffineExpression([(v, c) for v, c in coef.items() if c != 0.0], constant=constant)
 
 
 def solve_kv(wl: KvWorkload, system: System, *, n_ranges: int = 4, kv_groups: int = 0,
@@ -178,50 +151,49 @@ def solve_kv(wl: KvWorkload, system: System, *, n_ranges: int = 4, kv_groups: in
     act_layer = wl.batch * wl.max_context * m.hidden * dt
     prefill_kv_buf = 2 * wl.batch * wl.prompt_len * m.kv_elements_per_token() * dt
 
-    prob = pulp.LpProblem("kv_placement", pulp.LpMinimize)
-    bld = _Builder(prob)
-    V = pulp.LpVariable
-    objective: list[tuple[pulp.LpVariable, float]] = []
-    gpu_mem: list[tuple[pulp.LpVariable, float]] = []
-    host_mem: list[tuple[pulp.LpVariable, float]] = []
-    disk_mem: list[tuple[pulp.LpVariable, float]] = []
-    bw_buf = V("buf_w", lowBound=0)
-    bk_buf = V("buf_kv", lowBound=0)
-    staging = V("staging", lowBound=0)
+    bld = MipModel("kv_placement")
+    V = bld.var
+    objective: list[tuple[int, float]] = []
+    gpu_mem: list[tuple[int, float]] = []
+    host_mem: list[tuple[int, float]] = []
+    disk_mem: list[tuple[int, float]] = []
+    bw_buf = V("buf_w")
+    bk_buf = V("buf_kv")
+    staging = V("staging")
     count_terms = []
     mode_vars: dict[int, tuple] = {}  # mode -> (n, weight shares, KV shares, prefill time)
     token_vars: dict[tuple[int, int], tuple] = {}  # (mode, range) -> (transfer, recompute, CPU) tokens
     # (buffer variable, bytes it needs) -> layer counts of the modes that need it. One binary per
     # distinct buffer, not per mode: few binaries keep branch-and-bound short.
-    buffer_users: dict[tuple[pulp.LpVariable, float], list[pulp.LpVariable]] = {}
+    buffer_users: dict[tuple[int, float], list[int]] = {}
     for i, md in enumerate(modes):
-        n = V(f"n{i}", lowBound=0, upBound=L, cat="Integer")
+        n = V(f"n{i}", ub=L, integer=True)
         count_terms.append((n, 1.0))
         # Weight shares (aggregated over the mode's layers).
         if md.w == "gpu":
             wg, wh, wd = None, None, None
         else:
-            wg = V(f"wg{i}", lowBound=0)
-            wh = V(f"wh{i}", lowBound=0)
-            wd = V(f"wd{i}", lowBound=0) if md.w == "disk" else None
-            bld.add([(wg, 1.0), (wh, 1.0)] + ([(wd, 1.0)] if wd is not None else []) + [(n, -1.0)], pulp.LpConstraintEQ, 0.0)
+            wg = V(f"wg{i}")
+            wh = V(f"wh{i}")
+            wd = V(f"wd{i}") if md.w == "disk" else None
+            bld.add([(wg, 1.0), (wh, 1.0)] + ([(wd, 1.0)] if wd is not None else []) + [(n, -1.0)], EQ, 0.0)
             if restriction.weights_all_offloaded:
-                bld.add([(wg, 1.0)], pulp.LpConstraintEQ, 0.0)
+                bld.add([(wg, 1.0)], EQ, 0.0)
         # KV shares.
         if md.kv == "gpu":
             kg, kh, kd = None, None, None
         else:
             if kv_groups:
-                g = V(f"kgroups{i}", lowBound=0, upBound=L * kv_groups, cat="Integer")
-                kg = V(f"kg{i}", lowBound=0)
-                bld.add([(kg, float(kv_groups)), (g, -1.0)], pulp.LpConstraintEQ, 0.0)
+                g = V(f"kgroups{i}", ub=L * kv_groups, integer=True)
+                kg = V(f"kg{i}")
+                bld.add([(kg, float(kv_groups)), (g, -1.0)], EQ, 0.0)
             else:
-                kg = V(f"kg{i}", lowBound=0)
-            kh = V(f"kh{i}", lowBound=0)
-            kd = V(f"kd{i}", lowBound=0) if md.kv == "disk" else None
-            bld.add([(kg, 1.0), (kh, 1.0)] + ([(kd, 1.0)] if kd is not None else []) + [(n, -1.0)], pulp.LpConstraintEQ, 0.0)
+                kg = V(f"kg{i}")
+            kh = V(f"kh{i}")
+            kd = V(f"kd{i}") if md.kv == "disk" else None
+            bld.add([(kg, 1.0), (kh, 1.0)] + ([(kd, 1.0)] if kd is not None else []) + [(n, -1.0)], EQ, 0.0)
             if restriction.kv_all_offloaded:
-                bld.add([(kg, 1.0)], pulp.LpConstraintEQ, 0.0)
+                bld.add([(kg, 1.0)], EQ, 0.0)
 
         # Memory.
         gpu_mem += [(n, wb)] if wg is None else [(wg, wb)]
@@ -247,14 +219,14 @@ def solve_kv(wl: KvWorkload, system: System, *, n_ranges: int = 4, kv_groups: in
         streamed = [v for v in (wh, wd) if v is not None]
         # Decode, per context range.
         for k, (c, uc) in enumerate(zip(ctx, ucs)):
-            t = V(f"t{i}_{k}", lowBound=0)
+            t = V(f"t{i}_{k}")
             objective.append((t, float(steps[k])))
-            x = V(f"x{i}_{k}", lowBound=0) if md.offloads_kv and md.moves else None
-            r = V(f"r{i}_{k}", lowBound=0) if md.offloads_kv and md.moves and md.act else None
-            cc = V(f"cpu{i}_{k}", lowBound=0) if md.offloads_kv and md.uses_cpu else None
+            x = V(f"x{i}_{k}") if md.offloads_kv and md.moves else None
+            r = V(f"r{i}_{k}") if md.offloads_kv and md.moves and md.act else None
+            cc = V(f"cpu{i}_{k}") if md.offloads_kv and md.uses_cpu else None
             toks = [v for v in (x, r, cc) if v is not None]
             if off:
-                bld.add([(v, 1.0) for v in toks] + [(v, -c / KTOK) for v in off], pulp.LpConstraintEQ, 0.0)
+                bld.add([(v, 1.0) for v in toks] + [(v, -c / KTOK) for v in off], EQ, 0.0)
             # GPU stream: dense ops + attention over every token not attended on the CPU + recompute.
             gpu = [(t, 1.0), (n, -(uc.dense_gpu_s + c * uc.attn_gpu_s_per_token
                                    + (uc.recompute_gpu_fixed_s if r is not None else 0.0)))]
@@ -262,7 +234,7 @@ def solve_kv(wl: KvWorkload, system: System, *, n_ranges: int = 4, kv_groups: in
                 gpu.append((cc, uc.attn_gpu_s_per_token * KTOK))
             if r is not None:
                 gpu.append((r, -uc.recompute_gpu_s_per_token * KTOK))
-            bld.add(gpu, pulp.LpConstraintGE, 0.0, MS)
+            bld.add(gpu, GE, 0.0, MS)
             # D2H bytes: the new token's KV for offloaded shares, the new activation, CPU-attention queries.
             d2h = [(v, uc.kv_bytes_per_token) for v in off]
             d2h_fixed = (uc.act_bytes_per_token if md.act else 0.0) + (uc.q_bytes if md.uses_cpu else 0.0)
@@ -278,11 +250,11 @@ def solve_kv(wl: KvWorkload, system: System, *, n_ranges: int = 4, kv_groups: in
                 if r is not None:
                     h2d.append((r, -uc.act_bytes_per_token * KTOK / uc.h2d_bytes_per_s))
                 h2d += [(v, -uc.kv_bytes_per_token * uc.bidir_penalty / uc.h2d_bytes_per_s) for v in off]
-                bld.add(h2d, pulp.LpConstraintGE, 0.0, MS)
+                bld.add(h2d, GE, 0.0, MS)
             if n_d2h:
                 scale = (1.0 + uc.bidir_penalty) / uc.d2h_bytes_per_s
                 bld.add([(t, 1.0), (n, -(n_d2h * uc.link_latency_s + d2h_fixed * scale))]
-                        + [(v, -b * scale) for v, b in d2h], pulp.LpConstraintGE, 0.0, MS)
+                        + [(v, -b * scale) for v, b in d2h], GE, 0.0, MS)
             if wd is not None or kd is not None:
                 disk = [(t, 1.0), (n, -2 * uc.disk_latency_s)]
                 if wd is not None:
@@ -290,65 +262,61 @@ def solve_kv(wl: KvWorkload, system: System, *, n_ranges: int = 4, kv_groups: in
                 if kd is not None:
                     disk.append((kd, -uc.kv_bytes_per_token * (c / uc.disk_read_bytes_per_s
                                                                + 1.0 / uc.disk_write_bytes_per_s)))
-                bld.add(disk, pulp.LpConstraintGE, 0.0, MS)
+                bld.add(disk, GE, 0.0, MS)
             if cc is not None:
                 chain = (uc.dense_gpu_s + 2 * uc.link_latency_s + uc.q_bytes / uc.d2h_bytes_per_s
                          + uc.o_bytes / uc.h2d_bytes_per_s + uc.attn_cpu_fixed_s)
-                bld.add([(t, 1.0), (n, -chain), (cc, -uc.attn_cpu_s_per_token * KTOK)], pulp.LpConstraintGE, 0.0, MS)
+                bld.add([(t, 1.0), (n, -chain), (cc, -uc.attn_cpu_s_per_token * KTOK)], GE, 0.0, MS)
             token_vars[(i, k)] = (x, r, cc)
 
         # Prefill.
-        pt = V(f"pt{i}", lowBound=0)
+        pt = V(f"pt{i}")
         objective.append((pt, 1.0))
         uc = ucs[0]
-        bld.add([(pt, 1.0), (n, -pc.gpu_s)], pulp.LpConstraintGE, 0.0, MS)
+        bld.add([(pt, 1.0), (n, -pc.gpu_s)], GE, 0.0, MS)
         pd2h = [(v, pc.kv_bytes) for v in off] + ([(n, pc.act_bytes)] if md.act else [])
         if streamed:
             bld.add([(pt, 1.0), (n, -uc.link_latency_s)] + [(v, -pc.weight_bytes / uc.h2d_bytes_per_s) for v in streamed]
-                    + [(v, -b * uc.bidir_penalty / uc.h2d_bytes_per_s) for v, b in pd2h], pulp.LpConstraintGE, 0.0, MS)
+                    + [(v, -b * uc.bidir_penalty / uc.h2d_bytes_per_s) for v, b in pd2h], GE, 0.0, MS)
         if pd2h:
             scale = (1.0 + uc.bidir_penalty) / uc.d2h_bytes_per_s
             bld.add([(pt, 1.0), (n, -(1 + md.act) * uc.link_latency_s)] + [(v, -b * scale) for v, b in pd2h],
-                    pulp.LpConstraintGE, 0.0, MS)
+                    GE, 0.0, MS)
         if wd is not None or kd is not None:
             disk = [(pt, 1.0), (n, -2 * uc.disk_latency_s)]
             if wd is not None:
                 disk.append((wd, -pc.weight_bytes / uc.disk_read_bytes_per_s))
             if kd is not None:
                 disk.append((kd, -pc.kv_bytes / uc.disk_write_bytes_per_s))
-            bld.add(disk, pulp.LpConstraintGE, 0.0, MS)
+            bld.add(disk, GE, 0.0, MS)
         mode_vars[i] = (n, (wg, wh, wd), (kg, kh, kd), pt)
 
-    bld.add(count_terms, pulp.LpConstraintEQ, float(L))
-    for j, ((buf, need), users) in enumerate(sorted(buffer_users.items(), key=lambda kv: (kv[0][0].name, kv[0][1]))):
-        used = V(f"buffer{j}", cat="Binary")
-        bld.add([(n, 1.0) for n in users] + [(used, -float(L))], pulp.LpConstraintLE, 0.0)
-        bld.add([(buf, 1 / GB), (used, -need)], pulp.LpConstraintGE, 0.0, GB)
+    bld.add(count_terms, EQ, float(L))
+    for j, ((buf, need), users) in enumerate(sorted(buffer_users.items())):
+        used = bld.binary(f"buffer{j}")
+        bld.add([(n, 1.0) for n in users] + [(used, -float(L))], LE, 0.0)
+        bld.add([(buf, 1 / GB), (used, -need)], GE, 0.0, GB)
 
     # Head (embeddings + LM head): on the GPU, or on the host and streamed each step.
-    z = V("head_gpu", cat="Binary")
+    z = bld.binary("head_gpu")
     if restriction.head_on_gpu is not None:
-        bld.add([(z, 1.0)], pulp.LpConstraintEQ, 1.0 if restriction.head_on_gpu else 0.0)
+        bld.add([(z, 1.0)], EQ, 1.0 if restriction.head_on_gpu else 0.0)
     head_gpu_s = hc.step_s(True, system.link)
     head_host_s = hc.step_s(False, system.link)
     head_const = (wl.gen_len + 1) * head_host_s
     objective.append((z, -(wl.gen_len + 1) * (head_host_s - head_gpu_s)))
     gpu_mem += [(z, hc.bytes), (bw_buf, 1 / GB), (bk_buf, 1 / GB)]
     host_mem += [(z, -hc.bytes), (staging, 1 / GB)]
-    bld.add(gpu_mem, pulp.LpConstraintLE, cap["gpu_bytes"] - working_bytes(wl), GB)
-    bld.add(host_mem, pulp.LpConstraintLE, cap["host_bytes"] - hc.bytes, GB)
+    bld.add(gpu_mem, LE, cap["gpu_bytes"] - working_bytes(wl), GB)
+    bld.add(host_mem, LE, cap["host_bytes"] - hc.bytes, GB)
     if disk_mem:
-        bld.add(disk_mem, pulp.LpConstraintLE, cap["disk_bytes"], GB)
+        bld.add(disk_mem, LE, cap["disk_bytes"], GB)
 
-    prob.setObjective(_affine(objective, head_const))
-    result = solve(prob, backend=backend, time_limit_s=time_limit_s, gap_rel=gap_rel)
+    bld.minimize(objective, head_const)
+    result = solve(bld, backend=backend, time_limit_s=time_limit_s, gap_rel=gap_rel)
     if result.status not in (SolveStatus.OPTIMAL, SolveStatus.FEASIBLE):
         return MipSolution(result=result)
     return _extract(modes, mode_vars, token_vars, ctx, z, kv_groups, result)
-
-
-def _val(v) -> float:
-    return 0.0 if v is None else max(float(v.varValue or 0.0), 0.0)
 
 
 def _fractions(values: Sequence[float], n: float) -> Fractions:
@@ -359,7 +327,8 @@ def _fractions(values: Sequence[float], n: float) -> Fractions:
     return Fractions(gpu=g, host=h, disk=d)
 
 
-def _extract(modes, mode_vars, token_vars, ctx, z, kv_groups, result) -> MipSolution:
+def _extract(modes, mode_vars, token_vars, ctx, z, kv_groups, result: SolveResult) -> MipSolution:
+    _val = result.value
     tokens = {key: tuple(_val(v) for v in vs) for key, vs in token_vars.items()}
     info = {i: (round(_val(n)), w, kv, pt) for i, (n, w, kv, pt) in mode_vars.items()}
     policies: list[LayerPolicy] = []

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-import pulp
+import math
+
+import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from solver import PlanError, SolveStatus, available_backends, default_backend
-from solver.backends import solve
+from solver.backends import EQ, GE, LE, MipModel, solve
 
 BACKENDS = available_backends()
 
@@ -16,15 +20,15 @@ def test_default_backend_is_the_first_available():
     assert BACKENDS == [b for b in ("highs", "cbc") if b in BACKENDS]  # HiGHS preferred
 
 
-def _knapsack() -> tuple[pulp.LpProblem, dict[str, pulp.LpVariable]]:
+def _knapsack() -> tuple[MipModel, dict[str, int]]:
     # max 5a + 4b + 3c  s.t. 2a + 3b + c <= 5, 4a + b + 2c <= 11, 3a + 4b + 2c <= 8, integer >= 0.
     # By enumeration: a=2, b=0, c=1 gives 13 (2*2+1 = 5, 8+2 = 10, 6+2 = 8), and nothing beats it.
-    prob = pulp.LpProblem("k", pulp.LpMaximize)
-    v = {n: pulp.LpVariable(n, lowBound=0, cat="Integer") for n in "abc"}
-    prob += 5 * v["a"] + 4 * v["b"] + 3 * v["c"]
-    prob += 2 * v["a"] + 3 * v["b"] + v["c"] <= 5
-    prob += 4 * v["a"] + v["b"] + 2 * v["c"] <= 11
-    prob += 3 * v["a"] + 4 * v["b"] + 2 * v["c"] <= 8
+    prob = MipModel("k")
+    v = {n: prob.var(n, integer=True) for n in "abc"}
+    prob.maximize([(v["a"], 5), (v["b"], 4), (v["c"], 3)])
+    prob.add([(v["a"], 2), (v["b"], 3), (v["c"], 1)], LE, 5)
+    prob.add([(v["a"], 4), (v["b"], 1), (v["c"], 2)], LE, 11)
+    prob.add([(v["a"], 3), (v["b"], 4), (v["c"], 2)], LE, 8)
     return prob, v
 
 
@@ -35,17 +39,17 @@ def test_small_mip_is_solved_to_proven_optimality(backend):
     assert result.status is SolveStatus.OPTIMAL
     assert result.backend == backend
     assert result.objective == pytest.approx(13.0, abs=1e-9)
-    assert (v["a"].varValue, v["b"].varValue, v["c"].varValue) == pytest.approx((2, 0, 1), abs=1e-9)
+    assert tuple(result.value(v[n]) for n in "abc") == pytest.approx((2, 0, 1), abs=1e-9)
     assert result.n_variables == 3 and result.n_constraints == 3
     assert result.solve_time_s >= 0
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_infeasible_model_is_a_status_not_an_exception(backend):
-    prob = pulp.LpProblem("inf", pulp.LpMinimize)
-    x = pulp.LpVariable("x", lowBound=0, upBound=1)
-    prob += x
-    prob += x >= 2
+    prob = MipModel("inf")
+    x = prob.var("x", ub=1)
+    prob.minimize([(x, 1.0)])
+    prob.add([(x, 1.0)], GE, 2)
     result = solve(prob, backend=backend)
     assert result.status is SolveStatus.INFEASIBLE
     assert result.objective is None
@@ -55,3 +59,32 @@ def test_unknown_backend_is_an_error():
     prob, _ = _knapsack()
     with pytest.raises(PlanError, match="backend must be one of"):
         solve(prob, backend="cplex")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_repeated_columns_add_up_and_rows_are_scaled(backend):
+    # min x + y with x + x >= 3 (a repeated column: 2x >= 3), y == 1 given in GB-scaled form.
+    prob = MipModel("r")
+    x, y = prob.var("x"), prob.var("y", lb=-math.inf)
+    prob.minimize([(x, 1.0), (y, 1.0)], constant=0.5)
+    prob.add([(x, 1.0), (x, 1.0)], GE, 3.0)
+    prob.add([(y, 1e9)], EQ, 1e9, scale=1e-9)
+    result = solve(prob, backend=backend)
+    assert result.status is SolveStatus.OPTIMAL
+    assert result.value(x) == pytest.approx(1.5) and result.value(y) == pytest.approx(1.0)
+    assert result.objective == pytest.approx(3.0)  # the constant counts
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 9), st.integers(1, 9)), min_size=1, max_size=6), st.integers(5, 30))
+def test_highs_matches_enumeration_on_random_knapsacks(items, cap):
+    """0-1 knapsacks: HiGHS through MipModel finds the optimum that enumeration finds."""
+    prob = MipModel("k")
+    cols = [prob.binary(f"x{i}") for i in range(len(items))]
+    prob.maximize([(c, value) for c, (value, _) in zip(cols, items)])
+    prob.add([(c, weight) for c, (_, weight) in zip(cols, items)], LE, cap)
+    best = max(sum(v for (v, w), t in zip(items, take) if t) for take in np.ndindex(*(2,) * len(items))
+               if sum(w for (_, w), t in zip(items, take) if t) <= cap)
+    result = solve(prob, backend=BACKENDS[0], gap_rel=0.0)
+    assert result.status is SolveStatus.OPTIMAL
+    assert result.objective == pytest.approx(best)

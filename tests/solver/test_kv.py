@@ -172,7 +172,9 @@ def test_recompute_is_chosen_for_mha_and_not_for_gqa(toy, model, gqa):
     plan = plan_kv(wl, toy, objective="latency", baselines=())
     assert plan.status == "optimal"
     kv_off = sum(layer["kv"]["host"] + layer["kv"]["disk"] for layer in plan.layers) / len(plan.layers)
-    assert kv_off > 0.1  # the KV does not fit, so part of it is offloaded
+    # The KV does not fit, so part of it is offloaded (how much beyond the minimum is a tie: while
+    # transfers hide under compute, optima differ only in how much more they offload).
+    assert kv_off > 0.01
     share = _recompute_share(plan)
     if gqa:
         assert share < 1e-6
