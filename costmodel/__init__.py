@@ -17,11 +17,13 @@ from costmodel.kv import (
     TokenSplit,
     UnitCosts,
     capacity,
+    dense_gpu_s,
     evaluate,
     head_costs,
     memory_use,
     prefill_costs,
     range_bounds,
+    time_lower_bound_s,
     unit_costs,
     working_bytes,
 )
@@ -31,7 +33,7 @@ from costmodel.transformer import TransformerSpec, list_models, load_model, mode
 __all__ = [
     "Fractions", "KvAction", "KvCost", "KvWorkload", "LayerCost", "LayerPolicy", "Memory", "Op",
     "Processor", "Resource", "Roof", "Tier", "TokenSplit", "TransformerSpec", "UnitCosts",
-    "WorkloadError", "binding_roof", "capacity", "evaluate", "head_costs", "list_models",
+    "WorkloadError", "binding_roof", "capacity", "dense_gpu_s", "evaluate", "head_costs", "list_models",
     "load_model", "memory_use", "model_info", "op_time_s", "prefill_costs", "range_bounds",
-    "roofline_time_s", "spec_from_hf_config", "unit_costs", "working_bytes",
+    "roofline_time_s", "spec_from_hf_config", "time_lower_bound_s", "unit_costs", "working_bytes",
 ]

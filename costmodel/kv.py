@@ -14,6 +14,7 @@ linear program, so the two can only differ where the LP linearises a size-depend
 from __future__ import annotations
 
 import enum
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -200,6 +201,18 @@ class UnitCosts:
     disk_latency_s: float
 
 
+def dense_gpu_s(wl: KvWorkload, system: System) -> float:
+    """GPU time of one layer's non-attention ops in a decode step, with the attention kernels' launches."""
+    return _dense_gpu_s(wl.model, wl.batch, wl.dtype_bytes, system.gpu)
+
+
+@functools.lru_cache(maxsize=1024)
+def _dense_gpu_s(model: TransformerSpec, batch: int, dt: int, gpu_part) -> float:
+    # Cached: the same layer at the same batch is costed for every context range, solve and baseline.
+    gpu = Processor.gpu(gpu_part)
+    return ops_time_s(dense_ops(model, batch, dt), gpu) + 2 * gpu.launch_overhead_s
+
+
 def unit_costs(wl: KvWorkload, system: System, *, context: float, gpu_attn_tokens: float,
                recompute_tokens: float, cpu_tokens: float) -> UnitCosts:
     """Per-unit costs of a decode step at ``context``.
@@ -245,7 +258,7 @@ def unit_costs(wl: KvWorkload, system: System, *, context: float, gpu_attn_token
     rec_fixed, rec_slope = tangent(recompute_tokens, recompute)
     cpu_fixed, cpu_slope = tangent(cpu_tokens, cpu_attn)
     return UnitCosts(
-        dense_gpu_s=ops_time_s(dense_ops(m, b, dt), gpu) + 2 * gpu.launch_overhead_s,  # + attention launches
+        dense_gpu_s=dense_gpu_s(wl, system),
         attn_gpu_s_per_token=per_token(gpu_attn_tokens, gpu_attn),
         recompute_gpu_s_per_token=rec_slope,
         recompute_gpu_fixed_s=rec_fixed,
@@ -276,6 +289,7 @@ class PrefillCosts:
     act_bytes: float
 
 
+@functools.lru_cache(maxsize=1024)
 def prefill_costs(wl: KvWorkload, system: System) -> PrefillCosts:
     m, dt = wl.model, wl.dtype_bytes
     gpu = Processor.gpu(system.gpu)
@@ -418,6 +432,7 @@ class HeadCosts:
         return max(self.gpu_s, link.latency_s + self.bytes / link.h2d_bytes_per_s)
 
 
+@functools.lru_cache(maxsize=1024)
 def head_costs(wl: KvWorkload, system: System) -> HeadCosts:
     m, dt = wl.model, wl.dtype_bytes
     gpu = Processor.gpu(system.gpu)
@@ -457,6 +472,63 @@ def working_bytes(wl: KvWorkload) -> float:
     prefill = 2 * tokens * m.hidden * dt + min(tokens, wl.prefill_chunk_tokens) * per_row
     decode = 2 * b * m.hidden * dt + b * per_row
     return max(prefill, decode) + b * m.vocab * 4
+
+
+def time_lower_bound_s(wl: KvWorkload, system: System, *, kv_actions: Sequence[KvAction] = tuple(KvAction),
+                       kv_offloaded: bool = False, weights_offloaded: bool = False) -> float:
+    """Prefill + decode seconds that no placement at this batch can beat (:func:`evaluate` never
+    returns less for any feasible policy).
+
+    A layer's time is the longest of its resources, so a step takes at least the sum over layers of
+    any one resource. Every layer takes its dense GPU time. Whatever does not fit on the GPU beside
+    the working memory (and the head, if it stays there) is off the GPU, and each decode step pays
+    for it: offloaded weights cross the link; an offloaded KV position crosses it as KV
+    (transfer) or as the layer input (recompute), or is attended on the CPU at no better than the
+    CPU's best efficiency. Given a step time T, the link and the CPU together can serve at most
+    ``T * rate`` offloaded bytes, so T >= excess / rate. The throughput search skips a batch whose
+    bound cannot beat the best plan found.
+
+    Parameters
+    ----------
+    kv_actions : sequence of KvAction
+        What may happen to offloaded KV positions (a baseline's restriction; default: anything).
+    kv_offloaded, weights_offloaded : bool
+        The policy offloads all the KV, or all the weights (baselines that do, whether they fit or not).
+    """
+    m, dt, L, b = wl.model, wl.dtype_bytes, wl.model.n_layers, wl.batch
+    pc, hc = prefill_costs(wl, system), head_costs(wl, system)
+    link = system.link
+    room = capacity(system)["gpu_bytes"] - working_bytes(wl)
+    weights = L * m.layer_params() * dt
+    kv_layer = b * wl.max_context * m.kv_elements_per_token() * dt
+    dense = dense_gpu_s(wl, system)
+    c = wl.contexts().astype(float)
+    # Offloaded KV bytes served per second of step time, per route, at each step's context.
+    link_bytes = [b * m.kv_elements_per_token() * dt] * (KvAction.TRANSFER in kv_actions) \
+        + [b * m.hidden * dt] * (KvAction.RECOMPUTE in kv_actions)
+    kv_link_rate = kv_layer * link.h2d_bytes_per_s / (c * min(link_bytes)) if link_bytes else np.zeros_like(c)
+    kv_cpu_rate = np.zeros_like(c)
+    if KvAction.CPU in kv_actions:
+        cpu = Processor.cpu(system.host)
+        cpu_s_per_tok = max(
+            b * 2 * m.kv_dim * 4 / (cpu.memory_bytes_per_s * max(cpu.curves.memory.values)),
+            4.0 * b * m.q_dim / (cpu.peak_flop_per_s * max(cpu.curves.compute_curve(OpClass.ATTENTION).values)))
+        kv_cpu_rate = kv_layer / (c * cpu_s_per_tok)
+    kv_rate = kv_link_rate + kv_cpu_rate
+    # The link serves either KV or weights; both at once only split its time.
+    rate = kv_cpu_rate + np.maximum(kv_link_rate, link.h2d_bytes_per_s)
+    forced_kv = L * kv_layer if kv_offloaded else 0.0
+    forced_w = weights if weights_offloaded else 0.0
+    best = float("inf")
+    for on_gpu in (True, False):
+        head = hc.step_s(on_gpu, link)
+        kept = hc.bytes if on_gpu else 0.0
+        excess = max(weights + L * kv_layer - room + kept, forced_kv + forced_w, 0.0)
+        w_link_s = max(weights - room + kept, forced_w, 0.0) / link.h2d_bytes_per_s
+        step = np.maximum.reduce([np.full_like(c, L * dense), excess / rate, np.full_like(c, w_link_s),
+                                  forced_kv / np.maximum(kv_rate, 1e-300)])
+        best = min(best, max(L * pc.gpu_s, w_link_s) + head + float(step.sum()) + wl.gen_len * head)
+    return best
 
 
 def memory_use(wl: KvWorkload, layers: Sequence[LayerPolicy], head_on_gpu: bool) -> Memory:

@@ -226,6 +226,10 @@ def _solve_highs(model: MipModel, time_limit_s: float, gap_rel: float) -> tuple[
     for key, value in (("output_flag", False), ("threads", 1), ("time_limit", float(time_limit_s)),
                        ("mip_rel_gap", float(gap_rel))):
         h.setOptionValue(key, value)
+    # The feasibility-jump heuristic costs ~8 ms per MIP however small (a 21-column placement MIP:
+    # 8.5 ms with it, 0.5 ms without); it only finds incumbents, so optimality proofs are unchanged.
+    # Older highspy lacks the option, which setOptionValue then reports and ignores.
+    h.setOptionValue("mip_heuristic_run_feasibility_jump", False)
     if h.passModel(lp) == highspy.HighsStatus.kError:
         raise PlanError(f"MIP backend 'highs' rejected model {model.name!r}")
     if h.run() == highspy.HighsStatus.kError:

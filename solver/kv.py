@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from costmodel import (
     Fractions,
+    KvAction,
     KvCost,
     KvWorkload,
     LayerPolicy,
@@ -20,6 +21,7 @@ from costmodel import (
     capacity,
     evaluate,
     range_bounds,
+    time_lower_bound_s,
     working_bytes,
 )
 from hwprofiles import System, format_bytes
@@ -110,6 +112,9 @@ def _restriction(name: str, has_disk: bool) -> Restriction:
         "kvpr": Restriction(modes=(Mode("gpu", "host", MOVE, act=True),), kv_all_offloaded=True),
         # FlexGen: one uniform policy with CPU attention over offloaded KV; percentages free over all tiers.
         "flexgen": Restriction(modes=(Mode(off, off, CPU),)),
+        # ... and its policies that keep all the KV on the GPU: a mode of their own, as the CPU mode
+        # charges every layer the fixed costs of the CPU round trip, used or not.
+        "flexgen-kv-gpu": Restriction(modes=(Mode(off, "gpu"),)),
     }
     return table[name]
 
@@ -159,33 +164,80 @@ def flexgen_policies(wl: KvWorkload, values: tuple[float, ...], n_ranges: int) -
     return (pol,) * wl.model.n_layers
 
 
+# Baselines with no free decision but the head's place: evaluated exactly, no MIP needed.
+FIXED_POLICIES = {
+    "gpu-only": (Mode("gpu", "gpu"), LayerPolicy()),
+    "kv-offload": (Mode("gpu", "host", MOVE), LayerPolicy(kv=Fractions(gpu=0.0, host=1.0))),
+    "full-offload": (Mode("host", "host", MOVE), LayerPolicy(weights=Fractions(gpu=0.0, host=1.0),
+                                                          kv=Fractions(gpu=0.0, host=1.0))),
+}
+
+
+def _fixed(name: str, wl: KvWorkload, system: System, n_ranges: int) -> Evaluated | None:
+    """A fixed-placement baseline with its head on the GPU if that fits (it is never slower), else on the host."""
+    mode, pol = FIXED_POLICIES[name]
+    pols = (LayerPolicy(weights=pol.weights, kv=pol.kv, splits=(TokenSplit(),) * n_ranges),) * wl.model.n_layers
+    for head_on_gpu in (True, False):
+        cost = evaluate(wl, system, pols, head_on_gpu=head_on_gpu)
+        if cost.feasible:
+            return Evaluated(workload=wl, policies=pols, head_on_gpu=head_on_gpu, cost=cost,
+                             mode_counts=((mode.name, wl.model.n_layers),))
+    return None
+
+
+# What each baseline forces, for its time bound (see time_lower_bound_s).
+_BOUND_ARGS = {
+    "kv-offload": {"kv_actions": (KvAction.TRANSFER,), "kv_offloaded": True},
+    "full-offload": {"kv_actions": (KvAction.TRANSFER,), "kv_offloaded": True, "weights_offloaded": True},
+    "kvpr": {"kv_actions": (KvAction.TRANSFER, KvAction.RECOMPUTE), "kv_offloaded": True},
+    "flexgen": {"kv_actions": (KvAction.CPU,)},
+}
+
+
+def _pruned(wl: KvWorkload, system: System, best: Evaluated | None, objective: str, stats: dict,
+            policy: str = "") -> bool:
+    """Whether no plan at ``wl.batch`` can beat ``best``: its throughput bound (batch x generated
+    tokens / :func:`time_lower_bound_s`) is below ``best``'s throughput."""
+    if objective != "throughput" or best is None:
+        return False
+    bound = -wl.batch * wl.gen_len / time_lower_bound_s(wl, system, **_BOUND_ARGS.get(policy, {}))
+    if bound > _score(best.workload, best.cost, objective):
+        stats["batches_pruned"] += 1
+        return True
+    return False
+
+
 def evaluate_policy(name: str, wl: KvWorkload, system: System, *, objective: str = "throughput",
                     n_ranges: int = 4, backend: str | None = None, time_limit_s: float = 10.0,
                     stats: dict | None = None) -> tuple[Evaluated | None, str]:
     """Evaluate a named policy at its best batch (throughput) or at the workload's batch (latency).
 
-    Returns the evaluated policy (None if infeasible) and a reason when infeasible.
+    Returns the evaluated policy (None if infeasible) and a reason when infeasible. Batches are
+    tried from the largest down, and a batch that cannot beat the best found is skipped.
     """
     stats = stats if stats is not None else _new_stats()
-    cands = []
-    for b in batch_candidates(wl.batch, objective):
+    values = parse_flexgen(name) if name.startswith("flexgen:") else None
+    if values is None and name not in BASELINES:
+        raise PlanError(f"unknown policy {name!r}; policies are {', '.join(BASELINES)} or flexgen:wg,wc,cg,cc,hg,hc")
+    if values is not None and system.disk is None and (values[0] + values[1] < 1 - 1e-9 or values[2] + values[3] < 1 - 1e-9):
+        return None, f"{name} puts data on disk but system {system.name!r} has no disk"
+    best: Evaluated | None = None
+    for b in reversed(batch_candidates(wl.batch, objective)):
         wlb = wl.with_batch(b)
-        if name.startswith("flexgen:"):
-            values = parse_flexgen(name)
-            if system.disk is None and (values[0] + values[1] < 1 - 1e-9 or values[2] + values[3] < 1 - 1e-9):
-                return None, f"{name} puts data on disk but system {system.name!r} has no disk"
+        if _pruned(wlb, system, best, objective, stats, name):
+            continue
+        if values is not None:
             pols = flexgen_policies(wlb, values, n_ranges)
             cost = evaluate(wlb, system, pols)
-            if cost.feasible:
-                cands.append(Evaluated(workload=wlb, policies=pols, head_on_gpu=True, cost=cost))
-            continue
-        if name not in BASELINES:
-            raise PlanError(f"unknown policy {name!r}; policies are {', '.join(BASELINES)} or flexgen:wg,wc,cg,cc,hg,hc")
-        ev = _solve_at(wlb, system, _restriction(name, system.disk is not None), n_ranges=n_ranges, kv_groups=0,
-                       backend=backend, time_limit_s=time_limit_s, stats=stats)
-        if ev is not None:
-            cands.append(ev)
-    best = _best(cands, objective)
+            ev = Evaluated(workload=wlb, policies=pols, head_on_gpu=True, cost=cost) if cost.feasible else None
+        elif name in FIXED_POLICIES:
+            ev = _fixed(name, wlb, system, n_ranges)
+        else:
+            parts = (name, "flexgen-kv-gpu") if name == "flexgen" else (name,)
+            ev = _best([e for part in parts if (e := _solve_at(
+                wlb, system, _restriction(part, system.disk is not None), n_ranges=n_ranges, kv_groups=0,
+                backend=backend, time_limit_s=time_limit_s, stats=stats)) is not None], objective)
+        best = _best([e for e in (best, ev) if e is not None], objective)
     if best is None:
         smallest = batch_candidates(wl.batch, objective)[0]
         tried = f"at batch {wl.batch}" if objective == "latency" else f"at any batch up to {wl.batch}"
@@ -195,7 +247,8 @@ def evaluate_policy(name: str, wl: KvWorkload, system: System, *, objective: str
 
 
 def _new_stats() -> dict:
-    return {"solves": 0, "solve_time_s": 0.0, "backend": None, "statuses": set(), "n_variables": 0}
+    return {"solves": 0, "solve_time_s": 0.0, "backend": None, "statuses": set(), "n_variables": 0,
+            "batches_pruned": 0}
 
 
 def _baseline_shortfall(name: str, wl: KvWorkload, system: System) -> str:
@@ -304,9 +357,11 @@ def plan_kv(wl: KvWorkload, system: System, *, objective: str = "throughput", n_
         raise PlanError(f"--kv-groups must divide the model's {wl.model.n_kv_heads} KV heads, got {kv_groups}")
     started = time.perf_counter()
     stats = _new_stats()
-    cands = []
+    best: Evaluated | None = None
     no_disk = Restriction(modes=tuple(m for m in all_modes(False)))
-    for b in batch_candidates(wl.batch, objective):
+    for b in reversed(batch_candidates(wl.batch, objective)):
+        if _pruned(wl.with_batch(b), system, best, objective, stats):
+            continue
         # Disk modes nest the host modes (a disk mode with no disk share is a host mode), and that
         # symmetry makes the MIP ~5x slower. Disk only stands in for host memory, so it is added
         # only when the problem without it is infeasible or leaves under 10 % of host memory free.
@@ -317,9 +372,7 @@ def plan_kv(wl: KvWorkload, system: System, *, objective: str = "throughput", n_
             with_disk = _solve_at(wl.with_batch(b), system, Restriction(), n_ranges=n_ranges, kv_groups=kv_groups,
                                   backend=backend, time_limit_s=time_limit_s, stats=stats)
             ev = _best([e for e in (ev, with_disk) if e is not None], objective)
-        if ev is not None:
-            cands.append(ev)
-    best = _best(cands, objective)
+        best = _best([e for e in (best, ev) if e is not None], objective)
     base = {}
     base_evals: dict[str, Evaluated] = {}
     for name in baselines:
@@ -341,6 +394,7 @@ def plan_kv(wl: KvWorkload, system: System, *, objective: str = "throughput", n_
     solver_info = {"selected_from": selected, "backend": stats["backend"], "solves": stats["solves"],
                    "solve_time_s": stats["solve_time_s"], "statuses": sorted(stats["statuses"]),
                    "n_variables": stats["n_variables"], "batch_candidates": batch_candidates(wl.batch, objective),
+                   "batches_pruned": stats["batches_pruned"],
                    "kv_groups": kv_groups, "n_ranges": n_ranges}
     if best is None:
         solver_info["wall_time_s"] = time.perf_counter() - started

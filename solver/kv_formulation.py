@@ -292,10 +292,24 @@ def solve_kv(wl: KvWorkload, system: System, *, n_ranges: int = 4, kv_groups: in
         mode_vars[i] = (n, (wg, wh, wd), (kg, kh, kd), pt)
 
     bld.add(count_terms, EQ, float(L))
-    for j, ((buf, need), users) in enumerate(sorted(buffer_users.items())):
-        used = bld.binary(f"buffer{j}")
-        bld.add([(n, 1.0) for n in users] + [(used, -float(L))], LE, 0.0)
-        bld.add([(buf, 1 / GB), (used, -need)], GE, 0.0, GB)
+    # A buffer must hold the largest need of any mode in use. With its distinct needs sorted,
+    # d1 < d2 < ..., binary y_j says "a mode needing d_j or more is used" and the buffer is
+    # sum_j (d_j - d_{j-1}) y_j. Nested like this, the LP relaxation pays the whole base size as
+    # soon as any layer streams (one binary per need, y_j = n_j / L, paid about half of it when two
+    # modes split the layers, and HiGHS spent most of its time closing that gap).
+    for buf in sorted({b for b, _ in buffer_users}):
+        needs = sorted(need for b, need in buffer_users if b == buf)
+        size: list[tuple[int, float]] = [(buf, 1 / GB)]
+        prev, prev_y = 0.0, None
+        for j, need in enumerate(needs):
+            y = bld.binary(f"buffer{buf}_{j}")
+            users = [n for (b, d), ns in buffer_users.items() if b == buf and d >= need for n in ns]
+            bld.add([(n, 1.0) for n in users] + [(y, -float(L))], LE, 0.0)
+            if prev_y is not None:
+                bld.add([(y, 1.0), (prev_y, -1.0)], LE, 0.0)
+            size.append((y, -(need - prev)))
+            prev, prev_y = need, y
+        bld.add(size, GE, 0.0, GB)
 
     # Head (embeddings + LM head): on the GPU, or on the host and streamed each step.
     z = bld.binary("head_gpu")

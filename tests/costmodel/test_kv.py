@@ -14,11 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from costmodel import (
     Fractions,
+    KvAction,
     KvWorkload,
     LayerPolicy,
     Resource,
@@ -28,6 +29,7 @@ from costmodel import (
     evaluate,
     load_model,
     range_bounds,
+    time_lower_bound_s,
     unit_costs,
     working_bytes,
 )
@@ -435,3 +437,50 @@ def test_moe_single_token_reads_exactly_top_k_experts():
     # plus activations of 2 routed rows: (2*4096 + 2*28672) * 2 = 131_072 B.
     assert up.flop == 2 * 2 * 4096 * 2 * 14336  # 2 rows x 2 FLOP x 4096 x 28672: already 2 experts
     assert up.bytes == 2 * 4096 * 2 * 14336 * 2 + (2 * 4096 + 2 * 2 * 14336) * 2
+
+
+# ---------------------------------------------------------------------------------------------
+# The time bound that prunes the batch search
+# ---------------------------------------------------------------------------------------------
+
+
+@settings(max_examples=60, deadline=None)
+@given(pols=policies(), gpu_gib=st.sampled_from([8, 11, 14, 40]), batch=st.sampled_from([1, 4, 16]),
+       system=st.sampled_from(["toy", "l4", "rtx4090"]), head=st.booleans())
+def test_time_lower_bound_never_exceeds_an_evaluated_time(toy, llama2, pols, gpu_gib, batch, system, head):
+    """No feasible policy beats the bound, including the restricted bounds of the policy's own kind
+    (which actions its offloaded KV takes, whether all its KV or weights are off the GPU)."""
+    base = toy if system == "toy" else load_system(system)
+    hw = apply_overrides(base, [f"gpu.memory={gpu_gib}GiB", "gpu.reserved_memory=0GiB"])
+    wl = KvWorkload(model=llama2, batch=batch, prompt_len=512, gen_len=16)
+    cost = evaluate(wl, hw, pols, head_on_gpu=head)
+    assume(cost.feasible)
+    total = cost.prefill_s + cost.decode_s
+    used = [a for a in KvAction if any(p.kv.offloaded > 0 and getattr(s, a.value) > 0 for p in pols for s in p.splits)]
+    assert time_lower_bound_s(wl, hw) <= total * (1 + 1e-9)
+    own = time_lower_bound_s(wl, hw, kv_actions=used, kv_offloaded=all(p.kv.gpu == 0 for p in pols),
+                             weights_offloaded=all(p.weights.gpu == 0 for p in pols))
+    assert own <= total * (1 + 1e-9)
+
+
+def test_time_lower_bound_counts_weights_that_cannot_fit(toy):
+    # llama-2-13b: 40 layers of 212_336_640 params in fp16 = 16_986_931_200 B of layer weights; the
+    # toy GPU has 15 GiB usable. What does not fit crosses the 10 GB/s link every decode step.
+    wl = KvWorkload(model=load_model("llama-2-13b"), batch=1, prompt_len=64, gen_len=8)
+    weights = wl.model.n_layers * wl.model.layer_params() * 2
+    excess = weights - (capacity(toy)["gpu_bytes"] - working_bytes(wl))
+    assert excess > 1e9
+    assert time_lower_bound_s(wl, toy) >= (wl.gen_len + 1) * excess / 10e9
+    # Forcing every weight off the GPU raises it to all the weights, every step.
+    forced = time_lower_bound_s(wl, toy, weights_offloaded=True)
+    assert forced >= (wl.gen_len + 1) * weights / 10e9 > time_lower_bound_s(wl, toy)
+
+
+def test_time_lower_bound_of_an_all_gpu_plan_is_its_dense_work(toy, llama2):
+    # Everything fits (the hand-checked case of test_gpu_only_times_by_hand): the bound is the dense
+    # GPU work alone, below the exact time by the attention and the head's share only.
+    wl = KvWorkload(model=llama2, batch=1, prompt_len=32, gen_len=8)
+    exact = evaluate(wl, toy, _policies(32))
+    bound = time_lower_bound_s(wl, toy)
+    assert bound <= exact.prefill_s + exact.decode_s
+    assert bound >= 0.9 * (exact.prefill_s + exact.decode_s)

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from costmodel import KvWorkload, evaluate, load_model
-from hwprofiles import apply_overrides, format_bytes
+from hwprofiles import apply_overrides, format_bytes, load_system
 from solver import (
     BASELINES,
     PlanError,
@@ -470,3 +470,47 @@ def test_model_larger_than_gpu_plus_host_is_planned_onto_disk():
     # Baselines that cannot fit name the tier and the bytes.
     assert "gpu memory would hold weights + KV" in plan.baselines["gpu-only"]["reason"]
     assert "host memory would hold weights + KV" in plan.baselines["full-offload"]["reason"]
+
+
+# ---------------------------------------------------------------------------------------------
+# The pruned batch search finds what the exhaustive one finds
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("model", "system", "batch", "prompt", "overrides"), [
+    ("llama-2-7b", "toy", 16, 1024, ()),                       # KV-bound: offloads at large batches
+    ("llama-2-13b", "toy", 8, 256, ()),                        # weights do not fit: streamed
+    ("llama-2-7b", "rtx4090", 16, 2048, ("link.h2d=8GB/s",)),  # a smaller batch wins
+    ("llama-3-8b", "a100-40gb", 16, 2048, ()),                 # everything fits
+])
+def test_pruned_batch_search_matches_the_exhaustive_search(toy, monkeypatch, model, system, batch, prompt, overrides):
+    import solver.kv as kv_module
+
+    hw = apply_overrides(toy if system == "toy" else load_system(system), list(overrides))
+    wl = KvWorkload(model=load_model(model), batch=batch, prompt_len=prompt, gen_len=32)
+    pruned = plan_kv(wl, hw, simulate=False)
+    monkeypatch.setattr(kv_module, "_pruned", lambda *args, **kw: False)
+    full = plan_kv(wl, hw, simulate=False)
+    assert pruned.solver["solves"] < full.solver["solves"]
+    assert pruned.predicted["tokens_per_s"] == pytest.approx(full.predicted["tokens_per_s"], rel=1e-12)
+    assert pruned.predicted["batch"] == full.predicted["batch"]
+    for name in BASELINES:
+        assert pruned.baselines[name]["status"] == full.baselines[name]["status"], name
+        if full.baselines[name]["status"] == "feasible":
+            assert pruned.baselines[name]["predicted"]["tokens_per_s"] == pytest.approx(
+                full.baselines[name]["predicted"]["tokens_per_s"], rel=1e-12), name
+
+
+@pytest.mark.parametrize(("model", "system", "batch", "prompt", "overrides"), [
+    ("llama-2-7b", "rtx4090", 8, 2048, ("link.h2d=8GB/s",)),  # the CPU mode alone came out 9 % slower
+    ("llama-2-7b", "l4", 4, 1024, ()), ("llama-2-7b", "toy", 2, 256, ())])
+def test_flexgen_baseline_is_never_worse_than_all_on_gpu(toy, model, system, batch, prompt, overrides):
+    # All on the GPU is a FlexGen policy (100 % everywhere). The CPU-attention mode charges every layer
+    # the CPU round trip even when no KV is offloaded, so the search also tries KV-on-GPU policies.
+    hw = apply_overrides(toy if system == "toy" else load_system(system), list(overrides))
+    wl = KvWorkload(model=load_model(model), batch=batch, prompt_len=prompt, gen_len=128 if system != "toy" else 32)
+    gpu_only, _ = evaluate_policy("gpu-only", wl, hw, objective="latency")
+    flexgen, _ = evaluate_policy("flexgen", wl, hw, objective="latency")
+    assert gpu_only is not None and flexgen is not None
+    total = lambda ev: ev.cost.prefill_s + ev.cost.decode_s  # noqa: E731
+    assert total(flexgen) <= total(gpu_only) * (1 + 1e-9)
