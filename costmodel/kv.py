@@ -96,7 +96,7 @@ def range_bounds(gen_len: int, n_ranges: int) -> list[tuple[int, int]]:
     """Split decode steps ``[0, gen_len)`` into ``n_ranges`` contiguous ranges of near-equal size.
 
     >>> range_bounds(10, 3)
-    [(0, 4), (4, 7), (7, 10)]
+    [(0, 3), (3, 7), (7, 10)]
     """
     n = max(1, min(n_ranges, gen_len))
     edges = np.linspace(0, gen_len, n + 1).round().astype(int)

@@ -63,14 +63,16 @@ class Op:
 
 def compute_time_s(flop, op_class: OpClass, proc: Processor):
     """Time on the compute roof: FLOPs / (peak * efficiency(FLOPs))."""
-    flop = np.asarray(flop, dtype=float)
+    if not isinstance(flop, (int, float)):
+        flop = np.asarray(flop, dtype=float)
     eff = proc.curves.compute_curve(op_class)(flop)
     return flop / (proc.peak_flop_per_s * eff)
 
 
 def memory_time_s(nbytes, proc: Processor):
     """Time on the memory roof: bytes / (bandwidth * efficiency(bytes))."""
-    nbytes = np.asarray(nbytes, dtype=float)
+    if not isinstance(nbytes, (int, float)):
+        nbytes = np.asarray(nbytes, dtype=float)
     return nbytes / (proc.memory_bytes_per_s * proc.curves.memory(nbytes))
 
 
@@ -85,7 +87,8 @@ def roofline_time_s(flop, nbytes, op_class: OpClass, proc: Processor, *, launche
     >>> bool(t > 2 * 4096**3 / gpu.peak_flop_per_s)   # never faster than the peak
     True
     """
-    t = np.maximum(compute_time_s(flop, op_class, proc), memory_time_s(nbytes, proc))
+    c, m = compute_time_s(flop, op_class, proc), memory_time_s(nbytes, proc)
+    t = max(c, m) if isinstance(c, float) and isinstance(m, float) else np.maximum(c, m)
     return t + launches * proc.launch_overhead_s
 
 

@@ -5,7 +5,9 @@ All floats are SI base units and the unit is in the field name.
 
 from __future__ import annotations
 
+import bisect
 import enum
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -53,10 +55,23 @@ class Curve:
 
     sizes: tuple[float, ...]
     values: tuple[float, ...]
+    _log_sizes: tuple[float, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_log_sizes", tuple(math.log10(s) for s in self.sizes))
 
     def __call__(self, size: float | np.ndarray) -> float | np.ndarray:
+        if isinstance(size, (int, float)):
+            # Scalars (most calls: one op's size) without numpy's per-call overhead; same as np.interp.
+            x, xs, ys = math.log10(max(size, 1.0)), self._log_sizes, self.values
+            if x <= xs[0]:
+                return ys[0]
+            if x >= xs[-1]:
+                return ys[-1]
+            i = bisect.bisect_right(xs, x)
+            return ys[i - 1] + (ys[i] - ys[i - 1]) * (x - xs[i - 1]) / (xs[i] - xs[i - 1])
         x = np.log10(np.maximum(np.asarray(size, dtype=float), 1.0))
-        return np.interp(x, np.log10(self.sizes), self.values)
+        return np.interp(x, self._log_sizes, self.values)
 
     @classmethod
     def flat(cls, value: float) -> Curve:

@@ -84,6 +84,15 @@ class MipModel:
     def binary(self, name: str) -> int:
         return self.var(name, lb=0.0, ub=1.0, integer=True)
 
+    def fix(self, name: str, value: float) -> None:
+        """Hold a column at ``value`` (it is then continuous: a model with every integer fixed is an LP)."""
+        try:
+            col = self.col_names.index(name)
+        except ValueError:
+            raise PlanError(f"internal: model {self.name!r} has no column {name!r}") from None
+        self.col_lower[col] = self.col_upper[col] = float(value)
+        self.col_integer[col] = False
+
     def add(self, terms: Iterable[tuple[int, float]], sense: str, rhs: float, scale: float = 1.0) -> None:
         """Add ``sum(coef * x[col]) <sense> rhs``, every coefficient and ``rhs`` multiplied by ``scale``
         (rows of bytes are scaled to GB so that a solver's absolute tolerances mean the same on every
@@ -226,10 +235,15 @@ def _solve_highs(model: MipModel, time_limit_s: float, gap_rel: float) -> tuple[
     for key, value in (("output_flag", False), ("threads", 1), ("time_limit", float(time_limit_s)),
                        ("mip_rel_gap", float(gap_rel))):
         h.setOptionValue(key, value)
-    # The feasibility-jump heuristic costs ~8 ms per MIP however small (a 21-column placement MIP:
-    # 8.5 ms with it, 0.5 ms without); it only finds incumbents, so optimality proofs are unchanged.
-    # Older highspy lacks the option, which setOptionValue then reports and ignores.
-    h.setOptionValue("mip_heuristic_run_feasibility_jump", False)
+    # Machinery sized for big MIPs costs more than it saves on ours (a few hundred columns). The
+    # feasibility-jump heuristic alone costs ~8 ms per MIP however small (a 21-column placement MIP:
+    # 8.5 ms with it, 0.5 ms without); the sub-MIP heuristics, symmetry detection and restarts took
+    # the slowest sweep point's MIP time from 0.24 s to 0.11 s. Heuristics only find incumbents and
+    # the others only steer the search, so optimality proofs are unchanged. An option that an older
+    # highspy lacks is reported by setOptionValue and ignored.
+    for key in ("mip_heuristic_run_feasibility_jump", "mip_heuristic_run_rins", "mip_heuristic_run_rens",
+                "mip_heuristic_run_root_reduced_cost", "mip_detect_symmetry", "mip_allow_restart"):
+        h.setOptionValue(key, False)
     if h.passModel(lp) == highspy.HighsStatus.kError:
         raise PlanError(f"MIP backend 'highs' rejected model {model.name!r}")
     if h.run() == highspy.HighsStatus.kError:

@@ -15,7 +15,7 @@ the MIP accepts fits when evaluated exactly.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from costmodel import (
     Fractions,
@@ -101,6 +101,9 @@ class MipSolution:
     lp_prefill_s: float | None = None
     # range -> mean per-layer tokens recomputed and CPU-attended by the layers that do so
     operating: dict[int, tuple[float, float]] = field(default_factory=dict)
+    # range -> the sizes this solve's tangents were taken at (the argument, defaults filled in)
+    linearised_at: dict[int, tuple[float, float]] = field(default_factory=dict)
+    integers: dict[str, float] = field(default_factory=dict)  # the integer columns' values, by name
 
 
 # Row and unit scales. HiGHS drops matrix entries below 1e-9 and uses absolute tolerances, so rows
@@ -113,7 +116,8 @@ KTOK = 1e3
 def solve_kv(wl: KvWorkload, system: System, *, n_ranges: int = 4, kv_groups: int = 0,
              restriction: Restriction = Restriction(), backend: str | None = None,
              time_limit_s: float = 10.0, gap_rel: float = 1e-4,
-             operating: dict[int, tuple[float, float]] | None = None) -> MipSolution:
+             operating: dict[int, tuple[float, float]] | None = None,
+             fixed: dict[str, float] | None = None) -> MipSolution:
     """Formulate and solve the placement MIP for one batch size.
 
     Parameters
@@ -123,6 +127,9 @@ def solve_kv(wl: KvWorkload, system: System, *, n_ranges: int = 4, kv_groups: in
     kv_groups : int
         0: KV GPU shares are continuous (by tokens); g > 0: KV is placed in g groups of heads per
         layer (g must divide the KV heads), so each layer's GPU share is an integer count of groups.
+    fixed : dict, optional
+        Integer columns (by name) held at these values: with every one of a previous solution's
+        :attr:`MipSolution.integers` fixed, only the continuous shares are re-solved (an LP).
     operating : dict, optional
         range -> tokens per sequence one layer recomputes and attends on the CPU: where the tangents
         of the size-dependent recompute and CPU-attention times are taken. Default: the whole
@@ -137,10 +144,10 @@ def solve_kv(wl: KvWorkload, system: System, *, n_ranges: int = 4, kv_groups: in
     contexts = wl.contexts().astype(float)
     ctx = [float(contexts[a:b].mean()) for a, b in bounds]
     steps = [b - a for a, b in bounds]
-    operating = operating or {}
+    operating = {k: (operating or {}).get(k, (c, c)) for k, c in enumerate(ctx)}
     ucs = []
     for k, c in enumerate(ctx):
-        rec, cpu = operating.get(k, (c, c))
+        rec, cpu = operating[k]
         ucs.append(unit_costs(wl, system, context=c, gpu_attn_tokens=c, recompute_tokens=rec, cpu_tokens=cpu))
     pc = prefill_costs(wl, system)
     hc = head_costs(wl, system)
@@ -327,10 +334,14 @@ def solve_kv(wl: KvWorkload, system: System, *, n_ranges: int = 4, kv_groups: in
         bld.add(disk_mem, LE, cap["disk_bytes"], GB)
 
     bld.minimize(objective, head_const)
+    for name, value in (fixed or {}).items():
+        bld.fix(name, value)
     result = solve(bld, backend=backend, time_limit_s=time_limit_s, gap_rel=gap_rel)
     if result.status not in (SolveStatus.OPTIMAL, SolveStatus.FEASIBLE):
-        return MipSolution(result=result)
-    return _extract(modes, mode_vars, token_vars, ctx, z, kv_groups, result)
+        return MipSolution(result=result, linearised_at=operating)
+    integers = {bld.col_names[c]: round(result.value(c)) for c in range(bld.n_variables) if bld.col_integer[c]}
+    return replace(_extract(modes, mode_vars, token_vars, ctx, z, kv_groups, result), linearised_at=operating,
+                   integers=integers)
 
 
 def _fractions(values: Sequence[float], n: float) -> Fractions:

@@ -207,7 +207,8 @@ def render_plan(plan: Plan) -> str:
     lines += _baseline_lines(plan)
     s = plan.solver
     pruned = s.get("batches_pruned", 0)
-    lines.append(f"\nsolver: {s['backend']}, {s['solves']} MIP solves in {s['solve_time_s']:.2f} s "
+    lps = s.get("lp_solves", 0)
+    lines.append(f"\nsolver: {s['backend']}, {s['solves'] - lps} MIP + {lps} LP solves in {s['solve_time_s']:.2f} s "
                  f"(statuses: {', '.join(s['statuses'])}), largest model {s['n_variables']} variables; "
                  f"{pruned} candidate batch{'es' if pruned != 1 else ''} skipped by the time bound; "
                  f"modes {s.get('mode_counts')}")

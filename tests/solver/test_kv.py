@@ -465,7 +465,8 @@ def test_model_larger_than_gpu_plus_host_is_planned_onto_disk():
     assert plan.status == "optimal"
     assert plan.memory["disk_bytes"] > 0
     for tier in ("gpu_bytes", "host_bytes", "disk_bytes"):
-        assert plan.memory[tier] <= plan.capacity[tier]
+        # 1 KiB, as in KvCost.shortfalls: byte totals are sums of products of LP fractions.
+        assert plan.memory[tier] <= plan.capacity[tier] + 1024
     assert any(e["weights"]["disk"] > 0 or e["kv"]["disk"] > 0 for e in plan.layers)
     # Baselines that cannot fit name the tier and the bytes.
     assert "gpu memory would hold weights + KV" in plan.baselines["gpu-only"]["reason"]
