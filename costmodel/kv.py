@@ -67,12 +67,19 @@ class KvWorkload:
     gen_len: int
     dtype_bytes: int = 2
     prefill_chunk_tokens: int = 4096
+    _hash: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for name in ("batch", "prompt_len", "gen_len", "dtype_bytes", "prefill_chunk_tokens"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise WorkloadError(f"{name} must be a positive integer, got {value!r}")
+        # Hashed once (a cache key of the cost model, with the model's fields inside).
+        object.__setattr__(self, "_hash", hash((self.model, self.batch, self.prompt_len, self.gen_len,
+                                                self.dtype_bytes, self.prefill_chunk_tokens)))
+
+    def __hash__(self) -> int:
+        return self._hash
 
     @property
     def max_context(self) -> int:
@@ -201,16 +208,14 @@ class UnitCosts:
     disk_latency_s: float
 
 
-def dense_gpu_s(wl: KvWorkload, system: System) -> float:
-    """GPU time of one layer's non-attention ops in a decode step, with the attention kernels' launches."""
-    return _dense_gpu_s(wl.model, wl.batch, wl.dtype_bytes, system.gpu)
-
-
 @functools.lru_cache(maxsize=1024)
-def _dense_gpu_s(model: TransformerSpec, batch: int, dt: int, gpu_part) -> float:
-    # Cached: the same layer at the same batch is costed for every context range, solve and baseline.
-    gpu = Processor.gpu(gpu_part)
-    return ops_time_s(dense_ops(model, batch, dt), gpu) + 2 * gpu.launch_overhead_s
+def dense_gpu_s(wl: KvWorkload, system: System) -> float:
+    """GPU time of one layer's non-attention ops in a decode step, with the attention kernels' launches.
+
+    Cached: the same layer at the same batch is costed for every context range, solve and baseline.
+    """
+    gpu = Processor.gpu(system.gpu)
+    return ops_time_s(dense_ops(wl.model, wl.batch, wl.dtype_bytes), gpu) + 2 * gpu.launch_overhead_s
 
 
 def unit_costs(wl: KvWorkload, system: System, *, context: float, gpu_attn_tokens: float,
@@ -531,34 +536,55 @@ def time_lower_bound_s(wl: KvWorkload, system: System, *, kv_actions: Sequence[K
     return best
 
 
+def _runs(layers: Sequence[LayerPolicy]) -> list[tuple[LayerPolicy, int]]:
+    """Distinct policies with their layer counts, in first-seen order. Plans repeat one policy
+    object over many layers, so runs are found by identity and only each run is hashed."""
+    counts: dict[LayerPolicy, int] = {}
+    prev, run = None, 0
+    for pol in layers:
+        if pol is prev:
+            run += 1
+            continue
+        if prev is not None:
+            counts[prev] = counts.get(prev, 0) + run
+        prev, run = pol, 1
+    if prev is not None:
+        counts[prev] = counts.get(prev, 0) + run
+    return list(counts.items())
+
+
 def memory_use(wl: KvWorkload, layers: Sequence[LayerPolicy], head_on_gpu: bool) -> Memory:
     m, dt = wl.model, wl.dtype_bytes
     w_layer = m.layer_params() * dt
     kv_layer = wl.batch * wl.max_context * m.kv_elements_per_token() * dt
     act_layer = wl.batch * wl.max_context * m.hidden * dt
     head = m.head_params() * dt
-    w_gpu = sum(p.weights.gpu for p in layers) * w_layer
-    kv_gpu = sum(p.kv.gpu for p in layers) * kv_layer
+    runs = _runs(layers)
+
+    def total(share) -> float:
+        return sum(n * share(p) for p, n in runs)
+
     # Double buffers: the largest streamed share of one layer's weights, and the largest set of
     # KV positions (transferred, or recomputed from activations) any layer brings in at the last step.
-    w_buf = 2 * max((p.weights.offloaded for p in layers), default=0.0) * w_layer
+    w_buf = 2 * max((p.weights.offloaded for p, _ in runs), default=0.0) * w_layer
     kv_buf = 2 * max(
         (p.kv.offloaded * max((s.transfer * kv_layer + s.recompute * (kv_layer + act_layer)) for s in p.splits)
-         for p in layers), default=0.0)
+         for p, _ in runs), default=0.0)
     prefill_kv = 2 * wl.batch * wl.prompt_len * m.kv_elements_per_token() * dt if any(
-        p.kv.offloaded > 0 for p in layers) else 0.0
+        p.kv.offloaded > 0 for p, _ in runs) else 0.0
     work = working_bytes(wl)
-    gpu = {"weights": w_gpu, "kv": kv_gpu, "head": head if head_on_gpu else 0.0,
-           "weight_buffers": w_buf, "kv_buffers": max(kv_buf, prefill_kv), "working": work}
-    disk_staging = 2 * max((p.weights.disk for p in layers), default=0.0) * w_layer
+    gpu = {"weights": total(lambda p: p.weights.gpu) * w_layer, "kv": total(lambda p: p.kv.gpu) * kv_layer,
+           "head": head if head_on_gpu else 0.0, "weight_buffers": w_buf, "kv_buffers": max(kv_buf, prefill_kv),
+           "working": work}
+    disk_staging = 2 * max((p.weights.disk for p, _ in runs), default=0.0) * w_layer
     host = {
-        "weights": sum(p.weights.host for p in layers) * w_layer,
-        "kv": sum(p.kv.host for p in layers) * kv_layer,
-        "activations": sum(p.activations_on_host for p in layers) * act_layer,
+        "weights": total(lambda p: p.weights.host) * w_layer,
+        "kv": total(lambda p: p.kv.host) * kv_layer,
+        "activations": total(lambda p: p.activations_on_host) * act_layer,
         "head": 0.0 if head_on_gpu else head,
         "disk_staging": disk_staging,
     }
-    disk = sum(p.weights.disk for p in layers) * w_layer + sum(p.kv.disk for p in layers) * kv_layer
+    disk = total(lambda p: p.weights.disk) * w_layer + total(lambda p: p.kv.disk) * kv_layer
     return Memory(gpu_bytes=sum(gpu.values()), host_bytes=sum(host.values()), disk_bytes=disk,
                   gpu_breakdown=tuple(gpu.items()), host_breakdown=tuple(host.items()))
 
@@ -618,43 +644,42 @@ def evaluate(wl: KvWorkload, system: System, layers: Sequence[LayerPolicy], *, h
     """
     if len(layers) != wl.model.n_layers:
         raise WorkloadError(f"a policy needs one entry per layer ({wl.model.n_layers}), got {len(layers)}")
+    runs = _runs(layers)
     n_ranges = len(layers[0].splits)
-    if any(len(p.splits) != n_ranges for p in layers):
+    if any(len(p.splits) != n_ranges for p, _ in runs):
         raise WorkloadError("every layer policy must have the same number of context ranges")
-    if system.disk is None and any(p.weights.disk > 0 or p.kv.disk > 0 for p in layers):
+    if system.disk is None and any(p.weights.disk > 0 or p.kv.disk > 0 for p, _ in runs):
         raise WorkloadError(f"the policy puts data on disk but system {system.name!r} has no disk")
     contexts = wl.contexts().astype(float)
     bounds = range_bounds(wl.gen_len, n_ranges)
     pc = prefill_costs(wl, system)
     hc = head_costs(wl, system)
-    cache: dict[LayerPolicy, tuple[LayerCost, np.ndarray]] = {}
+    cache: dict[LayerPolicy, LayerCost] = {}
     step_total = np.zeros_like(contexts)
-    costs = []
-    for pol in layers:
-        if pol not in cache:
-            per_step = np.zeros_like(contexts)
-            sums = {r: 0.0 for r in Resource}
-            uc0 = None
-            for (a, b), split in zip(bounds, pol.splits):
-                c = contexts[a:b]
-                mid = float(np.mean(c))
-                off = pol.kv.offloaded
-                uc = unit_costs(wl, system, context=mid, gpu_attn_tokens=mid * (1 - off * split.cpu),
-                                recompute_tokens=mid * off * split.recompute, cpu_tokens=mid * off * split.cpu)
-                uc0 = uc0 or uc
-                t = layer_step_times(uc, pol.weights, pol.kv, pol.activations_on_host, split, c)
-                per_step[a:b] = np.max(np.stack(list(t.values())), axis=0)
-                for r in Resource:
-                    sums[r] += float(t[r].sum())
-            pre = layer_prefill_times(pc, uc0, pol.weights, pol.kv, pol.activations_on_host)
-            cache[pol] = (
-                LayerCost(prefill=tuple(pre.items()), decode=tuple((r, sums[r] / len(contexts)) for r in Resource),
-                          prefill_s=max(pre.values()), step_s=float(per_step.mean())),
-                per_step,
-            )
-        cost, per_step = cache[pol]
-        costs.append(cost)
-        step_total += per_step
+    for pol, count in runs:
+        per_step = np.zeros_like(contexts)
+        sums = {r: 0.0 for r in Resource}
+        uc0 = None
+        for (a, b), split in zip(bounds, pol.splits):
+            c = contexts[a:b]
+            mid = float(np.mean(c))
+            off = pol.kv.offloaded
+            uc = unit_costs(wl, system, context=mid, gpu_attn_tokens=mid * (1 - off * split.cpu),
+                            recompute_tokens=mid * off * split.recompute, cpu_tokens=mid * off * split.cpu)
+            uc0 = uc0 or uc
+            t = layer_step_times(uc, pol.weights, pol.kv, pol.activations_on_host, split, c)
+            per_step[a:b] = np.max(np.stack(list(t.values())), axis=0)
+            for r in Resource:
+                sums[r] += float(t[r].sum())
+        pre = layer_prefill_times(pc, uc0, pol.weights, pol.kv, pol.activations_on_host)
+        cache[pol] = LayerCost(prefill=tuple(pre.items()), decode=tuple((r, sums[r] / len(contexts)) for r in Resource),
+                               prefill_s=max(pre.values()), step_s=float(per_step.mean()))
+        step_total += count * per_step
+    costs, prev, prev_cost = [], None, None
+    for pol in layers:  # by identity first: hashing a policy costs more than the lookup
+        if pol is not prev:
+            prev, prev_cost = pol, cache[pol]
+        costs.append(prev_cost)
     head_step = hc.step_s(head_on_gpu, system.link)  # once per decode step, and once after prefill
     step_total += head_step
     return KvCost(

@@ -88,7 +88,10 @@ class CurveSet:
     provenance: Provenance
 
     def compute_curve(self, op_class: OpClass) -> Curve:
-        return dict(self.compute)[op_class]
+        for cls, curve in self.compute:  # a scan of four, cheaper than building a dict per call
+            if cls is op_class:
+                return curve
+        return dict(self.compute)[op_class]  # equal but not identical (e.g. a plain str): KeyError if absent
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -155,6 +158,16 @@ class System:
     link: Link
     disk: Disk | None
     overrides: tuple[str, ...] = ()
+    _hash: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # Hashed once: the cost model caches per (workload, system), and hashing the nested parts
+        # on every lookup cost more than the lookups saved.
+        object.__setattr__(self, "_hash", hash((self.name, self.description, self.file, self.gpu, self.host,
+                                                self.link, self.disk, self.overrides)))
+
+    def __hash__(self) -> int:
+        return self._hash
 
     def summary(self) -> dict[str, object]:
         """A JSON-friendly identification of the hardware (used in plans)."""

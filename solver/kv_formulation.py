@@ -396,8 +396,11 @@ def _extract(modes, mode_vars, token_vars, ctx, z, kv_groups, result: SolveResul
                                      disk=rest * off_share[1] / off_total))
         else:
             kvs = [_fractions([_val(kg), _val(kh), _val(kd)], n)] * n
+        made: dict[int, LayerPolicy] = {}  # one object per distinct share: evaluation groups layers by identity
         for kvf in kvs:
-            policies.append(LayerPolicy(weights=weights, kv=kvf, activations_on_host=md.act, splits=tuple(splits)))
+            if id(kvf) not in made:
+                made[id(kvf)] = LayerPolicy(weights=weights, kv=kvf, activations_on_host=md.act, splits=tuple(splits))
+            policies.append(made[id(kvf)])
     points = {k: (a[0] / a[1] if a[1] else ctx[k], a[2] / a[3] if a[3] else ctx[k]) for k, a in operating.items()}
     return MipSolution(result=result, policies=tuple(policies), head_on_gpu=_val(z) > 0.5,
                        mode_counts=tuple(counts), lp_estimate_s=result.objective, lp_prefill_s=lp_prefill,
