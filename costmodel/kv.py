@@ -479,6 +479,15 @@ def working_bytes(wl: KvWorkload) -> float:
     return max(prefill, decode) + b * m.vocab * 4
 
 
+def _best_attention_s_per_token(wl: KvWorkload, proc: Processor, dt: int) -> float:
+    """Decode attention time per context position (every sequence of the batch) at the processor's
+    best efficiencies: never more than the real per-position time at any size."""
+    m, b = wl.model, wl.batch
+    mem = b * 2 * m.kv_dim * dt / (proc.memory_bytes_per_s * max(proc.curves.memory.values))
+    flop = 4.0 * b * m.q_dim / (proc.peak_flop_per_s * max(proc.curves.compute_curve(OpClass.ATTENTION).values))
+    return max(mem, flop)
+
+
 def time_lower_bound_s(wl: KvWorkload, system: System, *, kv_actions: Sequence[KvAction] = tuple(KvAction),
                        kv_offloaded: bool = False, weights_offloaded: bool = False) -> float:
     """Prefill + decode seconds that no placement at this batch can beat (:func:`evaluate` never
@@ -513,12 +522,17 @@ def time_lower_bound_s(wl: KvWorkload, system: System, *, kv_actions: Sequence[K
         + [b * m.hidden * dt] * (KvAction.RECOMPUTE in kv_actions)
     kv_link_rate = kv_layer * link.h2d_bytes_per_s / (c * min(link_bytes)) if link_bytes else np.zeros_like(c)
     kv_cpu_rate = np.zeros_like(c)
+    cpu_s_per_tok = float("inf")
     if KvAction.CPU in kv_actions:
         cpu = Processor.cpu(system.host)
-        cpu_s_per_tok = max(
-            b * 2 * m.kv_dim * 4 / (cpu.memory_bytes_per_s * max(cpu.curves.memory.values)),
-            4.0 * b * m.q_dim / (cpu.peak_flop_per_s * max(cpu.curves.compute_curve(OpClass.ATTENTION).values)))
+        cpu_s_per_tok = _best_attention_s_per_token(wl, cpu, 4 if dt < 4 else dt)
         kv_cpu_rate = kv_layer / (c * cpu_s_per_tok)
+    # Attention: every (layer, position) pair is attended on the GPU or, if offloaded, on the CPU;
+    # the two run side by side, so the step is at least the balanced split of that work.
+    gpu_s_per_tok = _best_attention_s_per_token(wl, Processor.gpu(system.gpu), dt)
+    gpu_work = L * dense + gpu_s_per_tok * L * c
+    on_cpu = np.minimum(gpu_work / (gpu_s_per_tok + cpu_s_per_tok), L * c)  # 0 without CPU attention
+    attention_s = np.maximum(gpu_work - gpu_s_per_tok * on_cpu, L * dense)
     kv_rate = kv_link_rate + kv_cpu_rate
     # The link serves either KV or weights; both at once only split its time.
     rate = kv_cpu_rate + np.maximum(kv_link_rate, link.h2d_bytes_per_s)
@@ -530,7 +544,7 @@ def time_lower_bound_s(wl: KvWorkload, system: System, *, kv_actions: Sequence[K
         kept = hc.bytes if on_gpu else 0.0
         excess = max(weights + L * kv_layer - room + kept, forced_kv + forced_w, 0.0)
         w_link_s = max(weights - room + kept, forced_w, 0.0) / link.h2d_bytes_per_s
-        step = np.maximum.reduce([np.full_like(c, L * dense), excess / rate, np.full_like(c, w_link_s),
+        step = np.maximum.reduce([attention_s, excess / rate, np.full_like(c, w_link_s),
                                   forced_kv / np.maximum(kv_rate, 1e-300)])
         best = min(best, max(L * pc.gpu_s, w_link_s) + head + float(step.sum()) + wl.gen_len * head)
     return best

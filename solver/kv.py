@@ -216,11 +216,13 @@ def _pruned(wl: KvWorkload, system: System, best: Evaluated | None, objective: s
 
 def evaluate_policy(name: str, wl: KvWorkload, system: System, *, objective: str = "throughput",
                     n_ranges: int = 4, backend: str | None = None, time_limit_s: float = 10.0,
-                    stats: dict | None = None) -> tuple[Evaluated | None, str]:
+                    stats: dict | None = None, floor: Evaluated | None = None) -> tuple[Evaluated | None, str]:
     """Evaluate a named policy at its best batch (throughput) or at the workload's batch (latency).
 
     Returns the evaluated policy (None if infeasible) and a reason when infeasible. Batches are
     tried from the largest down, and a batch that cannot beat the best found is skipped.
+    ``floor`` is an evaluated policy that lies in this policy's space (all-GPU is a FlexGen
+    policy): batches that cannot beat it are skipped too, and it is returned if nothing beats it.
     """
     stats = stats if stats is not None else _new_stats()
     values = parse_flexgen(name) if name.startswith("flexgen:") else None
@@ -231,7 +233,7 @@ def evaluate_policy(name: str, wl: KvWorkload, system: System, *, objective: str
     best: Evaluated | None = None
     for b in reversed(batch_candidates(wl.batch, objective)):
         wlb = wl.with_batch(b)
-        if _pruned(wlb, system, best, objective, stats, name):
+        if _pruned(wlb, system, _best([e for e in (best, floor) if e is not None], objective), objective, stats, name):
             continue
         if values is not None:
             pols = flexgen_policies(wlb, values, n_ranges)
@@ -245,6 +247,7 @@ def evaluate_policy(name: str, wl: KvWorkload, system: System, *, objective: str
                 wlb, system, _restriction(part, system.disk is not None), n_ranges=n_ranges, kv_groups=0,
                 backend=backend, time_limit_s=time_limit_s, stats=stats)) is not None], objective)
         best = _best([e for e in (best, ev) if e is not None], objective)
+    best = _best([e for e in (best, floor) if e is not None], objective)
     if best is None:
         smallest = batch_candidates(wl.batch, objective)[0]
         tried = f"at batch {wl.batch}" if objective == "latency" else f"at any batch up to {wl.batch}"
@@ -364,10 +367,27 @@ def plan_kv(wl: KvWorkload, system: System, *, objective: str = "throughput", n_
         raise PlanError(f"--kv-groups must divide the model's {wl.model.n_kv_heads} KV heads, got {kv_groups}")
     started = time.perf_counter()
     stats = _new_stats()
+    # Baselines first: the cheap fixed ones bound what the MIP's batch search must beat, and
+    # all-GPU, a FlexGen policy, is where FlexGen's search starts.
+    base = {}
+    base_evals: dict[str, Evaluated] = {}
+    for name in sorted(baselines, key=lambda n: (n not in FIXED_POLICIES, n)):
+        floor = base_evals.get("gpu-only") if name == "flexgen" else None
+        ev, reason = evaluate_policy(name, wl, system, objective=objective, n_ranges=n_ranges, backend=backend,
+                                     time_limit_s=time_limit_s, stats=stats, floor=floor)
+        if ev is not None:
+            base_evals[name] = ev
+        base[name] = ({"status": "infeasible", "reason": reason} if ev is None
+                      else {"status": "feasible", "predicted": metrics(ev.workload, ev.cost),
+                            "mode_counts": dict(ev.mode_counts)})
+    base = {name: base[name] for name in baselines}
+    floor = _best(list(base_evals.values()), objective)
     best: Evaluated | None = None
     no_disk = Restriction(modes=tuple(m for m in all_modes(False)))
     for b in reversed(batch_candidates(wl.batch, objective)):
-        if _pruned(wl.with_batch(b), system, best, objective, stats):
+        # A batch that cannot beat the best plan so far, or the best baseline, is skipped.
+        if _pruned(wl.with_batch(b), system, _best([e for e in (best, floor) if e is not None], objective),
+                   objective, stats):
             continue
         # Disk modes nest the host modes (a disk mode with no disk share is a host mode), and that
         # symmetry makes the MIP ~5x slower. Disk only stands in for host memory, so it is added
@@ -380,22 +400,13 @@ def plan_kv(wl: KvWorkload, system: System, *, objective: str = "throughput", n_
                                   backend=backend, time_limit_s=time_limit_s, stats=stats)
             ev = _best([e for e in (ev, with_disk) if e is not None], objective)
         best = _best([e for e in (best, ev) if e is not None], objective)
-    base = {}
-    base_evals: dict[str, Evaluated] = {}
-    for name in baselines:
-        ev, reason = evaluate_policy(name, wl, system, objective=objective, n_ranges=n_ranges, backend=backend,
-                                     time_limit_s=time_limit_s, stats=stats)
-        if ev is not None:
-            base_evals[name] = ev
-        base[name] = ({"status": "infeasible", "reason": reason} if ev is None
-                      else {"status": "feasible", "predicted": metrics(ev.workload, ev.cost),
-                            "mode_counts": dict(ev.mode_counts)})
     # The baselines are points of the MIP's space; if the exact model ranks one above the MIP's
     # choice (the LP linearises small-op efficiencies), take its decisions and say so.
+    # (With no MIP plan left, every batch was skipped as unable to beat the best baseline.)
     selected = "mip"
     for name in baselines:
-        if name in base_evals and best is not None and _score(base_evals[name].workload, base_evals[name].cost, objective) \
-                < _score(best.workload, best.cost, objective) - 1e-12:
+        if name in base_evals and (best is None or _score(base_evals[name].workload, base_evals[name].cost, objective)
+                                   < _score(best.workload, best.cost, objective) - 1e-12):
             best, selected = base_evals[name], f"baseline:{name}"
     hw = system.summary()
     solver_info = {"selected_from": selected, "backend": stats["backend"], "solves": stats["solves"],

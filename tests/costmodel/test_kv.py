@@ -444,15 +444,18 @@ def test_moe_single_token_reads_exactly_top_k_experts():
 # ---------------------------------------------------------------------------------------------
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(pols=policies(), gpu_gib=st.sampled_from([8, 11, 14, 40]), batch=st.sampled_from([1, 4, 16]),
-       system=st.sampled_from(["toy", "l4", "rtx4090"]), head=st.booleans())
-def test_time_lower_bound_never_exceeds_an_evaluated_time(toy, llama2, pols, gpu_gib, batch, system, head):
+       system=st.sampled_from(["toy", "l4", "rtx4090"]), head=st.booleans(),
+       lengths=st.sampled_from([(512, 16), (32, 512), (2048, 256)]))
+def test_time_lower_bound_never_exceeds_an_evaluated_time(toy, llama2, pols, gpu_gib, batch, system, head, lengths):
     """No feasible policy beats the bound, including the restricted bounds of the policy's own kind
-    (which actions its offloaded KV takes, whether all its KV or weights are off the GPU)."""
+    (which actions its offloaded KV takes, whether all its KV or weights are off the GPU). Long
+    generations from short prompts stretch the context within each range, where the evaluator
+    costs CPU attention by a tangent."""
     base = toy if system == "toy" else load_system(system)
     hw = apply_overrides(base, [f"gpu.memory={gpu_gib}GiB", "gpu.reserved_memory=0GiB"])
-    wl = KvWorkload(model=llama2, batch=batch, prompt_len=512, gen_len=16)
+    wl = KvWorkload(model=llama2, batch=batch, prompt_len=lengths[0], gen_len=lengths[1])
     cost = evaluate(wl, hw, pols, head_on_gpu=head)
     assume(cost.feasible)
     total = cost.prefill_s + cost.decode_s
