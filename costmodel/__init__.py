@@ -23,6 +23,7 @@ from costmodel.kv import (
     memory_use,
     prefill_costs,
     range_bounds,
+    shortfalls,
     time_lower_bound_s,
     unit_costs,
     working_bytes,
@@ -34,6 +35,6 @@ __all__ = [
     "Fractions", "KvAction", "KvCost", "KvWorkload", "LayerCost", "LayerPolicy", "Memory", "Op",
     "Processor", "Resource", "Roof", "Tier", "TokenSplit", "TransformerSpec", "UnitCosts",
     "WorkloadError", "binding_roof", "capacity", "dense_gpu_s", "evaluate", "head_costs", "list_models",
-    "load_model", "memory_use", "model_info", "op_time_s", "prefill_costs", "range_bounds",
+    "load_model", "memory_use", "model_info", "op_time_s", "prefill_costs", "range_bounds", "shortfalls",
     "roofline_time_s", "spec_from_hf_config", "time_lower_bound_s", "unit_costs", "working_bytes",
 ]

@@ -218,6 +218,33 @@ def dense_gpu_s(wl: KvWorkload, system: System) -> float:
     return ops_time_s(dense_ops(wl.model, wl.batch, wl.dtype_bytes), gpu) + 2 * gpu.launch_overhead_s
 
 
+def _size_time_s(wl: KvWorkload, system: System, what: str, t: float) -> float:
+    """Time of a size-dependent op over ``t`` context positions of every sequence (no launch)."""
+    m, b, dt = wl.model, wl.batch, wl.dtype_bytes
+    if what == "gpu_attention":
+        flop, nbytes = attention_op(m, b, 1, t, dt, causal=False)
+        return float(roofline_time_s(float(flop), float(nbytes), OpClass.ATTENTION, Processor.gpu(system.gpu), launches=0))
+    if what == "cpu_attention":  # in fp32 on the CPU
+        flop, nbytes = attention_op(m, b, 1, t, 4 if dt < 4 else dt, causal=False)
+        return float(roofline_time_s(float(flop), float(nbytes), OpClass.ATTENTION, Processor.cpu(system.host),
+                                     launches=0))
+    # recompute: K and V projections of t positions per sequence from stored layer inputs, plus RoPE on K.
+    gpu = Processor.gpu(system.gpu)
+    op = _gemm("kv_recompute", b * t, m.hidden, 2 * m.kv_dim, dt, weight_bytes=0.0)
+    rope = roofline_time_s(3.0 * b * t * m.kv_dim, 2.0 * b * t * m.kv_dim * dt, OpClass.ELEMENTWISE, gpu, launches=0)
+    return float(roofline_time_s(op.flop, op.bytes, op.op_class, gpu, launches=0) + rope)
+
+
+@functools.lru_cache(maxsize=8192)
+def _tangent(wl: KvWorkload, system: System, what: str, tokens: float) -> tuple[float, float]:
+    """(intercept, slope) of the tangent to an op's time at ``tokens``. Time grows sub-linearly with
+    size (efficiency rises with size), so the tangent over-estimates elsewhere and is exact here.
+    Cached: evaluations and re-solves ask again for the same sizes (and all ask at 1 for unused ops)."""
+    f0, f1 = _size_time_s(wl, system, what, tokens), _size_time_s(wl, system, what, tokens * 1.01)
+    slope = (f1 - f0) / (0.01 * tokens)
+    return max(f0 - slope * tokens, 0.0), slope
+
+
 def unit_costs(wl: KvWorkload, system: System, *, context: float, gpu_attn_tokens: float,
                recompute_tokens: float, cpu_tokens: float) -> UnitCosts:
     """Per-unit costs of a decode step at ``context``.
@@ -227,44 +254,16 @@ def unit_costs(wl: KvWorkload, system: System, *, context: float, gpu_attn_token
     linearisation point.
     """
     m, b, dt = wl.model, wl.batch, wl.dtype_bytes
-    gpu, cpu = Processor.gpu(system.gpu), Processor.cpu(system.host)
     kv_tok = b * m.kv_elements_per_token() * dt
     act_tok = b * m.hidden * dt
-
-    def per_token(tokens: float, fn) -> float:
-        tokens = max(float(tokens), 1.0)
-        return float(fn(tokens)) / tokens
-
-    def tangent(tokens: float, fn) -> tuple[float, float]:
-        """(intercept, slope) of the tangent to fn at ``tokens``. Time grows sub-linearly with size
-        (efficiency rises with size), so the tangent over-estimates elsewhere and is exact here."""
-        tokens = max(float(tokens), 1.0)
-        f0, f1 = float(fn(tokens)), float(fn(tokens * 1.01))
-        slope = (f1 - f0) / (0.01 * tokens)
-        return max(f0 - slope * tokens, 0.0), slope
-
-    def gpu_attn(t):
-        flop, nbytes = attention_op(m, b, 1, t, dt, causal=False)
-        return roofline_time_s(flop, nbytes, OpClass.ATTENTION, gpu, launches=0)
-
-    def recompute(t):
-        # K and V projections of t positions per sequence from stored layer inputs, plus RoPE on K.
-        op = _gemm("kv_recompute", b * t, m.hidden, 2 * m.kv_dim, dt, weight_bytes=0.0)
-        rope = roofline_time_s(3.0 * b * t * m.kv_dim, 2.0 * b * t * m.kv_dim * dt, OpClass.ELEMENTWISE, gpu,
-                               launches=0)
-        return roofline_time_s(op.flop, op.bytes, op.op_class, gpu, launches=0) + rope
-
-    def cpu_attn(t):
-        flop, nbytes = attention_op(m, b, 1, t, 4 if dt < 4 else dt, causal=False)
-        return roofline_time_s(flop, nbytes, OpClass.ATTENTION, cpu, launches=0)
-
     link = system.link
     disk = system.disk
-    rec_fixed, rec_slope = tangent(recompute_tokens, recompute)
-    cpu_fixed, cpu_slope = tangent(cpu_tokens, cpu_attn)
+    rec_fixed, rec_slope = _tangent(wl, system, "recompute", max(float(recompute_tokens), 1.0))
+    cpu_fixed, cpu_slope = _tangent(wl, system, "cpu_attention", max(float(cpu_tokens), 1.0))
+    tokens = max(float(gpu_attn_tokens), 1.0)
     return UnitCosts(
         dense_gpu_s=dense_gpu_s(wl, system),
-        attn_gpu_s_per_token=per_token(gpu_attn_tokens, gpu_attn),
+        attn_gpu_s_per_token=_size_time_s(wl, system, "gpu_attention", tokens) / tokens,
         recompute_gpu_s_per_token=rec_slope,
         recompute_gpu_fixed_s=rec_fixed,
         attn_cpu_s_per_token=cpu_slope,
@@ -633,13 +632,18 @@ class KvCost:
 
     def shortfalls(self) -> dict[str, float]:
         """Bytes missing per tier (empty when the plan fits)."""
-        use = self.memory.as_dict()
-        # 1 KiB slack: byte totals are sums of products of LP fractions.
-        return {k: use[k] - self.capacity[k] for k in use if use[k] > self.capacity[k] + 1024}
+        return shortfalls(self.memory, self.capacity)
 
     @property
     def feasible(self) -> bool:
         return not self.shortfalls()
+
+
+def shortfalls(memory: Memory, cap: dict[str, float]) -> dict[str, float]:
+    """Bytes missing per tier (empty when everything fits)."""
+    use = memory.as_dict()
+    # 1 KiB slack: byte totals are sums of products of LP fractions.
+    return {k: use[k] - cap[k] for k in use if use[k] > cap[k] + 1024}
 
 
 def evaluate(wl: KvWorkload, system: System, layers: Sequence[LayerPolicy], *, head_on_gpu: bool = True) -> KvCost:
@@ -682,7 +686,7 @@ def evaluate(wl: KvWorkload, system: System, layers: Sequence[LayerPolicy], *, h
                             recompute_tokens=mid * off * split.recompute, cpu_tokens=mid * off * split.cpu)
             uc0 = uc0 or uc
             t = layer_step_times(uc, pol.weights, pol.kv, pol.activations_on_host, split, c)
-            per_step[a:b] = np.max(np.stack(list(t.values())), axis=0)
+            per_step[a:b] = np.maximum.reduce(list(t.values()))
             for r in Resource:
                 sums[r] += float(t[r].sum())
         pre = layer_prefill_times(pc, uc0, pol.weights, pol.kv, pol.activations_on_host)

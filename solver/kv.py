@@ -20,7 +20,9 @@ from costmodel import (
     TokenSplit,
     capacity,
     evaluate,
+    memory_use,
     range_bounds,
+    shortfalls,
     time_lower_bound_s,
     working_bytes,
 )
@@ -185,10 +187,11 @@ def _fixed(name: str, wl: KvWorkload, system: System, n_ranges: int) -> Evaluate
     mode, pol = FIXED_POLICIES[name]
     pols = (LayerPolicy(weights=pol.weights, kv=pol.kv, splits=(TokenSplit(),) * n_ranges),) * wl.model.n_layers
     for head_on_gpu in (True, False):
+        if shortfalls(memory_use(wl, pols, head_on_gpu), capacity(system)):  # checked before the costlier timing
+            continue
         cost = evaluate(wl, system, pols, head_on_gpu=head_on_gpu)
-        if cost.feasible:
-            return Evaluated(workload=wl, policies=pols, head_on_gpu=head_on_gpu, cost=cost,
-                             mode_counts=((mode.name, wl.model.n_layers),))
+        return Evaluated(workload=wl, policies=pols, head_on_gpu=head_on_gpu, cost=cost,
+                         mode_counts=((mode.name, wl.model.n_layers),))
     return None
 
 
