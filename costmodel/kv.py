@@ -16,7 +16,7 @@ from __future__ import annotations
 import enum
 import functools
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -283,6 +283,11 @@ def unit_costs(wl: KvWorkload, system: System, *, context: float, gpu_attn_token
     )
 
 
+# UnitCosts fields that depend on the context and operating sizes (the rest depend on the batch only).
+_SIZED_FIELDS = ("attn_gpu_s_per_token", "recompute_gpu_s_per_token", "recompute_gpu_fixed_s", "attn_cpu_s_per_token",
+                 "attn_cpu_fixed_s")
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PrefillCosts:
     """Per-layer prefill costs for the whole batch (all prompt tokens)."""
@@ -377,18 +382,30 @@ class LayerPolicy:
 def layer_step_times(uc: UnitCosts, pol_w: Fractions, pol_kv: Fractions, act: bool, split: TokenSplit,
                      context) -> dict[Resource, np.ndarray]:
     """Each resource's time for one layer in one decode step (arrays over ``context``)."""
+    return _step_times(uc, pol_w, pol_kv, act, split.transfer, split.recompute, split.cpu, context)
+
+
+def _step_times(uc: UnitCosts, pol_w: Fractions, pol_kv: Fractions, act: bool, transfer, recompute, cpu,
+                context) -> dict[Resource, np.ndarray]:
+    """:func:`layer_step_times` where the token split, and the size-dependent fields of ``uc``, may be
+    arrays over the steps (the evaluator costs every context range of a layer in one pass)."""
     c = np.asarray(context, dtype=float)
     off = pol_kv.offloaded
-    x_tok, r_tok, c_tok = c * off * split.transfer, c * off * split.recompute, c * off * split.cpu
-    uses_cpu = off > 0 and split.cpu > 0
+    x_tok, r_tok, c_tok = c * (off * transfer), c * (off * recompute), c * (off * cpu)
+    uses_cpu = (off > 0) & (np.asarray(cpu) > 0)
     h2d_bytes = (pol_w.offloaded * uc.weight_bytes + x_tok * uc.kv_bytes_per_token
-                 + r_tok * uc.act_bytes_per_token + (uc.o_bytes if uses_cpu else 0.0))
-    d2h_bytes = (off * uc.kv_bytes_per_token + (uc.act_bytes_per_token if act else 0.0)
-                 + (uc.q_bytes if uses_cpu else 0.0))
-    d2h_bytes = np.full_like(c, d2h_bytes) if off > 0 or act else np.zeros_like(c)
-    n_h2d = (pol_w.offloaded > 0) + (off * split.transfer > 0) + (off * split.recompute > 0) + uses_cpu
-    n_d2h = (off > 0) + act + uses_cpu
+                 + r_tok * uc.act_bytes_per_token + np.where(uses_cpu, uc.o_bytes, 0.0))
+    if off > 0 or act:
+        d2h_bytes = (off * uc.kv_bytes_per_token + (uc.act_bytes_per_token if act else 0.0)
+                     + np.where(uses_cpu, uc.q_bytes, 0.0)) + np.zeros_like(c)
+    else:
+        d2h_bytes = np.zeros_like(c)
+    # Counts of copies per step (numpy adds boolean arrays as "or", so count in floats).
+    n_h2d = (float(pol_w.offloaded > 0) + np.greater(off * np.asarray(transfer), 0).astype(float)
+             + np.greater(off * np.asarray(recompute), 0).astype(float) + uses_cpu.astype(float))
+    n_d2h = float(off > 0) + float(act) + uses_cpu.astype(float)
     overlap = np.minimum(h2d_bytes, d2h_bytes) * uc.bidir_penalty
+    cpu_s = np.where(c_tok > 0, uc.attn_cpu_fixed_s + c_tok * uc.attn_cpu_s_per_token, 0.0)
     times = {
         Resource.GPU: uc.dense_gpu_s + (c - c_tok) * uc.attn_gpu_s_per_token
         + np.where(r_tok > 0, uc.recompute_gpu_fixed_s + r_tok * uc.recompute_gpu_s_per_token, 0.0),
@@ -397,12 +414,10 @@ def layer_step_times(uc: UnitCosts, pol_w: Fractions, pol_kv: Fractions, act: bo
         Resource.DISK: ((pol_w.disk > 0) + (pol_kv.disk > 0)) * uc.disk_latency_s
         + (pol_w.disk * uc.weight_bytes + c * pol_kv.disk * uc.kv_bytes_per_token) / uc.disk_read_bytes_per_s
         + pol_kv.disk * uc.kv_bytes_per_token / uc.disk_write_bytes_per_s,
-        Resource.CPU: np.where(c_tok > 0, uc.attn_cpu_fixed_s + c_tok * uc.attn_cpu_s_per_token, 0.0),
+        Resource.CPU: cpu_s,
+        Resource.CPU_CHAIN: np.where(uses_cpu, uc.dense_gpu_s + 2 * uc.link_latency_s + uc.q_bytes / uc.d2h_bytes_per_s
+                                     + uc.o_bytes / uc.h2d_bytes_per_s + cpu_s, 0.0),
     }
-    times[Resource.CPU_CHAIN] = (
-        uc.dense_gpu_s + 2 * uc.link_latency_s + uc.q_bytes / uc.d2h_bytes_per_s + uc.o_bytes / uc.h2d_bytes_per_s
-        + times[Resource.CPU] if uses_cpu else np.zeros_like(c)
-    )
     return {k: np.broadcast_to(np.asarray(v, dtype=float), c.shape) for k, v in times.items()}
 
 
@@ -674,22 +689,22 @@ def evaluate(wl: KvWorkload, system: System, layers: Sequence[LayerPolicy], *, h
     hc = head_costs(wl, system)
     cache: dict[LayerPolicy, LayerCost] = {}
     step_total = np.zeros_like(contexts)
+    lengths = [b - a for a, b in bounds]
+    mids = [float(contexts[a:b].mean()) for a, b in bounds]
     for pol, count in runs:
-        per_step = np.zeros_like(contexts)
-        sums = {r: 0.0 for r in Resource}
-        uc0 = None
-        for (a, b), split in zip(bounds, pol.splits):
-            c = contexts[a:b]
-            mid = float(np.mean(c))
-            off = pol.kv.offloaded
-            uc = unit_costs(wl, system, context=mid, gpu_attn_tokens=mid * (1 - off * split.cpu),
-                            recompute_tokens=mid * off * split.recompute, cpu_tokens=mid * off * split.cpu)
-            uc0 = uc0 or uc
-            t = layer_step_times(uc, pol.weights, pol.kv, pol.activations_on_host, split, c)
-            per_step[a:b] = np.maximum.reduce(list(t.values()))
-            for r in Resource:
-                sums[r] += float(t[r].sum())
-        pre = layer_prefill_times(pc, uc0, pol.weights, pol.kv, pol.activations_on_host)
+        off = pol.kv.offloaded
+        ucs = [unit_costs(wl, system, context=mid, gpu_attn_tokens=mid * (1 - off * split.cpu),
+                          recompute_tokens=mid * off * split.recompute, cpu_tokens=mid * off * split.cpu)
+               for mid, split in zip(mids, pol.splits)]
+        # Every range in one pass: the fields that depend on the range's sizes become per-step arrays.
+        uc = replace(ucs[0], **{f: np.repeat([getattr(u, f) for u in ucs], lengths) for f in _SIZED_FIELDS})
+        splits = pol.splits[:len(bounds)]  # fewer decode steps than ranges: the first ranges only
+        per_range = {f: np.repeat([getattr(s, f) for s in splits], lengths) for f in ("transfer", "recompute", "cpu")}
+        t = _step_times(uc, pol.weights, pol.kv, pol.activations_on_host, per_range["transfer"],
+                        per_range["recompute"], per_range["cpu"], contexts)
+        per_step = np.maximum.reduce(list(t.values()))
+        sums = {r: float(v.sum()) for r, v in t.items()}
+        pre = layer_prefill_times(pc, ucs[0], pol.weights, pol.kv, pol.activations_on_host)
         cache[pol] = LayerCost(prefill=tuple(pre.items()), decode=tuple((r, sums[r] / len(contexts)) for r in Resource),
                                prefill_s=max(pre.values()), step_s=float(per_step.mean()))
         step_total += count * per_step

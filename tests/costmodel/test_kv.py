@@ -33,6 +33,7 @@ from costmodel import (
     unit_costs,
     working_bytes,
 )
+from costmodel.kv import layer_step_times
 from hwprofiles import apply_overrides, load_system
 
 TOY = Path(__file__).resolve().parents[1] / "data" / "toy-system.yaml"
@@ -190,6 +191,20 @@ def test_transferred_kv_and_its_write_back_by_hand(toy, llama2):
     assert decode[Resource.D2H] == pytest.approx(0.5 * 2 * 16_384 / 10e9, rel=1e-12)
     # prefill writes the host half of the prompt's KV: 0.5 * 2 * 1000 * 16_384 B
     assert dict(layer.prefill)[Resource.D2H] == pytest.approx(0.5 * 2000 * 16_384 / 10e9, rel=1e-12)
+
+
+def test_every_copy_pays_the_link_latency_by_hand(toy, llama2):
+    # A 5 us link latency. Weights half on the host (streamed) and KV half on the host (transferred):
+    # two H2D copies per step (weights, KV), one D2H (the new token's KV), over 4 decode steps in
+    # 2 ranges, so each range's split goes through the evaluator's per-step arrays.
+    hw = apply_overrides(toy, ["link.latency=5us"])
+    wl = KvWorkload(model=llama2, batch=2, prompt_len=100, gen_len=4)
+    pols = _policies(32, n_ranges=2, weights=Fractions(gpu=0.5, host=0.5), kv=Fractions(gpu=0.5, host=0.5))
+    decode = dict(evaluate(wl, hw, pols).layers[0].decode)
+    contexts = np.arange(101, 105)  # attended tokens per step
+    h2d = 2 * 5e-6 + (0.5 * LAYER_WEIGHT_BYTES + 0.5 * contexts * 2 * KV_BYTES_PER_TOKEN_LAYER) / 10e9
+    assert decode[Resource.H2D] == pytest.approx(h2d.mean(), rel=1e-12)
+    assert decode[Resource.D2H] == pytest.approx(5e-6 + 0.5 * 2 * KV_BYTES_PER_TOKEN_LAYER / 10e9, rel=1e-12)
 
 
 def test_cpu_attention_by_hand(toy, llama2):
@@ -487,3 +502,24 @@ def test_time_lower_bound_of_an_all_gpu_plan_is_its_dense_work(toy, llama2):
     bound = time_lower_bound_s(wl, toy)
     assert bound <= exact.prefill_s + exact.decode_s
     assert bound >= 0.9 * (exact.prefill_s + exact.decode_s)
+
+
+@settings(max_examples=30, deadline=None)
+@given(pols=policies(n_ranges=3), head=st.booleans())
+def test_evaluate_equals_layer_step_times_range_by_range(llama2, pols, head):
+    """evaluate() costs all ranges of a layer in one vectorised pass; summing the public per-range
+    layer_step_times gives the same steps (a system with link latency, so copy counts matter)."""
+    hw = load_system("l4")
+    wl = KvWorkload(model=llama2, batch=4, prompt_len=128, gen_len=12)
+    cost = evaluate(wl, hw, pols, head_on_gpu=head)
+    contexts = wl.contexts().astype(float)
+    expected = np.full(wl.gen_len, cost.head_step_s)
+    for pol in pols:
+        for (a, b), split in zip(range_bounds(wl.gen_len, 3), pol.splits):
+            mid, off = float(contexts[a:b].mean()), pol.kv.offloaded
+            uc = unit_costs(wl, hw, context=mid, gpu_attn_tokens=mid * (1 - off * split.cpu),
+                            recompute_tokens=mid * off * split.recompute, cpu_tokens=mid * off * split.cpu)
+            times = layer_step_times(uc, pol.weights, pol.kv, pol.activations_on_host, split, contexts[a:b])
+            expected[a:b] += np.max(np.stack(list(times.values())), axis=0)
+    assert hw.link.latency_s > 0
+    np.testing.assert_allclose(cost.step_times_s, expected, rtol=1e-12)
