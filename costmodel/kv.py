@@ -523,6 +523,12 @@ def time_lower_bound_s(wl: KvWorkload, system: System, *, kv_actions: Sequence[K
     kv_offloaded, weights_offloaded : bool
         The policy offloads all the KV, or all the weights (baselines that do, whether they fit or not).
     """
+    return _time_lower_bound_s(wl, system, frozenset(KvAction(a) for a in kv_actions), kv_offloaded, weights_offloaded)
+
+
+@functools.lru_cache(maxsize=4096)  # the plan and each baseline ask for the same batches
+def _time_lower_bound_s(wl: KvWorkload, system: System, kv_actions: frozenset[KvAction], kv_offloaded: bool,
+                        weights_offloaded: bool) -> float:
     m, dt, L, b = wl.model, wl.dtype_bytes, wl.model.n_layers, wl.batch
     pc, hc = prefill_costs(wl, system), head_costs(wl, system)
     link = system.link

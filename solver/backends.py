@@ -97,10 +97,14 @@ class MipModel:
         """Add ``sum(coef * x[col]) <sense> rhs``, every coefficient and ``rhs`` multiplied by ``scale``
         (rows of bytes are scaled to GB so that a solver's absolute tolerances mean the same on every
         row). A column repeated in ``terms`` gets the sum of its coefficients."""
-        coef: dict[int, float] = {}
+        terms = list(terms)
+        cols = [col for col, _ in terms]
+        if len(set(cols)) < len(cols):  # rare: merge repeated columns
+            coef: dict[int, float] = {}
+            for col, c in terms:
+                coef[col] = coef.get(col, 0.0) + c
+            terms = list(coef.items())
         for col, c in terms:
-            coef[col] = coef.get(col, 0.0) + c
-        for col, c in coef.items():
             if c != 0.0:
                 self.row_index.append(col)
                 self.row_value.append(c * scale)
