@@ -204,6 +204,12 @@ _BOUND_ARGS = {
 }
 
 
+def _fits(name: str, wl: KvWorkload, system: System, head_on_gpu: bool = True) -> bool:
+    """Whether a fixed-placement baseline fits in memory (no timing)."""
+    pols = (FIXED_POLICIES[name][1],) * wl.model.n_layers
+    return not shortfalls(memory_use(wl, pols, head_on_gpu), capacity(system))
+
+
 def _pruned(wl: KvWorkload, system: System, best: Evaluated | None, objective: str, stats: dict,
             policy: str = "") -> bool:
     """Whether no plan at ``wl.batch`` can beat ``best``: its throughput bound (batch x generated
@@ -246,9 +252,15 @@ def evaluate_policy(name: str, wl: KvWorkload, system: System, *, objective: str
             ev = _fixed(name, wlb, system, n_ranges)
         else:
             parts = (name, "flexgen-kv-gpu") if name == "flexgen" else (name,)
-            ev = _best([e for part in parts if (e := _solve_at(
-                wlb, system, _restriction(part, system.disk is not None), n_ranges=n_ranges, kv_groups=0,
-                backend=backend, time_limit_s=time_limit_s, stats=stats)) is not None], objective)
+            found = []
+            if name == "flexgen" and _fits("gpu-only", wlb, system):
+                # With all the KV on the GPU, offloading weights only adds copies, so when all-GPU
+                # (a FlexGen policy) fits, it is the best KV-on-GPU policy: cost it, no search.
+                parts = (name,)
+                found.append(_fixed("gpu-only", wlb, system, n_ranges))
+            found += [_solve_at(wlb, system, _restriction(part, system.disk is not None), n_ranges=n_ranges,
+                                kv_groups=0, backend=backend, time_limit_s=time_limit_s, stats=stats) for part in parts]
+            ev = _best([e for e in found if e is not None], objective)
         best = _best([e for e in (best, ev) if e is not None], objective)
     best = _best([e for e in (best, floor) if e is not None], objective)
     if best is None:
