@@ -34,6 +34,7 @@ class SolveStatus(enum.StrEnum):
 
 
 BACKENDS = ("highs", "cbc")
+SMALL_MIP_INTEGERS = 48  # see _solve_highs: HiGHS options differ below and above (measured, not derived)
 LE, GE, EQ = "<=", ">=", "=="
 
 
@@ -239,14 +240,19 @@ def _solve_highs(model: MipModel, time_limit_s: float, gap_rel: float) -> tuple[
     for key, value in (("output_flag", False), ("threads", 1), ("time_limit", float(time_limit_s)),
                        ("mip_rel_gap", float(gap_rel))):
         h.setOptionValue(key, value)
-    # Machinery sized for big MIPs costs more than it saves on ours (a few hundred columns). The
-    # feasibility-jump heuristic alone costs ~8 ms per MIP however small (a 21-column placement MIP:
-    # 8.5 ms with it, 0.5 ms without); the sub-MIP heuristics, symmetry detection and restarts took
-    # the slowest sweep point's MIP time from 0.24 s to 0.11 s. Heuristics only find incumbents and
+    # Machinery sized for big MIPs costs more than it saves on ours. The feasibility-jump heuristic
+    # alone costs ~8 ms per MIP however small (a 21-column placement MIP: 8.5 ms with it, 0.5 ms
+    # without), and the RINS/RENS sub-MIPs never paid on any placement MIP measured. On the small
+    # MIPs of continuous shares (at most SMALL_MIP_INTEGERS integer columns) restarts, symmetry
+    # detection and the root reduced-cost heuristic cost too (the slowest sweep point: 0.24 s ->
+    # 0.11 s); on the per-head-group MIPs (69 integer columns) they are what closes the search
+    # (llama-2-7b, 32 groups: 1.7 s with them, 8.9 s without). Heuristics only find incumbents and
     # the others only steer the search, so optimality proofs are unchanged. An option that an older
     # highspy lacks is reported by setOptionValue and ignored.
-    for key in ("mip_heuristic_run_feasibility_jump", "mip_heuristic_run_rins", "mip_heuristic_run_rens",
-                "mip_heuristic_run_root_reduced_cost", "mip_detect_symmetry", "mip_allow_restart"):
+    off = ["mip_heuristic_run_feasibility_jump", "mip_heuristic_run_rins", "mip_heuristic_run_rens"]
+    if sum(model.col_integer) <= SMALL_MIP_INTEGERS:
+        off += ["mip_heuristic_run_root_reduced_cost", "mip_detect_symmetry", "mip_allow_restart"]
+    for key in off:
         h.setOptionValue(key, False)
     if h.passModel(lp) == highspy.HighsStatus.kError:
         raise PlanError(f"MIP backend 'highs' rejected model {model.name!r}")
