@@ -204,6 +204,16 @@ _BOUND_ARGS = {
 }
 
 
+def _useful_modes(wl: KvWorkload, *, has_disk: bool) -> tuple[Mode, ...]:
+    """Every mode, less those that keep activations for recompute when a layer input is at least as
+    many bytes as the KV it rebuilds (GQA with few KV heads): such a mode is no better than its twin
+    without activations in any resource or tier (it moves at least as many bytes, adds GPU work,
+    host memory and write-back), so dropping it leaves the optimum and shrinks the MIP by a third."""
+    m = wl.model
+    pays = m.hidden < m.kv_elements_per_token()
+    return tuple(md for md in all_modes(has_disk) if pays or not md.act)
+
+
 def _fits(name: str, wl: KvWorkload, system: System, head_on_gpu: bool = True) -> bool:
     """Whether a fixed-placement baseline fits in memory (no timing)."""
     pols = (FIXED_POLICIES[name][1],) * wl.model.n_layers
@@ -398,7 +408,7 @@ def plan_kv(wl: KvWorkload, system: System, *, objective: str = "throughput", n_
     base = {name: base[name] for name in baselines}
     floor = _best(list(base_evals.values()), objective)
     best: Evaluated | None = None
-    no_disk = Restriction(modes=tuple(m for m in all_modes(False)))
+    no_disk = Restriction(modes=_useful_modes(wl, has_disk=False))
     for b in reversed(batch_candidates(wl.batch, objective)):
         # A batch that cannot beat the best plan so far, or the best baseline, is skipped.
         if _pruned(wl.with_batch(b), system, _best([e for e in (best, floor) if e is not None], objective),
@@ -411,7 +421,8 @@ def plan_kv(wl: KvWorkload, system: System, *, objective: str = "throughput", n_
                        backend=backend, time_limit_s=time_limit_s, stats=stats)
         host_tight = ev is None or ev.cost.memory.host_bytes > 0.9 * ev.cost.capacity["host_bytes"]
         if system.disk is not None and host_tight:
-            with_disk = _solve_at(wl.with_batch(b), system, Restriction(), n_ranges=n_ranges, kv_groups=kv_groups,
+            with_disk = _solve_at(wl.with_batch(b), system, Restriction(modes=_useful_modes(wl, has_disk=True)),
+                                  n_ranges=n_ranges, kv_groups=kv_groups,
                                   backend=backend, time_limit_s=time_limit_s, stats=stats)
             ev = _best([e for e in (ev, with_disk) if e is not None], objective)
         best = _best([e for e in (best, ev) if e is not None], objective)

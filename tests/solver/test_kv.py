@@ -515,3 +515,20 @@ def test_flexgen_baseline_is_never_worse_than_all_on_gpu(toy, model, system, bat
     assert gpu_only is not None and flexgen is not None
     total = lambda ev: ev.cost.prefill_s + ev.cost.decode_s  # noqa: E731
     assert total(flexgen) <= total(gpu_only) * (1 + 1e-9)
+
+
+def test_recompute_modes_are_left_out_only_where_recompute_cannot_pay(toy):
+    from solver.kv import _useful_modes
+    from solver.kv_formulation import all_modes
+
+    mha = KvWorkload(model=load_model("llama-2-7b"), batch=16, prompt_len=4096, gen_len=16)
+    gqa = KvWorkload(model=load_model("llama-3-8b"), batch=16, prompt_len=4096, gen_len=16)
+    assert any(md.act for md in _useful_modes(mha, has_disk=False))
+    assert not any(md.act for md in _useful_modes(gqa, has_disk=True))
+    # The GQA model must offload KV here (weights 16 GB + KV 8.7 GB > 15 GiB), yet leaving the
+    # recompute modes out changes nothing: they are dominated.
+    every = solve_kv(gqa, toy, restriction=Restriction(modes=tuple(all_modes(False))), gap_rel=1e-7)
+    useful = solve_kv(gqa, toy, restriction=Restriction(modes=_useful_modes(gqa, has_disk=False)), gap_rel=1e-7)
+    assert _offloaded_kv_share(useful.policies) > 0.1
+    assert useful.result.objective == pytest.approx(every.result.objective, rel=1e-6)
+    assert useful.result.n_variables < every.result.n_variables
