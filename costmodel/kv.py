@@ -502,6 +502,31 @@ def _best_attention_s_per_token(wl: KvWorkload, proc: Processor, dt: int) -> flo
     return max(mem, flop)
 
 
+def _all_kv_over_link_s(wl: KvWorkload, system: System, gpu_s, positions, link_s: float, recompute: bool,
+                        transfer: bool):
+    """Least step time when every KV position comes over the link, as KV (transfer) or as the layer
+    input plus GPU work (recompute), beside ``gpu_s`` of other GPU work and ``link_s`` of other
+    copies: the GPU time grows and the link time shrinks with the recomputed share, so the least
+    of their maximum is where they cross (or an end)."""
+    m, b, dt = wl.model, wl.batch, wl.dtype_bytes
+    h2d = system.link.h2d_bytes_per_s
+    kv_b, act_b = b * m.kv_elements_per_token() * dt, b * m.hidden * dt  # bytes per position
+    if not recompute:
+        return np.maximum(gpu_s, link_s + positions * kv_b / h2d)
+    gpu = Processor.gpu(system.gpu)
+    # Recompute per position at the GPU's best: the K/V projection GEMM and its bytes.
+    rec_s = max(2.0 * b * m.hidden * 2 * m.kv_dim / (gpu.peak_flop_per_s * max(gpu.curves.compute_curve(OpClass.GEMM).values)),
+                b * (m.hidden + 2 * m.kv_dim) * dt / (gpu.memory_bytes_per_s * max(gpu.curves.memory.values)))
+    if not transfer:
+        return np.maximum(gpu_s + positions * rec_s, link_s + positions * act_b / h2d)
+    link_all = link_s + positions * kv_b / h2d  # nothing recomputed
+    saving = (kv_b - act_b) / h2d  # link time saved per recomputed position
+    if saving <= 0:
+        return np.maximum(gpu_s, link_all)
+    y = np.clip((link_all - gpu_s) / (rec_s + saving), 0.0, positions)
+    return np.maximum(gpu_s + rec_s * y, link_all - saving * y)
+
+
 def time_lower_bound_s(wl: KvWorkload, system: System, *, kv_actions: Sequence[KvAction] = tuple(KvAction),
                        kv_offloaded: bool = False, weights_offloaded: bool = False) -> float:
     """Prefill + decode seconds that no placement at this batch can beat (:func:`evaluate` never
@@ -564,8 +589,11 @@ def _time_lower_bound_s(wl: KvWorkload, system: System, kv_actions: frozenset[Kv
         kept = hc.bytes if on_gpu else 0.0
         excess = max(weights + L * kv_layer - room + kept, forced_kv + forced_w, 0.0)
         w_link_s = max(weights - room + kept, forced_w, 0.0) / link.h2d_bytes_per_s
-        step = np.maximum.reduce([attention_s, excess / rate, np.full_like(c, w_link_s),
-                                  forced_kv / np.maximum(kv_rate, 1e-300)])
+        forced_s = forced_kv / np.maximum(kv_rate, 1e-300)
+        if kv_offloaded and KvAction.CPU not in kv_actions and link_bytes:
+            forced_s = _all_kv_over_link_s(wl, system, L * dense + gpu_s_per_tok * L * c, L * c, w_link_s,
+                                           KvAction.RECOMPUTE in kv_actions, KvAction.TRANSFER in kv_actions)
+        step = np.maximum.reduce([attention_s, excess / rate, np.full_like(c, w_link_s), forced_s])
         best = min(best, max(L * pc.gpu_s, w_link_s) + head + float(step.sum()) + wl.gen_len * head)
     return best
 

@@ -523,3 +523,25 @@ def test_evaluate_equals_layer_step_times_range_by_range(llama2, pols, head):
             expected[a:b] += np.max(np.stack(list(times.values())), axis=0)
     assert hw.link.latency_s > 0
     np.testing.assert_allclose(cost.step_times_s, expected, rtol=1e-12)
+
+
+@settings(max_examples=60, deadline=None)
+@given(model=st.sampled_from(["llama-2-7b", "llama-3-8b"]), system=st.sampled_from(["toy", "l4", "a100-40gb"]),
+       recompute=st.lists(st.sampled_from([0.0, 0.1, 0.5, 0.9, 1.0]), min_size=1, max_size=4),
+       weights_gpu=st.sampled_from([1.0, 0.5, 0.0]), batch=st.sampled_from([1, 8, 32]),
+       lengths=st.sampled_from([(512, 16), (32, 256), (4096, 64)]), h2d=st.sampled_from([4, 32]))
+def test_time_lower_bound_of_policies_that_move_all_their_kv(toy, model, system, recompute, weights_gpu, batch,
+                                                             lengths, h2d):
+    """KV all on the host, each range splitting it between transfer and recompute (KVPR's space): the
+    bound that balances recompute's GPU work against the link never exceeds the evaluated time."""
+    base = toy if system == "toy" else load_system(system)
+    hw = apply_overrides(base, [f"link.h2d={h2d}GB/s"])
+    spec = load_model(model)
+    wl = KvWorkload(model=spec, batch=batch, prompt_len=lengths[0], gen_len=lengths[1])
+    pol = LayerPolicy(weights=Fractions(gpu=weights_gpu, host=1 - weights_gpu), kv=Fractions(gpu=0.0, host=1.0),
+                      activations_on_host=True, splits=tuple(TokenSplit(transfer=1 - r, recompute=r) for r in recompute))
+    cost = evaluate(wl, hw, (pol,) * spec.n_layers)
+    assume(cost.feasible)
+    bound = time_lower_bound_s(wl, hw, kv_actions=(KvAction.TRANSFER, KvAction.RECOMPUTE), kv_offloaded=True,
+                               weights_offloaded=weights_gpu == 0.0)
+    assert bound <= (cost.prefill_s + cost.decode_s) * (1 + 1e-9)
