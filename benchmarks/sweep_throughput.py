@@ -22,15 +22,12 @@ from solver.sweep import grid, parse_vary, sweep
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--points-per-system", type=int, default=8, help="link.h2d values per (model, GPU, prompt)")
-    ap.add_argument("--repeats", type=int, default=3, help="in-process runs; the fastest is reported (a shared "
-                                                             "2-core machine is noisy)")
+    ap.add_argument("--repeats", type=int, default=3, help="in-process runs; the fastest is reported (on a shared "
+                                                             "machine the speed drifts by tens of percent)")
     args = ap.parse_args()
     pts = grid(["llama-2-7b", "llama-3-8b"], ["a100-40gb", "rtx4090"], prompts=[2048, 8192], batches=[16], gen=128,
                vary=[parse_vary(f"link.h2d=8GB/s..64GB/s:{args.points_per_system}")])
     sweep(pts[:2], executor=None, workers=None, progress=False)  # warm the imports and caches
-    # This machine's speed drifts by tens of percent between minutes (shared cores), so print a fixed
-    # pure-Python workload's time beside the figures: compare runs only at similar reference times.
-    print(f"machine reference: {_reference_ms():.0f} ms for a fixed Python loop (lower is faster)")
     for label, workers in (("in process", 0), ("pool", 1), ("pool", os.cpu_count() or 1)):
         runs = []
         for _ in range(args.repeats if workers == 0 else 1):
@@ -54,17 +51,6 @@ def main() -> None:
                 print(f"    {model}, prompt {prompt}: plan_kv {g['plan_time_s'].mean() * 1e3:.0f} ms per point "
                       f"({1 / g['plan_time_s'].mean():.1f} points/s), {g['mip_solves'].mean():.1f} solves "
                       f"({g['lp_solves'].mean():.1f} of them LPs) taking {g['solve_time_s'].mean() * 1e3:.0f} ms")
-
-
-def _reference_ms() -> float:
-    best = float("inf")
-    for _ in range(3):
-        t = time.perf_counter()
-        total = 0.0
-        for i in range(300_000):
-            total += (i % 7) * 0.5
-        best = min(best, time.perf_counter() - t)
-    return best * 1e3
 
 
 class _Inline:
