@@ -212,6 +212,25 @@ def solve(model: MipModel, *, backend: str | None = None, time_limit_s: float = 
 
 
 def _solve_highs(model: MipModel, time_limit_s: float, gap_rel: float) -> tuple[SolveStatus, float | None, np.ndarray]:
+    # The LP relaxation first, without presolve (on these small models presolve costs more than it
+    # saves: 2.1 ms against 3.8 ms on 36 full placement LPs). If it is infeasible, so is the MIP; if
+    # its integer columns come out integral, it is the MIP's optimum (no MIP bound can be lower).
+    # That held for 22 of 36 full placement MIPs, which then cost 2 ms instead of 10 ms.
+    ints = np.flatnonzero(model.col_integer)
+    status, objective, values = _run_highs(model, time_limit_s, gap_rel, integer=False)
+    if not len(ints) or status is SolveStatus.INFEASIBLE:
+        return status, objective, values
+    if status is SolveStatus.OPTIMAL and np.all(np.abs(values[ints] - np.round(values[ints])) <= INTEGRAL_TOL):
+        values[ints] = np.round(values[ints])
+        return status, objective, values
+    return _run_highs(model, time_limit_s, gap_rel, integer=True)
+
+
+INTEGRAL_TOL = 1e-9  # an LP value this close to an integer counts as that integer
+
+
+def _run_highs(model: MipModel, time_limit_s: float, gap_rel: float, *,
+               integer: bool) -> tuple[SolveStatus, float | None, np.ndarray]:
     import highspy
 
     _silence_highs_banner()
@@ -233,13 +252,15 @@ def _solve_highs(model: MipModel, time_limit_s: float, gap_rel: float) -> tuple[
     lp.a_matrix_.start_ = np.asarray(model.row_start, dtype=np.int32)
     lp.a_matrix_.index_ = np.asarray(model.row_index, dtype=np.int32)
     lp.a_matrix_.value_ = np.asarray(model.row_value, dtype=float)
-    if any(model.col_integer):
+    if integer:
         lp.integrality_ = [highspy.HighsVarType.kInteger if i else highspy.HighsVarType.kContinuous
                            for i in model.col_integer]
     h = highspy.Highs()
     for key, value in (("output_flag", False), ("threads", 1), ("time_limit", float(time_limit_s)),
                        ("mip_rel_gap", float(gap_rel))):
         h.setOptionValue(key, value)
+    if not integer:
+        h.setOptionValue("presolve", "off")
     # Machinery sized for big MIPs costs more than it saves on ours. The feasibility-jump heuristic
     # alone costs ~8 ms per MIP however small (a 21-column placement MIP: 8.5 ms with it, 0.5 ms
     # without), and the RINS/RENS sub-MIPs never paid on any placement MIP measured. On the small
@@ -263,7 +284,7 @@ def _solve_highs(model: MipModel, time_limit_s: float, gap_rel: float) -> tuple[
     S = highspy.HighsModelStatus
     if ms == S.kOptimal:
         status = SolveStatus.OPTIMAL
-    elif ms in (S.kInfeasible, S.kUnboundedOrInfeasible):
+    elif ms == S.kInfeasible or (integer and ms == S.kUnboundedOrInfeasible):
         status = SolveStatus.INFEASIBLE
     elif ms in (S.kTimeLimit, S.kIterationLimit, S.kSolutionLimit, S.kInterrupt):
         status = SolveStatus.FEASIBLE if has_solution else SolveStatus.TIME_LIMIT
