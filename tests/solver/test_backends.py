@@ -88,3 +88,18 @@ def test_highs_matches_enumeration_on_random_knapsacks(items, cap):
     result = solve(prob, backend=BACKENDS[0], gap_rel=0.0)
     assert result.status is SolveStatus.OPTIMAL
     assert result.objective == pytest.approx(best)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_mip_whose_relaxation_is_integral_or_infeasible(backend):
+    # min x + y, x integer >= 2, y integer in [0, 5], x + y >= 3: the relaxation's optimum (x=2, y=1 or
+    # x=3, y=0) is integral, so it is the MIP's; adding x + y <= 1 makes even the relaxation infeasible.
+    prob = MipModel("integral")
+    x, y = prob.var("x", lb=2, integer=True), prob.var("y", ub=5, integer=True)
+    prob.minimize([(x, 1.0), (y, 1.0)])
+    prob.add([(x, 1.0), (y, 1.0)], GE, 3)
+    result = solve(prob, backend=backend)
+    assert result.status is SolveStatus.OPTIMAL and result.objective == pytest.approx(3.0)
+    assert result.value(x) + result.value(y) == 3.0 and float(result.value(x)).is_integer()
+    prob.add([(x, 1.0), (y, 1.0)], LE, 1)
+    assert solve(prob, backend=backend).status is SolveStatus.INFEASIBLE
