@@ -249,10 +249,23 @@ def _resolve_part(kind: str, ref: Any, base: Path, file: str) -> Part:
     if not isinstance(ref, str) or not ref:
         raise ProfileError(f"system.{kind} must name a bundled {kind}, a .yaml path or a mapping, got {ref!r} ({file})")
     if ref.endswith((".yaml", ".yml")):
-        path = (base / ref).resolve()
-        return parse_part(kind, _read_yaml(path), file=str(path))
-    path = _bundled_path(kind, ref)
-    return parse_part(kind, _read_yaml(path), file=str(path))
+        return _file_part(kind, (base / ref).resolve())
+    return _file_part(kind, _bundled_path(kind, ref))
+
+
+def _file_part(kind: str, path: Path) -> Part:
+    """A part from its own file, parsed once per modification time (parts are immutable, and a sweep
+    loads the same few for every point)."""
+    try:
+        stamp = path.stat().st_mtime_ns
+    except OSError:
+        return parse_part(kind, _read_yaml(path), file=str(path))  # _read_yaml raises the ProfileError
+    return _file_part_cached(kind, str(path), stamp)
+
+
+@functools.lru_cache(maxsize=256)
+def _file_part_cached(kind: str, name: str, _stamp: int) -> Part:
+    return parse_part(kind, _read_yaml(Path(name)), file=name)
 
 
 def load_part(kind: str, name_or_path: str) -> Part:

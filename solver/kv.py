@@ -343,7 +343,16 @@ def _layer_entries(ev: Evaluated) -> list[dict]:
     contexts = wl.contexts()
     bounds = range_bounds(wl.gen_len, len(ev.policies[0].splits))
     entries = []
+    made: dict[int, dict] = {}  # by policy object: layers of one mode share theirs and their costs
     for i, (pol, lc) in enumerate(zip(ev.policies, ev.cost.layers)):
+        if id(pol) in made:  # a copy with nested dicts of its own (entries are handed to users)
+            e = made[id(pol)]
+            entries.append({**e, "index": i, "weights": dict(e["weights"]), "kv": dict(e["kv"]),
+                            "kv_actions": [{**a, "steps": list(a["steps"]), "context": list(a["context"])}
+                                           for a in e["kv_actions"]],
+                            "tokens_per_step": dict(e["tokens_per_step"]),
+                            "decode_resource_s": dict(e["decode_resource_s"])})
+            continue
         actions = []
         tok = {"transferred": 0.0, "recomputed": 0.0, "cpu_attended": 0.0}
         for (a, b), s in zip(bounds, pol.splits):
@@ -365,6 +374,7 @@ def _layer_entries(ev: Evaluated) -> list[dict]:
             "binding": lc.binding.value,
             "decode_resource_s": {r.value: v for r, v in lc.decode},
         })
+        made[id(pol)] = entries[-1]
     return entries
 
 
