@@ -236,6 +236,12 @@ def _size_time_s(wl: KvWorkload, system: System, what: str, t: float) -> float:
 
 
 @functools.lru_cache(maxsize=8192)
+def _per_token_s(wl: KvWorkload, system: System, what: str, tokens: float) -> float:
+    """Mean time per position of an op over ``tokens`` positions (cached like :func:`_tangent`)."""
+    return _size_time_s(wl, system, what, tokens) / tokens
+
+
+@functools.lru_cache(maxsize=8192)
 def _tangent(wl: KvWorkload, system: System, what: str, tokens: float) -> tuple[float, float]:
     """(intercept, slope) of the tangent to an op's time at ``tokens``. Time grows sub-linearly with
     size (efficiency rises with size), so the tangent over-estimates elsewhere and is exact here.
@@ -260,10 +266,9 @@ def unit_costs(wl: KvWorkload, system: System, *, context: float, gpu_attn_token
     disk = system.disk
     rec_fixed, rec_slope = _tangent(wl, system, "recompute", max(float(recompute_tokens), 1.0))
     cpu_fixed, cpu_slope = _tangent(wl, system, "cpu_attention", max(float(cpu_tokens), 1.0))
-    tokens = max(float(gpu_attn_tokens), 1.0)
     return UnitCosts(
         dense_gpu_s=dense_gpu_s(wl, system),
-        attn_gpu_s_per_token=_size_time_s(wl, system, "gpu_attention", tokens) / tokens,
+        attn_gpu_s_per_token=_per_token_s(wl, system, "gpu_attention", max(float(gpu_attn_tokens), 1.0)),
         recompute_gpu_s_per_token=rec_slope,
         recompute_gpu_fixed_s=rec_fixed,
         attn_cpu_s_per_token=cpu_slope,
