@@ -498,13 +498,19 @@ def working_bytes(wl: KvWorkload) -> float:
     return max(prefill, decode) + b * m.vocab * 4
 
 
+def _best_time_s(proc: Processor, op_classes: Sequence[OpClass], flop: float, nbytes: float) -> float:
+    """An op's time at the processor's best efficiencies (over ``op_classes``, the classes its size
+    may give it): never more than its roofline time at any size."""
+    best_compute = max(max(proc.curves.compute_curve(c).values) for c in op_classes)
+    return max(flop / (proc.peak_flop_per_s * best_compute),
+               nbytes / (proc.memory_bytes_per_s * max(proc.curves.memory.values)))
+
+
 def _best_attention_s_per_token(wl: KvWorkload, proc: Processor, dt: int) -> float:
-    """Decode attention time per context position (every sequence of the batch) at the processor's
-    best efficiencies: never more than the real per-position time at any size."""
+    """Decode attention per context position (every sequence of the batch): its K and V bytes and
+    its FLOPs (see attention_op), at the processor's best."""
     m, b = wl.model, wl.batch
-    mem = b * 2 * m.kv_dim * dt / (proc.memory_bytes_per_s * max(proc.curves.memory.values))
-    flop = 4.0 * b * m.q_dim / (proc.peak_flop_per_s * max(proc.curves.compute_curve(OpClass.ATTENTION).values))
-    return max(mem, flop)
+    return _best_time_s(proc, (OpClass.ATTENTION,), 4.0 * b * m.q_dim, b * 2 * m.kv_dim * dt)
 
 
 def _all_kv_over_link_s(wl: KvWorkload, system: System, gpu_s, positions, link_s: float, recompute: bool,
@@ -518,10 +524,9 @@ def _all_kv_over_link_s(wl: KvWorkload, system: System, gpu_s, positions, link_s
     kv_b, act_b = b * m.kv_elements_per_token() * dt, b * m.hidden * dt  # bytes per position
     if not recompute:
         return np.maximum(gpu_s, link_s + positions * kv_b / h2d)
-    gpu = Processor.gpu(system.gpu)
-    # Recompute per position at the GPU's best: the K/V projection GEMM and its bytes.
-    rec_s = max(2.0 * b * m.hidden * 2 * m.kv_dim / (gpu.peak_flop_per_s * max(gpu.curves.compute_curve(OpClass.GEMM).values)),
-                b * (m.hidden + 2 * m.kv_dim) * dt / (gpu.memory_bytes_per_s * max(gpu.curves.memory.values)))
+    # Recompute per position: the K/V projection (a GEMM, or a GEMV for few rows) at the GPU's best.
+    rec_s = _best_time_s(Processor.gpu(system.gpu), (OpClass.GEMM, OpClass.GEMV), 2.0 * b * m.hidden * 2 * m.kv_dim,
+                         b * (m.hidden + 2 * m.kv_dim) * dt)
     if not transfer:
         return np.maximum(gpu_s + positions * rec_s, link_s + positions * act_b / h2d)
     link_all = link_s + positions * kv_b / h2d  # nothing recomputed
@@ -538,13 +543,21 @@ def time_lower_bound_s(wl: KvWorkload, system: System, *, kv_actions: Sequence[K
     returns less for any feasible policy).
 
     A layer's time is the longest of its resources, so a step takes at least the sum over layers of
-    any one resource. Every layer takes its dense GPU time. Whatever does not fit on the GPU beside
-    the working memory (and the head, if it stays there) is off the GPU, and each decode step pays
-    for it: offloaded weights cross the link; an offloaded KV position crosses it as KV
-    (transfer) or as the layer input (recompute), or is attended on the CPU at no better than the
-    CPU's best efficiency. Given a step time T, the link and the CPU together can serve at most
-    ``T * rate`` offloaded bytes, so T >= excess / rate. The throughput search skips a batch whose
-    bound cannot beat the best plan found.
+    any one resource, and every op takes at least its time at the processor's best efficiency.
+    Each decode step, per step:
+
+    - every layer's dense GPU work, and attention over every position, on the GPU or (offloaded
+      positions) the CPU side by side: at least their balanced split;
+    - whatever does not fit on the GPU beside the working memory (and the head, if it stays) is off
+      the GPU: offloaded weights cross the link; an offloaded KV position crosses it as KV
+      (transfer) or as the layer input (recompute), or is attended on the CPU. Given a step time T,
+      the link and the CPU together serve at most ``T * rate`` offloaded bytes: T >= excess / rate;
+    - a policy that moves all its KV over the link (KVPR, KV offload) pays each position there or,
+      if recomputed, partly on the GPU: at least where the two times cross.
+
+    The exact evaluator costs size-dependent recompute and CPU attention by tangents within each
+    context range; property tests check the bound against it for random policies. The throughput
+    search skips a batch whose bound cannot beat the best plan or baseline found.
 
     Parameters
     ----------
@@ -594,10 +607,11 @@ def _time_lower_bound_s(wl: KvWorkload, system: System, kv_actions: frozenset[Kv
         kept = hc.bytes if on_gpu else 0.0
         excess = max(weights + L * kv_layer - room + kept, forced_kv + forced_w, 0.0)
         w_link_s = max(weights - room + kept, forced_w, 0.0) / link.h2d_bytes_per_s
-        forced_s = forced_kv / np.maximum(kv_rate, 1e-300)
         if kv_offloaded and KvAction.CPU not in kv_actions and link_bytes:
             forced_s = _all_kv_over_link_s(wl, system, L * dense + gpu_s_per_tok * L * c, L * c, w_link_s,
                                            KvAction.RECOMPUTE in kv_actions, KvAction.TRANSFER in kv_actions)
+        else:
+            forced_s = forced_kv / np.maximum(kv_rate, 1e-300)
         step = np.maximum.reduce([attention_s, excess / rate, np.full_like(c, w_link_s), forced_s])
         best = min(best, max(L * pc.gpu_s, w_link_s) + head + float(step.sum()) + wl.gen_len * head)
     return best

@@ -187,7 +187,7 @@ def _fixed(name: str, wl: KvWorkload, system: System, n_ranges: int) -> Evaluate
     mode, pol = FIXED_POLICIES[name]
     pols = (LayerPolicy(weights=pol.weights, kv=pol.kv, splits=(TokenSplit(),) * n_ranges),) * wl.model.n_layers
     for head_on_gpu in (True, False):
-        if shortfalls(memory_use(wl, pols, head_on_gpu), capacity(system)):  # checked before the costlier timing
+        if not _fits(name, wl, system, head_on_gpu):  # checked before the costlier timing
             continue
         cost = evaluate(wl, system, pols, head_on_gpu=head_on_gpu)
         return Evaluated(workload=wl, policies=pols, head_on_gpu=head_on_gpu, cost=cost,
