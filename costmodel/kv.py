@@ -373,10 +373,16 @@ class LayerPolicy:
     kv: Fractions = field(default_factory=Fractions)
     activations_on_host: bool = False
     splits: tuple[TokenSplit, ...] = (TokenSplit(),)
+    _hash: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.activations_on_host and any(s.recompute > 1e-6 for s in self.splits):
             raise WorkloadError("recompute needs activations_on_host=True (the layer inputs to recompute from)")
+        # Hashed once: the evaluator groups layers by policy on every call.
+        object.__setattr__(self, "_hash", hash((self.weights, self.kv, self.activations_on_host, self.splits)))
+
+    def __hash__(self) -> int:
+        return self._hash
 
 
 # ---------------------------------------------------------------------------------------------
@@ -743,7 +749,7 @@ def evaluate(wl: KvWorkload, system: System, layers: Sequence[LayerPolicy], *, h
     cache: dict[LayerPolicy, LayerCost] = {}
     step_total = np.zeros_like(contexts)
     lengths = [b - a for a, b in bounds]
-    mids = [float(contexts[a:b].mean()) for a, b in bounds]
+    mids = [wl.prompt_len + 1 + (a + b - 1) / 2 for a, b in bounds]  # mean context of each range
     for pol, count in runs:
         off = pol.kv.offloaded
         ucs = [unit_costs(wl, system, context=mid, gpu_attn_tokens=mid * (1 - off * split.cpu),
