@@ -170,8 +170,8 @@ def solve_kv(wl: KvWorkload, system: System, *, n_ranges: int = 4, kv_groups: in
     count_terms = []
     mode_vars: dict[int, tuple] = {}  # mode -> (n, weight shares, KV shares, prefill time)
     token_vars: dict[tuple[int, int], tuple] = {}  # (mode, range) -> (transfer, recompute, CPU) tokens
-    # (buffer variable, bytes it needs) -> layer counts of the modes that need it. One binary per
-    # distinct buffer, not per mode: few binaries keep branch-and-bound short.
+    # (buffer variable, bytes it needs) -> layer counts of the modes that need it. Binaries go per
+    # distinct need of each buffer, not per mode: few binaries keep branch-and-bound short.
     buffer_users: dict[tuple[int, float], list[int]] = {}
     for i, md in enumerate(modes):
         n = V(f"n{i}", ub=L, integer=True)
