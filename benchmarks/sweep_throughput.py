@@ -43,13 +43,13 @@ def main() -> None:
         cpu_note = f", {n / cpu:.1f} per CPU-second of this process" if workers == 0 else ""
         print(f"{n} points, {label}, {cores} core(s), backend {default_backend()}: {n / wall:.1f} points/s "
               f"({n / wall / cores:.1f} per core{cpu_note}); per point: plan_kv {df['plan_time_s'].mean() * 1e3:.0f} ms, "
-              f"{df['mip_solves'].mean():.1f} solves taking {df['solve_time_s'].mean() * 1e3:.0f} ms, "
+              f"{df['solves'].mean():.1f} solves taking {df['solve_time_s'].mean() * 1e3:.0f} ms, "
               f"{df['batches_pruned'].mean():.1f} candidate batches skipped by the bound; "
               f"statuses {sorted(df['status'].unique())}")
         if workers == 0:
             for (model, prompt), g in df.groupby(["model", "prompt"]):
                 print(f"    {model}, prompt {prompt}: plan_kv {g['plan_time_s'].mean() * 1e3:.0f} ms per point "
-                      f"({1 / g['plan_time_s'].mean():.1f} points/s), {g['mip_solves'].mean():.1f} solves "
+                      f"({1 / g['plan_time_s'].mean():.1f} points/s), {g['solves'].mean():.1f} solves "
                       f"({g['lp_solves'].mean():.1f} of them LPs) taking {g['solve_time_s'].mean() * 1e3:.0f} ms")
 
 

@@ -108,7 +108,7 @@ def run_point(point: SweepPoint) -> dict:
         return row
     row.update({"status": plan.status, "plan_time_s": time.perf_counter() - start,
                 "solve_time_s": plan.solver["solve_time_s"], "backend": plan.solver["backend"],
-                "mip_solves": plan.solver["solves"], "lp_solves": plan.solver["lp_solves"],
+                "solves": plan.solver["solves"], "lp_solves": plan.solver["lp_solves"],
                 "batches_pruned": plan.solver["batches_pruned"],
                 "explanation": plan.explanation})
     if plan.predicted:
