@@ -23,7 +23,7 @@ import numpy as np
 from costmodel.errors import WorkloadError
 from costmodel.roofline import Op, Processor, roofline_time_s
 from costmodel.transformer import TransformerSpec
-from hwprofiles import Link, OpClass, System
+from hwprofiles import Link, OpClass, System, format_bytes
 
 # A batch at or below this many rows makes a GEMM a GEMV-like (memory-bound, low-occupancy) kernel.
 GEMV_MAX_ROWS = 8
@@ -54,11 +54,42 @@ class Resource(enum.StrEnum):
     CPU_CHAIN = "cpu_chain"
 
 
+STREAM_GRANULARITIES = ("layer", "sublayer")
+# Stored bytes per cached KV element. fp8: one byte, with a per-tensor scale (vLLM's fp8 KV cache,
+# docs "Quantized KV Cache"); int4: half a byte plus an fp16 scale and an fp16 zero point per group of
+# 64 elements (group-wise asymmetric quantisation as in KIVI, Liu et al., ICML 2024, arXiv:2402.02750).
+KV_GROUP = 64
+KV_DTYPES = {"fp16": 2.0, "bf16": 2.0, "fp32": 4.0, "fp8": 1.0, "int8": 1.0 + 4.0 / KV_GROUP,
+             "int4": 0.5 + 4.0 / KV_GROUP}
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class KvWorkload:
     """Batch inference: ``batch`` sequences of ``prompt_len`` tokens generating ``gen_len`` each.
 
     Decode step ``j`` (0-based) attends over ``prompt_len + j + 1`` tokens.
+
+    The batch runs as ``gpu_batches`` micro-batches of ``gpu_batch`` sequences (FlexGen's "GPU
+    batch size" and "number of GPU batches"; 0 = the whole batch at once): weights brought to the
+    GPU for a layer serve every micro-batch, while activations, KV staging and the GPU kernels are
+    per micro-batch. Prefill runs layer by layer over chunks of at most ``prefill_chunk_tokens``
+    tokens of one micro-batch (0 = a micro-batch's whole prompt at once, as FlexGen does).
+    Streamed weights arrive one layer at a time (``stream_granularity="layer"``, as tierplan's
+    replay streams) or one sub-layer at a time, attention and MLP separately ("sublayer", as
+    FlexGen's OPT layers are split). ``fused_attention`` is a fused (flash) kernel that keeps no
+    score matrix; FlexGen's OPT attention is batched matmuls and a softmax that do.
+
+    KV compression: ``kv_dtype`` stores the cache quantised (:data:`KV_DTYPES`, bytes per element
+    with the scales; "" = ``dtype_bytes``), and ``kv_keep`` keeps that fraction of every sequence's
+    context tokens (token eviction: KVCrush, Keyformer, PyramidInfer keep a fraction of the
+    context): KV bytes and attention work scale by it. A context longer than the model's
+    (:attr:`TransformerSpec.max_context_tokens`) is an error unless ``allow_long_context``.
+
+    How the engine runs: ``overlap`` (a layer's copies run beside its compute, so it takes its
+    slowest resource; without it, as in FlexGen's ``--overlap False`` loop and Accelerate's
+    per-module hooks, the sum of them), ``pinned_weights`` (host weights in page-locked memory; else
+    they cross at the link's pageable rate), ``cpu_attention_upcast`` (CPU attention first copies
+    the KV it reads into an fp32 workspace, as FlexGen's ``mha_gen`` on the CPU does).
     """
 
     model: TransformerSpec
@@ -67,16 +98,47 @@ class KvWorkload:
     gen_len: int
     dtype_bytes: int = 2
     prefill_chunk_tokens: int = 4096
+    gpu_batch: int = 0
+    stream_granularity: str = "layer"
+    fused_attention: bool = True
+    overlap: bool = True
+    pinned_weights: bool = True
+    cpu_attention_upcast: bool = False
+    kv_dtype: str = ""
+    kv_keep: float = 1.0
+    allow_long_context: bool = False
     _hash: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        for name in ("batch", "prompt_len", "gen_len", "dtype_bytes", "prefill_chunk_tokens"):
+        for name in ("batch", "prompt_len", "gen_len", "dtype_bytes"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise WorkloadError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("prefill_chunk_tokens", "gpu_batch"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise WorkloadError(f"{name} must be 0 or a positive integer, got {value!r}")
+        if self.gpu_batch and self.batch % self.gpu_batch:
+            raise WorkloadError(f"batch ({self.batch}) must be a multiple of gpu_batch ({self.gpu_batch}): "
+                                "the batch runs as whole GPU batches")
+        if self.kv_dtype and self.kv_dtype not in KV_DTYPES:
+            raise WorkloadError(f"kv_dtype must be one of {', '.join(KV_DTYPES)}, got {self.kv_dtype!r}")
+        if isinstance(self.kv_keep, bool) or not isinstance(self.kv_keep, int | float) or not 0 < self.kv_keep <= 1:
+            raise WorkloadError(f"kv_keep (the kept share of context tokens) must be in (0, 1], got {self.kv_keep!r}")
+        limit = self.model.max_context_tokens
+        if self.prompt_len + self.gen_len > limit and not self.allow_long_context:
+            raise WorkloadError(f"prompt + gen = {self.prompt_len + self.gen_len} tokens exceeds {self.model.name}'s "
+                                f"context of {limit} tokens (max_position_embeddings with rope scaling, "
+                                f"{self.model.source or 'bundled config'}); pass --allow-long-context to cost it anyway")
+        if self.stream_granularity not in STREAM_GRANULARITIES:
+            raise WorkloadError(f"stream_granularity must be one of {STREAM_GRANULARITIES}, "
+                                f"got {self.stream_granularity!r}")
         # Hashed once (a cache key of the cost model, with the model's fields inside).
         object.__setattr__(self, "_hash", hash((self.model, self.batch, self.prompt_len, self.gen_len,
-                                                self.dtype_bytes, self.prefill_chunk_tokens)))
+                                                self.dtype_bytes, self.prefill_chunk_tokens, self.gpu_batch,
+                                                self.stream_granularity, self.fused_attention, self.overlap,
+                                                self.pinned_weights, self.cpu_attention_upcast, self.kv_dtype,
+                                                self.kv_keep, self.allow_long_context)))
 
     def __hash__(self) -> int:
         return self._hash
@@ -85,18 +147,55 @@ class KvWorkload:
     def max_context(self) -> int:
         return self.prompt_len + self.gen_len
 
+    @property
+    def micro_batch(self) -> int:
+        """Sequences per GPU batch (the whole batch when ``gpu_batch`` is 0)."""
+        return self.gpu_batch or self.batch
+
+    @property
+    def gpu_batches(self) -> int:
+        """Number of GPU batches (micro-batches) the batch runs as."""
+        return self.batch // self.micro_batch
+
+    @property
+    def chunk_tokens(self) -> int:
+        """Tokens of one prefill chunk: ``min(prefill_chunk_tokens, micro_batch * prompt_len)``."""
+        whole = self.micro_batch * self.prompt_len
+        return min(self.prefill_chunk_tokens, whole) if self.prefill_chunk_tokens else whole
+
+    @property
+    def kv_token_bytes(self) -> float:
+        """Stored KV bytes per context token of one sequence in one layer: cached elements x bytes
+        per element (``kv_dtype``) x the kept share of tokens (``kv_keep``)."""
+        per = KV_DTYPES[self.kv_dtype] if self.kv_dtype else float(self.dtype_bytes)
+        return self.model.kv_elements_per_token() * per * self.kv_keep
+
+    @property
+    def layer_weight_bytes(self) -> float:
+        """Stored bytes of one decoder layer's weights (the mean layer; quantised where the config is)."""
+        return self.model.layer_params() * self.model.weight_bytes_per_param(self.dtype_bytes)
+
+    @property
+    def head_weight_bytes(self) -> float:
+        """Stored bytes of the embeddings, final norm and LM head."""
+        return self.model.head_params() * self.model.head_weight_bytes_per_param(self.dtype_bytes)
+
     def contexts(self) -> np.ndarray:
         """Tokens attended at each decode step."""
         return self.prompt_len + 1 + np.arange(self.gen_len)
 
-    def with_batch(self, batch: int) -> KvWorkload:
-        return KvWorkload(model=self.model, batch=batch, prompt_len=self.prompt_len, gen_len=self.gen_len,
-                          dtype_bytes=self.dtype_bytes, prefill_chunk_tokens=self.prefill_chunk_tokens)
+    def with_batch(self, batch: int, gpu_batch: int = 0) -> KvWorkload:
+        """The same workload at another batch (run whole, or as GPU batches of ``gpu_batch``)."""
+        return replace(self, batch=batch, gpu_batch=gpu_batch)
 
     def summary(self) -> dict[str, object]:
         return {"model": self.model.name, "model_file": self.model.source, "batch": self.batch, "prompt_len": self.prompt_len,
                 "gen_len": self.gen_len, "dtype_bytes": self.dtype_bytes,
-                "prefill_chunk_tokens": self.prefill_chunk_tokens}
+                "prefill_chunk_tokens": self.prefill_chunk_tokens, "gpu_batch": self.micro_batch,
+                "gpu_batches": self.gpu_batches, "stream_granularity": self.stream_granularity,
+                "fused_attention": self.fused_attention, "overlap": self.overlap,
+                "pinned_weights": self.pinned_weights, "cpu_attention_upcast": self.cpu_attention_upcast,
+                "kv_dtype": self.kv_dtype or f"{self.dtype_bytes} bytes", "kv_keep": self.kv_keep}
 
 
 def range_bounds(gen_len: int, n_ranges: int) -> list[tuple[int, int]]:
@@ -122,44 +221,68 @@ def _gemm(name: str, rows: float, k: int, n: int, dt: int, weight_bytes: float |
 
 
 def dense_ops(model: TransformerSpec, tokens: int, dt: int) -> list[Op]:
-    """The non-attention ops of one layer over ``tokens`` rows (a decode step: tokens = batch)."""
-    h, q, kv, i = model.hidden, model.q_dim, model.kv_dim, model.intermediate
+    """The non-attention ops of one layer over ``tokens`` rows (a decode step: tokens = batch).
+
+    The projections are the model's own (:meth:`TransformerSpec.attention_linears`: Q, K, V and O,
+    or MLA's compressions and up-projections); their weights are read at the stored bytes per
+    parameter (a ``quantization_config`` packs them). MoE layers add the router, the experts hit and
+    the shared experts (DeepSeek, Qwen-MoE); DeepSeek's dense first layers are costed as MoE layers.
+    """
+    h, i = model.hidden, model.intermediate
+    wbpp = model.weight_bytes_per_param(dt)
+    linears = model.attention_linears()
+    proj = [(k, n * c) for k, n, c in linears]
+    *qkv, (o_in, o_out) = proj
+    q_width = sum(n for _, n in qkv)
     ops = [
         Op(name="norm1", op_class=OpClass.ELEMENTWISE, flop=5.0 * tokens * h, bytes=2.0 * tokens * h * dt),
-        _gemm("qkv_proj", tokens, h, q + 2 * kv, dt),
-        Op(name="rope", op_class=OpClass.ELEMENTWISE, flop=3.0 * tokens * (q + kv), bytes=2.0 * tokens * (q + kv) * dt),
-        _gemm("o_proj", tokens, q, h, dt),
+        Op(name="qkv_proj", op_class=OpClass.GEMV if tokens <= GEMV_MAX_ROWS else OpClass.GEMM,
+           flop=2.0 * tokens * sum(k * n for k, n in qkv),
+           bytes=sum(k * n for k, n in qkv) * wbpp + tokens * (h + q_width) * dt),
+        Op(name="rope", op_class=OpClass.ELEMENTWISE, flop=3.0 * tokens * (model.q_dim + model.kv_dim),
+           bytes=2.0 * tokens * (model.q_dim + model.kv_dim) * dt),
+        _gemm("o_proj", tokens, o_in, o_out, dt, weight_bytes=o_in * o_out * wbpp),
         Op(name="norm2", op_class=OpClass.ELEMENTWISE, flop=5.0 * tokens * h, bytes=2.0 * tokens * h * dt),
     ]
     per_expert_mats = 3 if model.gated_mlp else 2
     if model.n_experts == 1:
-        ops.append(_gemm("mlp_up", tokens, h, (per_expert_mats - 1) * i, dt))
-        ops.append(_gemm("mlp_down", tokens, i, h, dt))
+        ops.append(_gemm("mlp_up", tokens, h, (per_expert_mats - 1) * i, dt, weight_bytes=h * (per_expert_mats - 1) * i * wbpp))
+        ops.append(_gemm("mlp_down", tokens, i, h, dt, weight_bytes=i * h * wbpp))
     else:
         e, k = model.n_experts, model.experts_per_token
+        up = per_expert_mats - 1
         ops.append(_gemm("router", tokens, h, e, dt))
         # Expected distinct experts hit when each token picks k distinct experts (uniform router):
         # an expert is missed by one token with probability 1 - k/e, so hit = e * (1 - (1 - k/e)^tokens).
         hit = e * (1.0 - (1.0 - k / e) ** tokens)
         rows = tokens * k
-        ops.append(_gemm("experts_up", rows, h, 2 * i, dt, weight_bytes=hit * h * 2 * i * dt))
-        ops.append(_gemm("experts_down", rows, i, h, dt, weight_bytes=hit * i * h * dt))
+        ops.append(_gemm("experts_up", rows, h, up * i, dt, weight_bytes=hit * h * up * i * wbpp))
+        ops.append(_gemm("experts_down", rows, i, h, dt, weight_bytes=hit * i * h * wbpp))
+        if model.shared_experts:
+            si = model.shared_experts * i
+            ops.append(_gemm("shared_up", tokens, h, up * si, dt, weight_bytes=h * up * si * wbpp))
+            ops.append(_gemm("shared_down", tokens, si, h, dt, weight_bytes=si * h * wbpp))
     return ops
 
 
-def attention_op(model: TransformerSpec, batch: int, query_len: int, context, dt: int, *, causal: bool) -> tuple:
+def attention_op(model: TransformerSpec, batch: int, query_len: int, context, dt: int, *, causal: bool,
+                 kv_token_bytes: float | None = None) -> tuple:
     """FLOPs and bytes of attention of ``query_len`` new tokens over ``context`` tokens (arrays ok).
 
-    Decode reads the whole K and V (2 * kv_dim * dtype bytes per token); prefill with a fused
+    FLOPs per (query, key) pair: :meth:`TransformerSpec.attention_flop_per_query_key` (4 q_dim for
+    MHA/GQA; MLA attends over its latent at decode, and over materialised keys in prefill). Decode
+    reads the whole KV cache (``kv_token_bytes`` per cached token: the cached elements at their
+    stored bytes, default ``kv_elements_per_token * dt``) and the query; prefill with a fused
     (flash) kernel reads Q, K, V and writes O once.
     """
     context = np.asarray(context, dtype=float)
     pairs = query_len * context / (2.0 if causal else 1.0)
-    flop = 4.0 * batch * pairs * model.q_dim
+    flop = batch * pairs * model.attention_flop_per_query_key(absorbed=query_len == 1)
+    kv_tok = model.kv_elements_per_token() * dt if kv_token_bytes is None else kv_token_bytes
     if query_len == 1:
-        nbytes = batch * context * 2 * model.kv_dim * dt + 2.0 * batch * model.q_dim * dt
+        nbytes = batch * context * kv_tok + 2.0 * batch * model.q_dim * dt
     else:
-        nbytes = batch * query_len * (2 * model.q_dim + 2 * model.kv_dim) * dt
+        nbytes = batch * query_len * (2 * model.q_dim + model.kv_elements_per_token()) * dt
     return flop, nbytes
 
 
@@ -185,7 +308,9 @@ def ops_time_s(ops: Sequence[Op], proc: Processor) -> float:
 class UnitCosts:
     """Costs of one layer for one batch, per unit of each decision (seconds, bytes).
 
-    ``*_per_token`` values are for one context position of every sequence in the batch.
+    ``*_per_token`` values are for one context position of every sequence in the batch. Work runs
+    per GPU batch (``micro_batches`` of them): GPU and CPU times are the sum over GPU batches at the
+    GPU batch's size, and each GPU batch's KV, query and output copies are separate transfers.
     """
 
     dense_gpu_s: float
@@ -201,38 +326,49 @@ class UnitCosts:
     o_bytes: float  # H2D back: partial outputs and their log-sum-exp
     h2d_bytes_per_s: float
     d2h_bytes_per_s: float
+    weight_h2d_bytes_per_s: float  # the pinned rate, or the pageable one for weights not page-locked
     link_latency_s: float
     bidir_penalty: float  # extra time per overlapped byte: (1/bidirectional_factor - 1)
     disk_read_bytes_per_s: float
     disk_write_bytes_per_s: float
     disk_latency_s: float
+    micro_batches: int = 1
 
 
 @functools.lru_cache(maxsize=1024)
 def dense_gpu_s(wl: KvWorkload, system: System) -> float:
-    """GPU time of one layer's non-attention ops in a decode step, with the attention kernels' launches.
+    """GPU time of one layer's non-attention ops in a decode step, with the attention kernels' launches,
+    summed over the GPU batches (each runs its own kernels at the GPU batch's size).
 
     Cached: the same layer at the same batch is costed for every context range, solve and baseline.
     """
     gpu = Processor.gpu(system.gpu)
-    return ops_time_s(dense_ops(wl.model, wl.batch, wl.dtype_bytes), gpu) + 2 * gpu.launch_overhead_s
+    return wl.gpu_batches * (ops_time_s(dense_ops(wl.model, wl.micro_batch, wl.dtype_bytes), gpu)
+                             + 2 * gpu.launch_overhead_s)
 
 
 def _size_time_s(wl: KvWorkload, system: System, what: str, t: float) -> float:
-    """Time of a size-dependent op over ``t`` context positions of every sequence (no launch)."""
-    m, b, dt = wl.model, wl.batch, wl.dtype_bytes
+    """Time of a size-dependent op over ``t`` context positions of every sequence (no launch), summed
+    over the GPU batches, each at the GPU batch's size."""
+    m, b, dt, n = wl.model, wl.micro_batch, wl.dtype_bytes, wl.gpu_batches
+    # Only the kept share of the context is cached, attended and recomputed (kv_keep).
+    t = t * wl.kv_keep
+    kept = m.kv_elements_per_token()
     if what == "gpu_attention":
-        flop, nbytes = attention_op(m, b, 1, t, dt, causal=False)
-        return float(roofline_time_s(float(flop), float(nbytes), OpClass.ATTENTION, Processor.gpu(system.gpu), launches=0))
+        flop, nbytes = attention_op(m, b, 1, t, dt, causal=False, kv_token_bytes=wl.kv_token_bytes / wl.kv_keep)
+        return n * float(roofline_time_s(float(flop), float(nbytes), OpClass.ATTENTION, Processor.gpu(system.gpu),
+                                         launches=0))
     if what == "cpu_attention":  # in fp32 on the CPU
-        flop, nbytes = attention_op(m, b, 1, t, 4 if dt < 4 else dt, causal=False)
-        return float(roofline_time_s(float(flop), float(nbytes), OpClass.ATTENTION, Processor.cpu(system.host),
-                                     launches=0))
+        flop, nbytes = attention_op(m, b, 1, t, 4 if dt < 4 else dt, causal=False, kv_token_bytes=kept * max(dt, 4))
+        if wl.cpu_attention_upcast:  # K and V read as stored and written to an fp32 workspace first
+            nbytes = nbytes + b * t * (wl.kv_token_bytes / wl.kv_keep + 4 * kept)
+        return n * float(roofline_time_s(float(flop), float(nbytes), OpClass.ATTENTION, Processor.cpu(system.host),
+                                         launches=0))
     # recompute: K and V projections of t positions per sequence from stored layer inputs, plus RoPE on K.
     gpu = Processor.gpu(system.gpu)
-    op = _gemm("kv_recompute", b * t, m.hidden, 2 * m.kv_dim, dt, weight_bytes=0.0)
+    op = _gemm("kv_recompute", b * t, m.hidden, kept, dt, weight_bytes=0.0)
     rope = roofline_time_s(3.0 * b * t * m.kv_dim, 2.0 * b * t * m.kv_dim * dt, OpClass.ELEMENTWISE, gpu, launches=0)
-    return float(roofline_time_s(op.flop, op.bytes, op.op_class, gpu, launches=0) + rope)
+    return n * float(roofline_time_s(op.flop, op.bytes, op.op_class, gpu, launches=0) + rope)
 
 
 @functools.lru_cache(maxsize=8192)
@@ -260,8 +396,8 @@ def unit_costs(wl: KvWorkload, system: System, *, context: float, gpu_attn_token
     linearisation point.
     """
     m, b, dt = wl.model, wl.batch, wl.dtype_bytes
-    kv_tok = b * m.kv_elements_per_token() * dt
-    act_tok = b * m.hidden * dt
+    kv_tok = b * wl.kv_token_bytes
+    act_tok = b * m.hidden * dt * wl.kv_keep
     link = system.link
     disk = system.disk
     rec_fixed, rec_slope = _tangent(wl, system, "recompute", max(float(recompute_tokens), 1.0))
@@ -273,18 +409,20 @@ def unit_costs(wl: KvWorkload, system: System, *, context: float, gpu_attn_token
         recompute_gpu_fixed_s=rec_fixed,
         attn_cpu_s_per_token=cpu_slope,
         attn_cpu_fixed_s=cpu_fixed,
-        weight_bytes=m.layer_params() * dt,
+        weight_bytes=wl.layer_weight_bytes,
         kv_bytes_per_token=kv_tok,
         act_bytes_per_token=act_tok,
         q_bytes=b * m.q_dim * dt,
         o_bytes=b * m.q_dim * dt + b * m.n_heads * LSE_BYTES,
         h2d_bytes_per_s=link.h2d_bytes_per_s,
         d2h_bytes_per_s=link.d2h_bytes_per_s,
+        weight_h2d_bytes_per_s=link.h2d_bytes_per_s * (1.0 if wl.pinned_weights else link.pageable_factor),
         link_latency_s=link.latency_s,
         bidir_penalty=1.0 / link.bidirectional_factor - 1.0,
         disk_read_bytes_per_s=disk.read_bytes_per_s if disk else float("inf"),
         disk_write_bytes_per_s=disk.write_bytes_per_s if disk else float("inf"),
         disk_latency_s=disk.latency_s if disk else 0.0,
+        micro_batches=wl.gpu_batches,
     )
 
 
@@ -295,26 +433,40 @@ _SIZED_FIELDS = ("attn_gpu_s_per_token", "recompute_gpu_s_per_token", "recompute
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PrefillCosts:
-    """Per-layer prefill costs for the whole batch (all prompt tokens)."""
+    """Per-layer prefill costs for the whole batch (all prompt tokens).
+
+    Prefill runs layer by layer (a layer's weights come to the GPU once and serve every GPU batch
+    and chunk), so the layer inputs of every prompt token wait between layers: ``hidden_bytes`` =
+    batch * prompt_len * hidden * dtype_bytes, kept on the GPU or, at a share on the host, copied
+    down after and up before each layer.
+    """
 
     gpu_s: float
     weight_bytes: float
     kv_bytes: float
     act_bytes: float
+    hidden_bytes: float
+    micro_batches: int = 1
 
 
 @functools.lru_cache(maxsize=1024)
 def prefill_costs(wl: KvWorkload, system: System) -> PrefillCosts:
+    """Per-layer prefill: each GPU batch's prompt in chunks of :attr:`KvWorkload.chunk_tokens` rows."""
     m, dt = wl.model, wl.dtype_bytes
     gpu = Processor.gpu(system.gpu)
+    per_batch = wl.micro_batch * wl.prompt_len
+    chunks = -(-per_batch // wl.chunk_tokens)
+    rows = per_batch / chunks
+    dense = wl.gpu_batches * chunks * ops_time_s(dense_ops(m, int(rows), dt), gpu)
+    flop, nbytes = attention_op(m, wl.micro_batch, wl.prompt_len, wl.prompt_len, dt, causal=True)
+    # An unfused kernel writes the scores, reads them for the softmax, writes and reads its output.
+    if not wl.fused_attention:
+        nbytes += 4.0 * per_batch * m.n_heads * wl.prompt_len * dt
+    attn = wl.gpu_batches * float(roofline_time_s(flop, nbytes, OpClass.ATTENTION, gpu))
     tokens = wl.batch * wl.prompt_len
-    chunks = -(-tokens // wl.prefill_chunk_tokens)
-    rows = tokens / chunks
-    dense = chunks * ops_time_s(dense_ops(m, int(rows), dt), gpu)
-    flop, nbytes = attention_op(m, wl.batch, wl.prompt_len, wl.prompt_len, dt, causal=True)
-    attn = float(roofline_time_s(flop, nbytes, OpClass.ATTENTION, gpu))
-    return PrefillCosts(gpu_s=dense + attn, weight_bytes=m.layer_params() * dt,
-                        kv_bytes=tokens * m.kv_elements_per_token() * dt, act_bytes=tokens * m.hidden * dt)
+    return PrefillCosts(gpu_s=dense + attn, weight_bytes=wl.layer_weight_bytes,
+                        kv_bytes=tokens * wl.kv_token_bytes, act_bytes=tokens * m.hidden * dt * wl.kv_keep,
+                        hidden_bytes=tokens * m.hidden * dt, micro_batches=wl.gpu_batches)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -404,43 +556,72 @@ def _step_times(uc: UnitCosts, pol_w: Fractions, pol_kv: Fractions, act: bool, t
     off = pol_kv.offloaded
     x_tok, r_tok, c_tok = c * (off * transfer), c * (off * recompute), c * (off * cpu)
     uses_cpu = (off > 0) & (np.asarray(cpu) > 0)
-    h2d_bytes = (pol_w.offloaded * uc.weight_bytes + x_tok * uc.kv_bytes_per_token
+    w_bytes = pol_w.offloaded * uc.weight_bytes
+    h2d_bytes = (w_bytes + x_tok * uc.kv_bytes_per_token
                  + r_tok * uc.act_bytes_per_token + np.where(uses_cpu, uc.o_bytes, 0.0))
+    # Weights not page-locked cross at the pageable rate: the extra time over the pinned rate.
+    w_extra_s = w_bytes / uc.weight_h2d_bytes_per_s - w_bytes / uc.h2d_bytes_per_s
     if off > 0 or act:
         d2h_bytes = (off * uc.kv_bytes_per_token + (uc.act_bytes_per_token if act else 0.0)
                      + np.where(uses_cpu, uc.q_bytes, 0.0)) + np.zeros_like(c)
     else:
         d2h_bytes = np.zeros_like(c)
-    # Counts of copies per step (numpy adds boolean arrays as "or", so count in floats).
-    n_h2d = (float(pol_w.offloaded > 0) + np.greater(off * np.asarray(transfer), 0).astype(float)
-             + np.greater(off * np.asarray(recompute), 0).astype(float) + uses_cpu.astype(float))
-    n_d2h = float(off > 0) + float(act) + uses_cpu.astype(float)
+    # Counts of copies per step (numpy adds boolean arrays as "or", so count in floats): a layer's
+    # weights once, everything else once per GPU batch.
+    nb = uc.micro_batches
+    n_h2d = (float(pol_w.offloaded > 0) + nb * (np.greater(off * np.asarray(transfer), 0).astype(float)
+                                                 + np.greater(off * np.asarray(recompute), 0).astype(float)
+                                                 + uses_cpu.astype(float)))
+    n_d2h = nb * (float(off > 0) + float(act) + uses_cpu.astype(float))
     overlap = np.minimum(h2d_bytes, d2h_bytes) * uc.bidir_penalty
     cpu_s = np.where(c_tok > 0, uc.attn_cpu_fixed_s + c_tok * uc.attn_cpu_s_per_token, 0.0)
+    gpu_s = (uc.dense_gpu_s + (c - c_tok) * uc.attn_gpu_s_per_token
+             + np.where(r_tok > 0, uc.recompute_gpu_fixed_s + r_tok * uc.recompute_gpu_s_per_token, 0.0))
+    # CPU attention waits for its GPU batch's queries and returns its outputs: one GPU batch's chain
+    # (dense ops, query copy, CPU attention, output copy), then the other GPU batches pipelined
+    # behind it at the pace of the slower of GPU and CPU.
+    chain = (uc.dense_gpu_s / nb + 2 * uc.link_latency_s + uc.q_bytes / nb / uc.d2h_bytes_per_s
+             + uc.o_bytes / nb / uc.h2d_bytes_per_s + cpu_s / nb + (nb - 1) / nb * np.maximum(gpu_s, cpu_s))
     times = {
-        Resource.GPU: uc.dense_gpu_s + (c - c_tok) * uc.attn_gpu_s_per_token
-        + np.where(r_tok > 0, uc.recompute_gpu_fixed_s + r_tok * uc.recompute_gpu_s_per_token, 0.0),
-        Resource.H2D: n_h2d * uc.link_latency_s + (h2d_bytes + overlap) / uc.h2d_bytes_per_s,
+        Resource.GPU: gpu_s,
+        Resource.H2D: n_h2d * uc.link_latency_s + (h2d_bytes + overlap) / uc.h2d_bytes_per_s + w_extra_s,
         Resource.D2H: n_d2h * uc.link_latency_s + (d2h_bytes + overlap) / uc.d2h_bytes_per_s,
         Resource.DISK: ((pol_w.disk > 0) + (pol_kv.disk > 0)) * uc.disk_latency_s
         + (pol_w.disk * uc.weight_bytes + c * pol_kv.disk * uc.kv_bytes_per_token) / uc.disk_read_bytes_per_s
         + pol_kv.disk * uc.kv_bytes_per_token / uc.disk_write_bytes_per_s,
         Resource.CPU: cpu_s,
-        Resource.CPU_CHAIN: np.where(uses_cpu, uc.dense_gpu_s + 2 * uc.link_latency_s + uc.q_bytes / uc.d2h_bytes_per_s
-                                     + uc.o_bytes / uc.h2d_bytes_per_s + cpu_s, 0.0),
+        Resource.CPU_CHAIN: np.where(uses_cpu, chain, 0.0),
     }
     return {k: np.broadcast_to(np.asarray(v, dtype=float), c.shape) for k, v in times.items()}
 
 
-def layer_prefill_times(pc: PrefillCosts, uc: UnitCosts, pol_w: Fractions, pol_kv: Fractions, act: bool) -> dict[Resource, float]:
+def _layer_time(times: dict, overlap: bool):
+    """A layer's time from its resources' times: the slowest when its copies and CPU work overlap its
+    GPU work, their sum when the engine runs them one after another (CPU_CHAIN, a derived bound on
+    overlapped CPU attention, then drops out)."""
+    if overlap:
+        return np.maximum.reduce(list(times.values()))
+    return sum(v for r, v in times.items() if r is not Resource.CPU_CHAIN)
+
+
+def layer_prefill_times(pc: PrefillCosts, uc: UnitCosts, pol_w: Fractions, pol_kv: Fractions, act: bool,
+                        hidden_host: float = 0.0) -> dict[Resource, float]:
+    """Each resource's time for one layer's prefill. ``hidden_host`` is the share of the layer inputs
+    kept on the host between layers: copied up before the layer and its outputs down after it."""
     off = pol_kv.offloaded
-    h2d = pol_w.offloaded * pc.weight_bytes
-    d2h = off * pc.kv_bytes + (pc.act_bytes if act else 0.0)
+    nb = pc.micro_batches
+    hidden = hidden_host * pc.hidden_bytes
+    h2d = pol_w.offloaded * pc.weight_bytes + hidden
+    d2h = off * pc.kv_bytes + (pc.act_bytes if act else 0.0) + hidden
     overlap = min(h2d, d2h) * uc.bidir_penalty
+    n_h2d = (pol_w.offloaded > 0) + nb * (hidden > 0)
+    n_d2h = nb * ((off > 0) + act + (hidden > 0))
+    w_bytes = pol_w.offloaded * pc.weight_bytes
+    w_extra_s = w_bytes / uc.weight_h2d_bytes_per_s - w_bytes / uc.h2d_bytes_per_s
     return {
         Resource.GPU: pc.gpu_s,
-        Resource.H2D: (h2d > 0) * uc.link_latency_s + (h2d + overlap) / uc.h2d_bytes_per_s,
-        Resource.D2H: ((off > 0) + act) * uc.link_latency_s + (d2h + overlap) / uc.d2h_bytes_per_s,
+        Resource.H2D: n_h2d * uc.link_latency_s + (h2d + overlap) / uc.h2d_bytes_per_s + w_extra_s,
+        Resource.D2H: n_d2h * uc.link_latency_s + (d2h + overlap) / uc.d2h_bytes_per_s,
         Resource.DISK: ((pol_w.disk > 0) + (pol_kv.disk > 0)) * uc.disk_latency_s
         + pol_w.disk * pc.weight_bytes / uc.disk_read_bytes_per_s + pol_kv.disk * pc.kv_bytes / uc.disk_write_bytes_per_s,
         Resource.CPU: 0.0,
@@ -455,33 +636,48 @@ class HeadCosts:
     bytes: float
     gpu_s: float
 
-    def step_s(self, on_gpu: bool, link: Link) -> float:
-        """One pass of the head: its GPU time, or (streamed) the longer of that and its H2D copy."""
-        if on_gpu:
+    def step_s(self, on_gpu: bool | float, link: Link) -> float:
+        """One pass of the head: its GPU time, or the longer of that and the H2D copy of the share
+        not kept on the GPU (``on_gpu`` is a bool or the GPU share, as FlexGen's percentages give)."""
+        share = float(on_gpu)
+        if share >= 1.0:
             return self.gpu_s
-        return max(self.gpu_s, link.latency_s + self.bytes / link.h2d_bytes_per_s)
+        return max(self.gpu_s, link.latency_s + (1.0 - share) * self.bytes / link.h2d_bytes_per_s)
 
 
 @functools.lru_cache(maxsize=1024)
 def head_costs(wl: KvWorkload, system: System) -> HeadCosts:
     m, dt = wl.model, wl.dtype_bytes
     gpu = Processor.gpu(system.gpu)
-    t = ops_time_s(head_ops(m, wl.batch, dt), gpu)
-    return HeadCosts(bytes=m.head_params() * dt, gpu_s=t)
+    t = wl.gpu_batches * ops_time_s(head_ops(m, wl.micro_batch, dt), gpu)
+    return HeadCosts(bytes=wl.head_weight_bytes, gpu_s=t)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Memory:
-    """Bytes per tier, with what they hold."""
+    """Bytes per tier, with what they hold.
+
+    The GPU's peak is the larger of its two phases: ``gpu_prefill_bytes`` (what stays resident, the
+    weight buffers, and prefill's KV staging, layer inputs and working set) and ``gpu_decode_bytes``
+    (what stays resident, the weight buffers, decode's KV buffers and working set). The breakdowns
+    name every term (see :func:`memory_use`).
+    """
 
     gpu_bytes: float
     host_bytes: float
     disk_bytes: float
     gpu_breakdown: tuple[tuple[str, float], ...]
     host_breakdown: tuple[tuple[str, float], ...]
+    gpu_prefill_bytes: float = 0.0
+    gpu_decode_bytes: float = 0.0
 
     def as_dict(self) -> dict[str, float]:
         return {"gpu_bytes": self.gpu_bytes, "host_bytes": self.host_bytes, "disk_bytes": self.disk_bytes}
+
+    @property
+    def peak_phase(self) -> str:
+        """The phase whose GPU bytes are the peak ("prefill" or "decode")."""
+        return "prefill" if self.gpu_prefill_bytes >= self.gpu_decode_bytes else "decode"
 
 
 def capacity(system: System) -> dict[str, float]:
@@ -493,15 +689,172 @@ def capacity(system: System) -> dict[str, float]:
     }
 
 
+# -- memory terms, each as the runtime allocates it ------------------------------------------------
+# b = GPU batch (micro-batch), B = batch, P = prompt tokens, C = prompt + generated tokens,
+# h = hidden size, e = KV elements per token per layer, d = bytes per element, k = prefill chunk tokens.
+
+
+def _sublayer_bytes(wl: KvWorkload, rows: float, context: float) -> float:
+    """Intermediate bytes of one layer over ``rows`` token rows attending ``context`` positions, at its
+    peak. Kernels free their inputs between sub-layers (PyTorch's caching allocator reuses the
+    blocks), so the peak is the larger of the attention sub-layer (norm output, Q K V, attention
+    output, projection output: rows (2 h + 2 q_dim + 2 kv_dim) d, plus an unfused kernel's score
+    matrix and softmax, 2 rows heads context d) and the MLP (norm output, up outputs, down output:
+    rows (2 h + m experts_per_token intermediate) d, m = 3 for a gated MLP, 2 otherwise)."""
+    m, dt = wl.model, wl.dtype_bytes
+    attn = rows * (2 * m.hidden + 2 * m.q_dim + m.kv_elements_per_token()) * dt
+    if not wl.fused_attention:
+        attn += 2.0 * rows * m.n_heads * context * dt
+    mlp = rows * (2 * m.hidden + (3 if m.gated_mlp else 2) * m.experts_per_token * m.intermediate) * dt
+    return max(attn, mlp)
+
+
+def weight_buffer_bytes(wl: KvWorkload) -> float:
+    """GPU bytes of the weight buffers when every layer's weights are streamed whole: two layers
+    (``stream_granularity="layer"``: one in use while the next arrives), or one (``"sublayer"``:
+    the attention piece in use while the MLP piece arrives, then the other way round)."""
+    return (2 if wl.stream_granularity == "layer" else 1) * wl.layer_weight_bytes
+
+
+def decode_working_bytes(wl: KvWorkload) -> float:
+    """GPU working set of a decode step: one GPU batch's layer input and output and its intermediates
+    over the longest context (:func:`_sublayer_bytes`), the layer inputs of every GPU batch between
+    layers, and one GPU batch's fp32 logits: 2 b h d + inter(b, C) + B h d + 4 b vocab."""
+    m, dt, b = wl.model, wl.dtype_bytes, wl.micro_batch
+    return 2 * b * m.hidden * dt + _sublayer_bytes(wl, b, wl.max_context) + wl.batch * m.hidden * dt + 4 * b * m.vocab
+
+
+def prefill_working_bytes(wl: KvWorkload) -> float:
+    """GPU working set of prefill: one chunk's intermediates over the prompt (:func:`_sublayer_bytes`)
+    and the fp32 logits of one GPU batch's last positions: inter(k, P) + 4 b vocab."""
+    return _sublayer_bytes(wl, wl.chunk_tokens, wl.prompt_len) + 4 * wl.micro_batch * wl.model.vocab
+
+
+def prefill_hidden_bytes(wl: KvWorkload, hidden_on_gpu: float = 1.0) -> tuple[float, float]:
+    """(GPU, host) bytes of prefill's layer inputs. Prefill runs layer by layer, so every prompt
+    token's layer input waits between layers (B P h d in all). The share ``hidden_on_gpu`` stays on
+    the GPU and is updated in place chunk by chunk; the rest lives on the host and one chunk's input
+    and output pass through double buffers on the GPU: GPU = g B P h d + (1 - g) 4 k h d,
+    host = (1 - g) B P h d."""
+    m, dt = wl.model, wl.dtype_bytes
+    total = wl.batch * wl.prompt_len * m.hidden * dt
+    g = float(hidden_on_gpu)
+    chunk_io = 4 * wl.chunk_tokens * m.hidden * dt if g < 1.0 else 0.0
+    return g * total + (1.0 - g) * chunk_io, (1.0 - g) * total
+
+
+def prefill_kv_staging_bytes(wl: KvWorkload, kv_offloaded: float) -> float:
+    """GPU bytes for the KV a layer's prefill writes before it is copied to the host: the offloaded
+    share of one GPU batch's prompt KV (its attention reads it while the chunks of that GPU batch
+    run) plus one chunk's worth more, so the copy-out overlaps the next chunk:
+    s (b P + k) e d, with s the largest offloaded KV share of any layer."""
+    m = wl.model
+    return kv_offloaded * (wl.micro_batch * wl.prompt_len + wl.chunk_tokens) * wl.kv_token_bytes
+
+
+def kv_layer_bytes(wl: KvWorkload, *, micro: bool = False) -> float:
+    """One layer's KV cache at the longest context: B C e d (or b C e d for one GPU batch)."""
+    return (wl.micro_batch if micro else wl.batch) * wl.max_context * wl.kv_token_bytes
+
+
+def act_layer_bytes(wl: KvWorkload, *, micro: bool = False) -> float:
+    """One layer's inputs at every position, kept for recompute: B C h d (or b C h d)."""
+    return (wl.micro_batch if micro else wl.batch) * wl.max_context * wl.model.hidden * wl.dtype_bytes * wl.kv_keep
+
+
 def working_bytes(wl: KvWorkload) -> float:
-    """GPU activations and scratch: the larger of prefill (hidden states of every prompt token, one
-    chunk's intermediates) and a decode step; plus fp32 logits of the last positions."""
-    m, dt, b = wl.model, wl.dtype_bytes, wl.batch
-    per_row = (m.q_dim + 2 * m.kv_dim + 2 * m.experts_per_token * m.intermediate + 2 * m.hidden) * dt
-    tokens = b * wl.prompt_len
-    prefill = 2 * tokens * m.hidden * dt + min(tokens, wl.prefill_chunk_tokens) * per_row
-    decode = 2 * b * m.hidden * dt + b * per_row
-    return max(prefill, decode) + b * m.vocab * 4
+    """The GPU bytes every placement needs whatever it keeps: the larger of decode's working set and
+    prefill's working set with its layer inputs on the host (:func:`prefill_hidden_bytes` at 0)."""
+    return max(decode_working_bytes(wl), prefill_working_bytes(wl) + prefill_hidden_bytes(wl, 0.0)[0])
+
+
+def memory_use(wl: KvWorkload, layers: Sequence[LayerPolicy], head_on_gpu: bool | float = True,
+               hidden_on_gpu: float = 1.0) -> Memory:
+    """Bytes per tier of a per-layer policy, term by term.
+
+    GPU, resident: ``weights`` (sum of GPU weight shares x layer bytes), ``kv`` (sum of GPU KV shares
+    x :func:`kv_layer_bytes`), ``head`` (its GPU share x embeddings and LM head bytes). Both phases:
+    ``weight_buffers`` = (largest streamed weight share of any layer) x :func:`weight_buffer_bytes`
+    (the next piece arrives while this one computes). Prefill:
+    ``prefill_kv_staging`` (:func:`prefill_kv_staging_bytes`), ``prefill_hidden``
+    (:func:`prefill_hidden_bytes`), ``prefill_working`` (:func:`prefill_working_bytes`). Decode:
+    ``kv_buffers`` = 2 x max over layers and context ranges of the KV one GPU batch brings in at the
+    last step (offloaded share x (transfer share x b C e d + recompute share x (b C e d + b C h d))),
+    ``decode_working`` (:func:`decode_working_bytes`). CPU-attended KV needs no GPU buffer.
+
+    Host: offloaded ``weights`` and ``kv``, ``activations`` kept for recompute (B C h d per layer),
+    the ``head``'s host share, prefill's ``hidden`` share, and ``disk_staging`` (largest disk weight
+    share x :func:`weight_buffer_bytes`). Disk: weight and KV disk shares.
+
+    Parameters
+    ----------
+    head_on_gpu : bool or float
+        The GPU share of the embeddings and LM head.
+    hidden_on_gpu : float
+        The share of prefill's layer inputs kept on the GPU between layers (FlexGen's ``hg``).
+    """
+    m, dt = wl.model, wl.dtype_bytes
+    w_layer = wl.layer_weight_bytes
+    kv_layer = kv_layer_bytes(wl)
+    act_layer = act_layer_bytes(wl)
+    kv_mb, act_mb = kv_layer_bytes(wl, micro=True), act_layer_bytes(wl, micro=True)
+    head = wl.head_weight_bytes
+    head_share = float(head_on_gpu)
+    runs = _runs(layers)
+
+    def total(share) -> float:
+        return sum(n * share(p) for p, n in runs)
+
+    unit = weight_buffer_bytes(wl)
+    w_buf = max((p.weights.offloaded for p, _ in runs), default=0.0) * unit
+    kv_buf = 2 * max(
+        (p.kv.offloaded * max((s.transfer * kv_mb + s.recompute * (kv_mb + act_mb)) for s in p.splits)
+         for p, _ in runs), default=0.0)
+    kv_off = max((p.kv.offloaded for p, _ in runs), default=0.0)
+    hidden_gpu, hidden_host = prefill_hidden_bytes(wl, hidden_on_gpu)
+    resident = {"weights": total(lambda p: p.weights.gpu) * w_layer, "kv": total(lambda p: p.kv.gpu) * kv_layer,
+                "head": head_share * head, "weight_buffers": w_buf}
+    prefill = {"prefill_kv_staging": prefill_kv_staging_bytes(wl, kv_off), "prefill_hidden": hidden_gpu,
+               "prefill_working": prefill_working_bytes(wl)}
+    decode = {"kv_buffers": kv_buf, "decode_working": decode_working_bytes(wl)}
+    base = sum(resident.values())
+    gpu_prefill, gpu_decode = base + sum(prefill.values()), base + sum(decode.values())
+    disk_staging = max((p.weights.disk for p, _ in runs), default=0.0) * unit
+    host = {
+        "weights": total(lambda p: p.weights.host) * w_layer,
+        "kv": total(lambda p: p.kv.host) * kv_layer,
+        "activations": total(lambda p: p.activations_on_host) * act_layer,
+        "head": (1.0 - head_share) * head,
+        "hidden": hidden_host,
+        "disk_staging": disk_staging,
+    }
+    disk = total(lambda p: p.weights.disk) * w_layer + total(lambda p: p.kv.disk) * kv_layer
+    return Memory(gpu_bytes=max(gpu_prefill, gpu_decode), host_bytes=sum(host.values()), disk_bytes=disk,
+                  gpu_breakdown=tuple({**resident, **prefill, **decode}.items()), host_breakdown=tuple(host.items()),
+                  gpu_prefill_bytes=gpu_prefill, gpu_decode_bytes=gpu_decode)
+
+
+def explain_shortfall(memory: Memory, cap: dict[str, float]) -> str:
+    """Each short tier with its need, its usable bytes and every term that makes up the need
+    ('' when everything fits). The GPU's terms are those of its peak phase."""
+    short = shortfalls(memory, cap)
+    parts = []
+    for key, missing in short.items():
+        tier = key.removesuffix("_bytes")
+        if tier == "gpu":
+            phase = memory.peak_phase
+            skip = {"decode": ("prefill_kv_staging", "prefill_hidden", "prefill_working"),
+                    "prefill": ("kv_buffers", "decode_working")}[phase]
+            terms = [(k, v) for k, v in memory.gpu_breakdown if k not in skip]
+            what = f"gpu memory ({phase} peak)"
+        elif tier == "host":
+            terms, what = list(memory.host_breakdown), "host memory"
+        else:
+            terms, what = [], "disk"
+        listed = ", ".join(f"{k.replace('_', ' ')} {format_bytes(v)}" for k, v in terms if v > 0)
+        parts.append(f"{what} short by {format_bytes(missing)}: needs {format_bytes(missing + cap[key])} of "
+                     f"{format_bytes(cap[key])} usable" + (f" ({listed})" if listed else ""))
+    return "; ".join(parts)
 
 
 def _best_time_s(proc: Processor, op_classes: Sequence[OpClass], flop: float, nbytes: float) -> float:
@@ -512,11 +865,11 @@ def _best_time_s(proc: Processor, op_classes: Sequence[OpClass], flop: float, nb
                nbytes / (proc.memory_bytes_per_s * max(proc.curves.memory.values)))
 
 
-def _best_attention_s_per_token(wl: KvWorkload, proc: Processor, dt: int) -> float:
-    """Decode attention per context position (every sequence of the batch): its K and V bytes and
-    its FLOPs (see attention_op), at the processor's best."""
-    m, b = wl.model, wl.batch
-    return _best_time_s(proc, (OpClass.ATTENTION,), 4.0 * b * m.q_dim, b * 2 * m.kv_dim * dt)
+def _best_attention_s_per_token(wl: KvWorkload, proc: Processor, kv_bytes: float) -> float:
+    """Decode attention per context position (every sequence of the batch): its KV bytes (``kv_bytes``
+    per kept token) and its FLOPs (see attention_op), at the processor's best."""
+    m, b, keep = wl.model, wl.batch, wl.kv_keep
+    return _best_time_s(proc, (OpClass.ATTENTION,), b * m.attention_flop_per_query_key() * keep, b * kv_bytes * keep)
 
 
 def _all_kv_over_link_s(wl: KvWorkload, system: System, gpu_s, positions, link_s: float, recompute: bool,
@@ -527,12 +880,13 @@ def _all_kv_over_link_s(wl: KvWorkload, system: System, gpu_s, positions, link_s
     of their maximum is where they cross (or an end)."""
     m, b, dt = wl.model, wl.batch, wl.dtype_bytes
     h2d = system.link.h2d_bytes_per_s
-    kv_b, act_b = b * m.kv_elements_per_token() * dt, b * m.hidden * dt  # bytes per position
+    kv_b, act_b = b * wl.kv_token_bytes, b * m.hidden * dt * wl.kv_keep  # bytes per position
     if not recompute:
         return np.maximum(gpu_s, link_s + positions * kv_b / h2d)
     # Recompute per position: the K/V projection (a GEMM, or a GEMV for few rows) at the GPU's best.
-    rec_s = _best_time_s(Processor.gpu(system.gpu), (OpClass.GEMM, OpClass.GEMV), 2.0 * b * m.hidden * 2 * m.kv_dim,
-                         b * (m.hidden + 2 * m.kv_dim) * dt)
+    e, keep = m.kv_elements_per_token(), wl.kv_keep
+    rec_s = _best_time_s(Processor.gpu(system.gpu), (OpClass.GEMM, OpClass.GEMV), 2.0 * b * m.hidden * e * keep,
+                         b * (m.hidden + e) * dt * keep)
     if not transfer:
         return np.maximum(gpu_s + positions * rec_s, link_s + positions * act_b / h2d)
     link_all = link_s + positions * kv_b / h2d  # nothing recomputed
@@ -582,23 +936,23 @@ def _time_lower_bound_s(wl: KvWorkload, system: System, kv_actions: frozenset[Kv
     pc, hc = prefill_costs(wl, system), head_costs(wl, system)
     link = system.link
     room = capacity(system)["gpu_bytes"] - working_bytes(wl)
-    weights = L * m.layer_params() * dt
-    kv_layer = b * wl.max_context * m.kv_elements_per_token() * dt
+    weights = L * wl.layer_weight_bytes
+    kv_layer = b * wl.max_context * wl.kv_token_bytes
     dense = dense_gpu_s(wl, system)
     c = wl.contexts().astype(float)
     # Offloaded KV bytes served per second of step time, per route, at each step's context.
-    link_bytes = [b * m.kv_elements_per_token() * dt] * (KvAction.TRANSFER in kv_actions) \
-        + [b * m.hidden * dt] * (KvAction.RECOMPUTE in kv_actions)
+    link_bytes = [b * wl.kv_token_bytes] * (KvAction.TRANSFER in kv_actions) \
+        + [b * m.hidden * dt * wl.kv_keep] * (KvAction.RECOMPUTE in kv_actions)
     kv_link_rate = kv_layer * link.h2d_bytes_per_s / (c * min(link_bytes)) if link_bytes else np.zeros_like(c)
     kv_cpu_rate = np.zeros_like(c)
     cpu_s_per_tok = float("inf")
     if KvAction.CPU in kv_actions:
         cpu = Processor.cpu(system.host)
-        cpu_s_per_tok = _best_attention_s_per_token(wl, cpu, 4 if dt < 4 else dt)
+        cpu_s_per_tok = _best_attention_s_per_token(wl, cpu, m.kv_elements_per_token() * max(dt, 4))
         kv_cpu_rate = kv_layer / (c * cpu_s_per_tok)
     # Attention: every (layer, position) pair is attended on the GPU or, if offloaded, on the CPU;
     # the two run side by side, so the step is at least the balanced split of that work.
-    gpu_s_per_tok = _best_attention_s_per_token(wl, Processor.gpu(system.gpu), dt)
+    gpu_s_per_tok = _best_attention_s_per_token(wl, Processor.gpu(system.gpu), wl.kv_token_bytes / wl.kv_keep)
     gpu_work = L * dense + gpu_s_per_tok * L * c
     on_cpu = np.minimum(gpu_work / (gpu_s_per_tok + cpu_s_per_tok), L * c)  # 0 without CPU attention
     attention_s = np.maximum(gpu_work - gpu_s_per_tok * on_cpu, L * dense)
@@ -638,42 +992,6 @@ def _runs(layers: Sequence[LayerPolicy]) -> list[tuple[LayerPolicy, int]]:
     if prev is not None:
         counts[prev] = counts.get(prev, 0) + run
     return list(counts.items())
-
-
-def memory_use(wl: KvWorkload, layers: Sequence[LayerPolicy], head_on_gpu: bool) -> Memory:
-    m, dt = wl.model, wl.dtype_bytes
-    w_layer = m.layer_params() * dt
-    kv_layer = wl.batch * wl.max_context * m.kv_elements_per_token() * dt
-    act_layer = wl.batch * wl.max_context * m.hidden * dt
-    head = m.head_params() * dt
-    runs = _runs(layers)
-
-    def total(share) -> float:
-        return sum(n * share(p) for p, n in runs)
-
-    # Double buffers: the largest streamed share of one layer's weights, and the largest set of
-    # KV positions (transferred, or recomputed from activations) any layer brings in at the last step.
-    w_buf = 2 * max((p.weights.offloaded for p, _ in runs), default=0.0) * w_layer
-    kv_buf = 2 * max(
-        (p.kv.offloaded * max((s.transfer * kv_layer + s.recompute * (kv_layer + act_layer)) for s in p.splits)
-         for p, _ in runs), default=0.0)
-    prefill_kv = 2 * wl.batch * wl.prompt_len * m.kv_elements_per_token() * dt if any(
-        p.kv.offloaded > 0 for p, _ in runs) else 0.0
-    work = working_bytes(wl)
-    gpu = {"weights": total(lambda p: p.weights.gpu) * w_layer, "kv": total(lambda p: p.kv.gpu) * kv_layer,
-           "head": head if head_on_gpu else 0.0, "weight_buffers": w_buf, "kv_buffers": max(kv_buf, prefill_kv),
-           "working": work}
-    disk_staging = 2 * max((p.weights.disk for p, _ in runs), default=0.0) * w_layer
-    host = {
-        "weights": total(lambda p: p.weights.host) * w_layer,
-        "kv": total(lambda p: p.kv.host) * kv_layer,
-        "activations": total(lambda p: p.activations_on_host) * act_layer,
-        "head": 0.0 if head_on_gpu else head,
-        "disk_staging": disk_staging,
-    }
-    disk = total(lambda p: p.weights.disk) * w_layer + total(lambda p: p.kv.disk) * kv_layer
-    return Memory(gpu_bytes=sum(gpu.values()), host_bytes=sum(host.values()), disk_bytes=disk,
-                  gpu_breakdown=tuple(gpu.items()), host_breakdown=tuple(host.items()))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -720,7 +1038,8 @@ def shortfalls(memory: Memory, cap: dict[str, float]) -> dict[str, float]:
     return {k: use[k] - cap[k] for k in use if use[k] > cap[k] + 1024}
 
 
-def evaluate(wl: KvWorkload, system: System, layers: Sequence[LayerPolicy], *, head_on_gpu: bool = True) -> KvCost:
+def evaluate(wl: KvWorkload, system: System, layers: Sequence[LayerPolicy], *, head_on_gpu: bool | float = True,
+             hidden_on_gpu: float = 1.0) -> KvCost:
     """Predict prefill and decode time and memory of a per-layer policy, exactly (no linearisation).
 
     Parameters
@@ -731,8 +1050,11 @@ def evaluate(wl: KvWorkload, system: System, layers: Sequence[LayerPolicy], *, h
         The hardware.
     layers : sequence of LayerPolicy
         One policy per decoder layer; every policy has the same number of context ranges.
-    head_on_gpu : bool
-        Whether embeddings and LM head stay on the GPU (else they are streamed from the host).
+    head_on_gpu : bool or float
+        Whether (or which share of) the embeddings and LM head stay on the GPU; the rest is
+        streamed from the host each pass.
+    hidden_on_gpu : float
+        Share of prefill's layer inputs kept on the GPU between layers (the rest waits on the host).
     """
     if len(layers) != wl.model.n_layers:
         raise WorkloadError(f"a policy needs one entry per layer ({wl.model.n_layers}), got {len(layers)}")
@@ -761,11 +1083,11 @@ def evaluate(wl: KvWorkload, system: System, layers: Sequence[LayerPolicy], *, h
         per_range = {f: np.repeat([getattr(s, f) for s in splits], lengths) for f in ("transfer", "recompute", "cpu")}
         t = _step_times(uc, pol.weights, pol.kv, pol.activations_on_host, per_range["transfer"],
                         per_range["recompute"], per_range["cpu"], contexts)
-        per_step = np.maximum.reduce(list(t.values()))
+        per_step = _layer_time(t, wl.overlap)
         sums = {r: float(v.sum()) for r, v in t.items()}
-        pre = layer_prefill_times(pc, ucs[0], pol.weights, pol.kv, pol.activations_on_host)
+        pre = layer_prefill_times(pc, ucs[0], pol.weights, pol.kv, pol.activations_on_host, 1.0 - hidden_on_gpu)
         cache[pol] = LayerCost(prefill=tuple(pre.items()), decode=tuple((r, sums[r] / len(contexts)) for r in Resource),
-                               prefill_s=max(pre.values()), step_s=float(per_step.mean()))
+                               prefill_s=float(_layer_time(pre, wl.overlap)), step_s=float(per_step.mean()))
         step_total += count * per_step
     costs, prev, prev_cost = [], None, None
     for pol in layers:  # by identity first: hashing a policy costs more than the lookup
@@ -780,6 +1102,6 @@ def evaluate(wl: KvWorkload, system: System, layers: Sequence[LayerPolicy], *, h
         step_times_s=step_total,
         layers=tuple(costs),
         head_step_s=head_step,
-        memory=memory_use(wl, layers, head_on_gpu),
+        memory=memory_use(wl, layers, head_on_gpu, hidden_on_gpu),
         capacity=capacity(system),
     )

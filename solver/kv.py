@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+
+import numpy as np
+from dataclasses import dataclass, field
 
 
 from costmodel import (
@@ -17,6 +19,7 @@ from costmodel import (
     KvCost,
     KvWorkload,
     LayerPolicy,
+    Memory,
     TokenSplit,
     capacity,
     evaluate,
@@ -24,8 +27,8 @@ from costmodel import (
     range_bounds,
     shortfalls,
     time_lower_bound_s,
-    working_bytes,
 )
+from costmodel.kv import explain_shortfall, prefill_hidden_bytes
 from hwprofiles import System, format_bytes
 from solver.backends import SolveStatus
 from solver.errors import PlanError
@@ -61,6 +64,8 @@ def metrics(wl: KvWorkload, cost: KvCost) -> dict[str, float]:
         "tokens_per_s": generated / total,
         "decode_tokens_per_s": generated / cost.decode_s,
         "batch": wl.batch,
+        "gpu_batch": wl.micro_batch,
+        "gpu_batches": wl.gpu_batches,
     }
 
 
@@ -76,19 +81,49 @@ class Evaluated:
 
     workload: KvWorkload
     policies: tuple[LayerPolicy, ...]
-    head_on_gpu: bool
+    head_on_gpu: bool | float
     cost: KvCost
     mode_counts: tuple[tuple[str, int], ...] = ()
     lp_estimate_s: float | None = None
+    hidden_on_gpu: float = 1.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PolicyResult:
+    """A named policy costed at exactly the workload asked (batch and GPU batch included), or the
+    reason it cannot run there, with the bytes each tier is short of and every term of its need."""
+
+    name: str
+    workload: KvWorkload
+    status: str  # "feasible" or "infeasible"
+    evaluated: Evaluated | None = None
+    reason: str = ""
+    shortfalls: dict[str, float] = field(default_factory=dict)
+    memory: Memory | None = None  # of the evaluated policy, or of its least-GPU form when infeasible
+
+    @property
+    def feasible(self) -> bool:
+        return self.evaluated is not None
+
+    @property
+    def policies(self) -> tuple[LayerPolicy, ...]:
+        if self.evaluated is None:
+            raise PlanError(f"{self.name} is infeasible at batch {self.workload.batch}: {self.reason}")
+        return self.evaluated.policies
 
 
 def parse_flexgen(text: str) -> tuple[float, ...]:
-    """``flexgen:wg,wc,cg,cc,hg,hc`` percentages (FlexGen's policy notation).
+    """``flexgen:wg,wc,cg,cc,hg,hc`` percentages (FlexGen's policy notation), optionally followed by
+    ``:gpu-attention`` (offloaded KV comes to the GPU to be attended; by default it is attended on the
+    CPU, FlexGen's ``--cpu-cache-compute``).
 
     >>> parse_flexgen("flexgen:20,80,0,100,0,100")
     (0.2, 0.8, 0.0, 1.0, 0.0, 1.0)
     """
     _, _, rest = text.partition(":")
+    rest, _, suffix = rest.partition(":")
+    if suffix not in ("", "gpu-attention"):
+        raise PlanError(f"a flexgen policy may end in ':gpu-attention' only, got {text!r}")
     parts = rest.split(",")
     if len(parts) != 6:
         raise PlanError(f"flexgen percentages must be 'flexgen:wg,wc,cg,cc,hg,hc' (six numbers), got {text!r}")
@@ -128,15 +163,17 @@ RELINEARISE_ROUNDS = 3
 
 
 def _solve_at(wl: KvWorkload, system: System, restriction: Restriction, *, n_ranges: int, kv_groups: int,
-              backend: str | None, time_limit_s: float, stats: dict) -> Evaluated | None:
+              backend: str | None, time_limit_s: float, stats: dict, hidden_on_gpu: bool = True) -> Evaluated | None:
     best: Evaluated | None = None
     operating = None
     fixed = None
     for _ in range(RELINEARISE_ROUNDS):
         sol = solve_kv(wl, system, n_ranges=n_ranges, kv_groups=kv_groups, restriction=restriction,
-                       backend=backend, time_limit_s=time_limit_s, operating=operating, fixed=fixed)
+                       backend=backend, time_limit_s=time_limit_s, operating=operating, fixed=fixed,
+                       hidden_on_gpu=hidden_on_gpu)
         stats["solves"] += 1
         stats["lp_solves"] += fixed is not None
+        first = fixed is None
         # Later rounds keep the first round's integer decisions (layer counts per mode, buffers,
         # head) and re-solve only the shares at the new sizes: an LP, ~10x cheaper than the MIP. On
         # 128 sweep points this changed the plan's throughput at 2 points, by at most 0.023 %.
@@ -147,30 +184,99 @@ def _solve_at(wl: KvWorkload, system: System, restriction: Restriction, *, n_ran
         stats["n_variables"] = max(stats["n_variables"], sol.result.n_variables)
         if not sol.policies:
             break
-        cost = evaluate(wl, system, sol.policies, head_on_gpu=sol.head_on_gpu)
+        cost = evaluate(wl, system, sol.policies, head_on_gpu=sol.head_on_gpu, hidden_on_gpu=float(hidden_on_gpu))
         if not cost.feasible:  # the MIP's memory bounds are conservative, so this means a bug; never hide it
             raise PlanError(f"internal: MIP plan does not fit when evaluated exactly: short {cost.shortfalls()}")
         ev = Evaluated(workload=wl, policies=sol.policies, head_on_gpu=sol.head_on_gpu, cost=cost,
-                       mode_counts=sol.mode_counts, lp_estimate_s=sol.lp_estimate_s)
+                       mode_counts=sol.mode_counts, lp_estimate_s=sol.lp_estimate_s,
+                       hidden_on_gpu=float(hidden_on_gpu))
         if best is None or cost.prefill_s + cost.decode_s < best.cost.prefill_s + best.cost.decode_s:
             best = ev
+        # The MIP sized buffers for whole streamed units; the LP rounds size them by the shares, as
+        # the evaluator does. One LP round is owed when the MIP's buffers bind GPU memory.
+        exact_owed = first and _buffers_bind(cost)
         # Settled: the solution's sizes are where its tangents were taken, or the LP already agrees.
-        if sol.operating == sol.linearised_at or abs(sol.lp_estimate_s - (cost.prefill_s + cost.decode_s)) < 1e-3 * sol.lp_estimate_s:
+        if not exact_owed and (sol.operating == sol.linearised_at
+                               or abs(sol.lp_estimate_s - (cost.prefill_s + cost.decode_s)) < 1e-3 * sol.lp_estimate_s):
             break
         operating = sol.operating
     return best
+
+
+def _buffers_bind(cost: KvCost) -> bool:
+    """Whether the MIP's whole-unit buffers (an upper bound) may have cost the plan GPU room: the plan
+    streams or moves something and its GPU use is within one layer's bytes of the capacity."""
+    terms = dict(cost.memory.gpu_breakdown)
+    buffers = terms.get("weight_buffers", 0.0) + terms.get("kv_buffers", 0.0) + terms.get("prefill_kv_staging", 0.0)
+    return buffers > 0 and cost.memory.gpu_bytes > 0.9 * cost.capacity["gpu_bytes"]
 
 
 def _best(cands: Sequence[Evaluated], objective: str) -> Evaluated | None:
     return min(cands, key=lambda e: _score(e.workload, e.cost, objective), default=None)
 
 
-def flexgen_policies(wl: KvWorkload, values: tuple[float, ...], n_ranges: int) -> tuple[LayerPolicy, ...]:
-    wg, wc, cg, cc, _, _ = values
-    pol = LayerPolicy(weights=Fractions(gpu=wg, host=wc, disk=max(0.0, 1 - wg - wc)),
+def _flexgen_tiers(sizes: Sequence[float], values: tuple[float, ...]) -> tuple[float, float, float]:
+    """Bytes of one FlexGen layer's weight tensors on (GPU, host, disk). FlexGen does not split a
+    tensor: each goes to the tier its size midpoint falls in, tiers stacked disk, CPU, GPU
+    (FlexLLMGen ``flex_opt.py::init_weight_list`` with ``get_choice``: ``mid_percent =
+    (cumsum[i] - size[i] / 2) / cumsum[-1]`` against the cumulative [disk, cpu, gpu] percentages),
+    so "20 % on the GPU" is whichever tensors sit in the top fifth."""
+    wg, wc = values[0], values[1]
+    wd = max(0.0, 1.0 - wg - wc)
+    out = [0.0, 0.0, 0.0]
+    total = float(sum(sizes))
+    acc = 0.0
+    for size in sizes:
+        acc += size
+        mid = (acc - size / 2) / total
+        out[2 if mid < wd else 1 if mid < wd + wc else 0] += size
+    return out[0], out[1], out[2]
+
+
+def flexgen_weight_tensors(model) -> tuple[list[float], list[float], list[float]]:
+    """Element counts of the weight tensors of FlexGen's three kinds of layer, in its order:
+    self-attention (q, k, v, out projections with their biases, then the layer norm), MLP (fc1,
+    fc2 with biases, then the norm; a gated MLP's gate, up, down) and the embeddings (input: token,
+    positions; output: the norm, then the token matrix). FlexLLMGen ``flex_opt.py``
+    ``SelfAttention/MLP/InputEmbed/OutputEmbed.init_weight``."""
+    h, q, kv, i = model.hidden, model.q_dim, model.kv_dim, model.intermediate
+    bias = model.linear_bias or model.qkv_bias
+    norm = [h, h] if model.layer_norm else [h]
+    attn = []
+    for width in (q, kv, kv):
+        attn += [h * width] + ([width] if bias else [])
+    attn += [q * h] + ([h] if model.linear_bias else []) + norm
+    mats = [h * i, h * i, i * h] if model.gated_mlp else [h * i, i * h]
+    mlp = []
+    for j, size in enumerate(mats):
+        mlp += [size * model.n_experts] + ([i if j < len(mats) - 1 else h] if model.linear_bias else [])
+    mlp += norm
+    embed = [model.vocab * h] + ([model.learned_positions * h] if model.learned_positions else []) + norm \
+        + [model.vocab * h]
+    return attn, mlp, embed
+
+
+def flexgen_policies(wl: KvWorkload, values: tuple[float, ...], n_ranges: int,
+                     cpu_attention: bool = True) -> tuple[LayerPolicy, ...]:
+    """Per-layer policies of ``flexgen:wg,wc,cg,cc,hg,hc``: weights placed tensor by tensor as FlexGen
+    places them (:func:`_flexgen_tiers` over attention and MLP separately), KV by its percentages, and
+    every offloaded KV token attended on the CPU (FlexGen's ``--cpu-cache-compute``) or, with
+    ``cpu_attention=False``, copied to the GPU."""
+    _, _, cg, cc, _, _ = values
+    attn, mlp, _ = flexgen_weight_tensors(wl.model)
+    tiers = np.add(_flexgen_tiers(attn, values), _flexgen_tiers(mlp, values))
+    g, h, d = (float(v) for v in tiers / tiers.sum())
+    pol = LayerPolicy(weights=Fractions(gpu=g, host=h, disk=d),
                       kv=Fractions(gpu=cg, host=cc, disk=max(0.0, 1 - cg - cc)),
-                      splits=(TokenSplit(transfer=0.0, cpu=1.0),) * n_ranges)
+                      splits=((TokenSplit(transfer=0.0, cpu=1.0) if cpu_attention else TokenSplit()),) * n_ranges)
     return (pol,) * wl.model.n_layers
+
+
+def flexgen_head_on_gpu(wl: KvWorkload, values: tuple[float, ...]) -> float:
+    """The GPU share of the embeddings and LM head under FlexGen's tensor placement."""
+    _, _, embed = flexgen_weight_tensors(wl.model)
+    g, h, d = _flexgen_tiers(embed, values)
+    return g / (g + h + d)
 
 
 # Baselines with no free decision but the head's place: evaluated exactly, no MIP needed.
@@ -180,19 +286,39 @@ FIXED_POLICIES = {
     "full-offload": (Mode("host", "host", MOVE), LayerPolicy(weights=Fractions(gpu=0.0, host=1.0),
                                                           kv=Fractions(gpu=0.0, host=1.0))),
 }
+# The least GPU memory each policy can use (for the shortfall of one that cannot run): its fixed
+# placement, or the placement of its space that keeps least on the GPU.
+_LEAST_GPU = {
+    **{name: pol for name, (_, pol) in FIXED_POLICIES.items()},
+    "kvpr": LayerPolicy(kv=Fractions(gpu=0.0, host=1.0), activations_on_host=True),
+    "flexgen": LayerPolicy(weights=Fractions(gpu=0.0, host=1.0), kv=Fractions(gpu=0.0, host=1.0),
+                           splits=(TokenSplit(transfer=0.0, cpu=1.0),)),
+}
 
 
-def _fixed(name: str, wl: KvWorkload, system: System, n_ranges: int) -> Evaluated | None:
-    """A fixed-placement baseline with its head on the GPU if that fits (it is never slower), else on the host."""
+def _placements(wl: KvWorkload, system: System) -> list[tuple[bool, bool]]:
+    """(head on GPU, prefill layer inputs on GPU) pairs a policy with those choices free may take, most
+    GPU first: keeping prefill's layer inputs on the host only pays where they are a real share of
+    GPU memory (they then cross the link twice per layer)."""
+    hidden = prefill_hidden_bytes(wl, 1.0)[0]
+    worth = hidden > 0.02 * capacity(system)["gpu_bytes"]
+    return [(True, True)] + ([(True, False)] if worth else []) + [(False, True)] + ([(False, False)] if worth else [])
+
+
+def _fixed(name: str, wl: KvWorkload, system: System, n_ranges: int, objective: str = "throughput") -> Evaluated | None:
+    """A fixed-placement baseline at ``wl``: the best of its head and layer-input placements that fit."""
     mode, pol = FIXED_POLICIES[name]
     pols = (LayerPolicy(weights=pol.weights, kv=pol.kv, splits=(TokenSplit(),) * n_ranges),) * wl.model.n_layers
-    for head_on_gpu in (True, False):
-        if not _fits(name, wl, system, head_on_gpu):  # checked before the costlier timing
+    found = []
+    for head_on_gpu, hidden_on_gpu in _placements(wl, system):
+        if not _fits(name, wl, system, head_on_gpu, hidden_on_gpu):  # checked before the costlier timing
             continue
-        cost = evaluate(wl, system, pols, head_on_gpu=head_on_gpu)
-        return Evaluated(workload=wl, policies=pols, head_on_gpu=head_on_gpu, cost=cost,
-                         mode_counts=((mode.name, wl.model.n_layers),))
-    return None
+        cost = evaluate(wl, system, pols, head_on_gpu=head_on_gpu, hidden_on_gpu=float(hidden_on_gpu))
+        found.append(Evaluated(workload=wl, policies=pols, head_on_gpu=head_on_gpu, cost=cost,
+                               mode_counts=((mode.name, wl.model.n_layers),), hidden_on_gpu=float(hidden_on_gpu)))
+        if head_on_gpu and hidden_on_gpu:
+            break  # everything on the GPU fits: never slower
+    return _best(found, objective)
 
 
 # What each baseline forces, for its time bound (see time_lower_bound_s).
@@ -214,10 +340,10 @@ def _useful_modes(wl: KvWorkload, *, has_disk: bool) -> tuple[Mode, ...]:
     return tuple(md for md in all_modes(has_disk) if pays or not md.act)
 
 
-def _fits(name: str, wl: KvWorkload, system: System, head_on_gpu: bool = True) -> bool:
+def _fits(name: str, wl: KvWorkload, system: System, head_on_gpu: bool = True, hidden_on_gpu: bool = True) -> bool:
     """Whether a fixed-placement baseline fits in memory (no timing)."""
     pols = (FIXED_POLICIES[name][1],) * wl.model.n_layers
-    return not shortfalls(memory_use(wl, pols, head_on_gpu), capacity(system))
+    return not shortfalls(memory_use(wl, pols, head_on_gpu, float(hidden_on_gpu)), capacity(system))
 
 
 def _pruned(wl: KvWorkload, system: System, best: Evaluated | None, objective: str, stats: dict,
@@ -233,51 +359,104 @@ def _pruned(wl: KvWorkload, system: System, best: Evaluated | None, objective: s
     return False
 
 
-def evaluate_policy(name: str, wl: KvWorkload, system: System, *, objective: str = "throughput",
-                    n_ranges: int = 4, backend: str | None = None, time_limit_s: float = 10.0,
-                    stats: dict | None = None, floor: Evaluated | None = None) -> tuple[Evaluated | None, str]:
-    """Evaluate a named policy at its best batch (throughput) or at the workload's batch (latency).
-
-    Returns the evaluated policy (None if infeasible) and a reason when infeasible. Batches are
-    tried from the largest down, and a batch that cannot beat the best found is skipped.
-    ``floor`` is an evaluated policy that lies in this policy's space (all-GPU is a FlexGen
-    policy): batches that cannot beat it are skipped too, and it is returned if nothing beats it.
-    """
-    stats = stats if stats is not None else _new_stats()
+def _check_policy(name: str, system: System) -> tuple[float, ...] | None:
     values = parse_flexgen(name) if name.startswith("flexgen:") else None
     if values is None and name not in BASELINES:
         raise PlanError(f"unknown policy {name!r}; policies are {', '.join(BASELINES)} or flexgen:wg,wc,cg,cc,hg,hc")
+    if values is not None and values[4] + values[5] < 1 - 1e-9:
+        raise PlanError(f"{name}: hidden states on disk (hg + hc < 100) are not modelled; give hg + hc = 100")
+    return values
+
+
+def evaluate_policy(name: str, wl: KvWorkload, system: System, *, n_ranges: int = 4, backend: str | None = None,
+                    time_limit_s: float = 10.0, stats: dict | None = None) -> PolicyResult:
+    """Cost a named policy at exactly ``wl`` (its batch and GPU batch), or say why it cannot run there.
+
+    Decisions the policy leaves free (where the head and prefill's layer inputs live; KVPR's
+    recompute split; FlexGen's percentages when none are given) are chosen at their best for this
+    workload. A policy that does not fit is ``infeasible``, with the bytes each tier is short of and
+    every term of its need, for its least-GPU placement. Searching over batches is
+    :func:`plan_kv`'s job, never this function's.
+    """
+    stats = stats if stats is not None else _new_stats()
+    values = _check_policy(name, system)
     if values is not None and system.disk is None and (values[0] + values[1] < 1 - 1e-9 or values[2] + values[3] < 1 - 1e-9):
-        return None, f"{name} puts data on disk but system {system.name!r} has no disk"
+        return PolicyResult(name=name, workload=wl, status="infeasible",
+                            reason=f"{name} puts data on disk but system {system.name!r} has no disk")
+    ev = _evaluate_at(name, values, wl, system, n_ranges=n_ranges, backend=backend, time_limit_s=time_limit_s,
+                      stats=stats, objective="throughput")
+    if ev is not None:
+        return PolicyResult(name=name, workload=wl, status="feasible", evaluated=ev, memory=ev.cost.memory)
+    if values is not None:
+        mem = memory_use(wl, flexgen_policies(wl, values, n_ranges, not name.endswith(":gpu-attention")),
+                         flexgen_head_on_gpu(wl, values), values[4])
+        what = "its placement"
+    else:
+        mem = memory_use(wl, (_LEAST_GPU[name],) * wl.model.n_layers, False, 0.0)
+        what = "its least-GPU placement (head and prefill's layer inputs on the host)"
+    cap = capacity(system)
+    short = shortfalls(mem, cap)
+    why = explain_shortfall(mem, cap) if short else explain_infeasible(wl, system)
+    hint = ""
+    if "gpu_bytes" in short and wl.micro_batch > 1:
+        hint = f"; a smaller GPU batch (--gpu-batch, now {wl.micro_batch}) needs less GPU memory"
+    return PolicyResult(name=name, workload=wl, status="infeasible", shortfalls=short, memory=mem,
+                        reason=f"{name} does not fit at batch {wl.batch} ({what}): {why}{hint}")
+
+
+def _evaluate_at(name: str, values: tuple[float, ...] | None, wl: KvWorkload, system: System, *, n_ranges: int,
+                 backend: str | None, time_limit_s: float, stats: dict, objective: str) -> Evaluated | None:
+    """The policy at exactly ``wl``, at its best where it leaves decisions free; None if it cannot fit."""
+    if values is not None:
+        pols = flexgen_policies(wl, values, n_ranges, not name.endswith(":gpu-attention"))
+        cost = evaluate(wl, system, pols, head_on_gpu=flexgen_head_on_gpu(wl, values), hidden_on_gpu=values[4])
+        return Evaluated(workload=wl, policies=pols, head_on_gpu=flexgen_head_on_gpu(wl, values), cost=cost,
+                         hidden_on_gpu=values[4]) if cost.feasible else None
+    if name in FIXED_POLICIES:
+        return _fixed(name, wl, system, n_ranges, objective)
+    parts = (name, "flexgen-kv-gpu") if name == "flexgen" else (name,)
+    found = []
+    if name == "flexgen" and _fits("gpu-only", wl, system):
+        # With all the KV on the GPU, offloading weights only adds copies, so when all-GPU
+        # (a FlexGen policy) fits, it is the best KV-on-GPU policy: cost it, no search.
+        parts = (name,)
+        found.append(_fixed("gpu-only", wl, system, n_ranges, objective))
+    hidden_choices = sorted({h for _, h in _placements(wl, system)}, reverse=True)
+    for part in parts:
+        for hidden in hidden_choices:
+            found.append(_solve_at(wl, system, _restriction(part, system.disk is not None), n_ranges=n_ranges,
+                                   kv_groups=0, backend=backend, time_limit_s=time_limit_s, stats=stats,
+                                   hidden_on_gpu=hidden))
+    return _best([e for e in found if e is not None], objective)
+
+
+def _search_policy(name: str, wl: KvWorkload, system: System, *, objective: str, n_ranges: int, backend: str | None,
+                   time_limit_s: float, stats: dict, floor: Evaluated | None = None) -> tuple[Evaluated | None, str]:
+    """A named policy at its best batch up to ``wl.batch`` (throughput) or at ``wl.batch`` (latency),
+    for a plan's baseline table. Batches are tried from the largest down, and one that cannot beat
+    the best found is skipped. ``floor`` is an evaluated policy that lies in this policy's space
+    (all-GPU is a FlexGen policy): batches that cannot beat it are skipped too, and it is returned
+    if nothing beats it."""
+    values = _check_policy(name, system)
     best: Evaluated | None = None
     for b in reversed(batch_candidates(wl.batch, objective)):
         wlb = wl.with_batch(b)
-        if _pruned(wlb, system, _best([e for e in (best, floor) if e is not None], objective), objective, stats, name):
+        if _pruned(wlb, system, _best([e for e in (best, floor) if e is not None], objective), objective, stats,
+                   "" if values is not None else name):
             continue
-        if values is not None:
-            pols = flexgen_policies(wlb, values, n_ranges)
-            cost = evaluate(wlb, system, pols)
-            ev = Evaluated(workload=wlb, policies=pols, head_on_gpu=True, cost=cost) if cost.feasible else None
-        elif name in FIXED_POLICIES:
-            ev = _fixed(name, wlb, system, n_ranges)
-        else:
-            parts = (name, "flexgen-kv-gpu") if name == "flexgen" else (name,)
-            found = []
-            if name == "flexgen" and _fits("gpu-only", wlb, system):
-                # With all the KV on the GPU, offloading weights only adds copies, so when all-GPU
-                # (a FlexGen policy) fits, it is the best KV-on-GPU policy: cost it, no search.
-                parts = (name,)
-                found.append(_fixed("gpu-only", wlb, system, n_ranges))
-            found += [_solve_at(wlb, system, _restriction(part, system.disk is not None), n_ranges=n_ranges,
-                                kv_groups=0, backend=backend, time_limit_s=time_limit_s, stats=stats) for part in parts]
-            ev = _best([e for e in found if e is not None], objective)
+        if values is not None and system.disk is None and (values[0] + values[1] < 1 - 1e-9
+                                                           or values[2] + values[3] < 1 - 1e-9):
+            break
+        ev = _evaluate_at(name, values, wlb, system, n_ranges=n_ranges, backend=backend, time_limit_s=time_limit_s,
+                          stats=stats, objective=objective)
         best = _best([e for e in (best, ev) if e is not None], objective)
     best = _best([e for e in (best, floor) if e is not None], objective)
     if best is None:
         smallest = batch_candidates(wl.batch, objective)[0]
+        res = evaluate_policy(name, wl.with_batch(smallest), system, n_ranges=n_ranges, backend=backend,
+                              time_limit_s=time_limit_s, stats=stats)
         tried = f"at batch {wl.batch}" if objective == "latency" else f"at any batch up to {wl.batch}"
-        why = _baseline_shortfall(name, wl.with_batch(smallest), system) or explain_infeasible(wl.with_batch(smallest), system)
-        return None, f"{name} does not fit {tried}: {why}"
+        return None, f"{name} does not fit {tried}: " + res.reason.split(": ", 1)[-1]
     return best, ""
 
 
@@ -286,42 +465,19 @@ def _new_stats() -> dict:
             "batches_pruned": 0, "lp_solves": 0}
 
 
-def _baseline_shortfall(name: str, wl: KvWorkload, system: System) -> str:
-    """The tier a fixed-placement baseline overfills, with bytes ('' when no tier is short by itself)."""
-    m, dt = wl.model, wl.dtype_bytes
-    cap = capacity(system)
-    weights = m.n_layers * m.layer_params() * dt + m.head_params() * dt
-    kv_layer = wl.batch * wl.max_context * m.kv_elements_per_token() * dt
-    kv = m.n_layers * kv_layer
-    act = m.n_layers * wl.batch * wl.max_context * m.hidden * dt
-    work = working_bytes(wl)
-    stream = 2 * m.layer_params() * dt + 2 * kv_layer
-    needs = {
-        "gpu-only": {"gpu": ("weights + KV", weights + kv + work)},
-        "kv-offload": {"gpu": ("weights", weights + work + 2 * kv_layer), "host": ("KV", kv)},
-        "kvpr": {"gpu": ("weights", weights + work + 2 * kv_layer), "host": ("KV + activations", kv + act)},
-        "full-offload": {"gpu": ("buffers", work + stream + m.head_params() * dt), "host": ("weights + KV", weights + kv)},
-    }.get(name, {})
-    for tier, (what, need) in needs.items():
-        if need > cap[f"{tier}_bytes"]:
-            return (f"{tier} memory would hold {what}: {format_bytes(need)} needed at batch {wl.batch}, "
-                    f"{format_bytes(cap[f'{tier}_bytes'])} usable")
-    return ""
-
-
 def explain_infeasible(wl: KvWorkload, system: System) -> str:
-    """Which tier is short, by how many bytes, and what would fix it."""
-    m, dt = wl.model, wl.dtype_bytes
+    """Which tier is short, by how many bytes, every term of the need, and what would fix it."""
+    m = wl.model
     cap = capacity(system)
-    weights = m.n_layers * m.layer_params() * dt + m.head_params() * dt
-    kv = m.n_layers * wl.batch * wl.max_context * m.kv_elements_per_token() * dt
-    # GPU floor: working memory plus double buffers for one streamed layer and its KV (prefill).
-    gpu_floor = working_bytes(wl) + 2 * m.layer_params() * dt + 2 * wl.batch * wl.prompt_len * m.kv_elements_per_token() * dt
-    if gpu_floor > cap["gpu_bytes"]:
-        return (f"GPU memory is short by {format_bytes(gpu_floor - cap['gpu_bytes'])}: even with all weights and KV "
-                f"offloaded, activations and double buffers need {format_bytes(gpu_floor)} of "
-                f"{format_bytes(cap['gpu_bytes'])} usable; lower --batch or --prompt")
-    total_cap = cap["gpu_bytes"] - gpu_floor + cap["host_bytes"] + cap["disk_bytes"]
+    # GPU floor: everything offloaded, the head and prefill's layer inputs on the host, CPU attention
+    # (no KV buffers): what is left is working memory and the weight and KV staging buffers.
+    floor = memory_use(wl, (_LEAST_GPU["flexgen"],) * m.n_layers, False, 0.0)
+    if floor.gpu_bytes > cap["gpu_bytes"]:
+        return (f"even with all weights and KV offloaded, {explain_shortfall(floor, {**cap, 'host_bytes': float('inf'), 'disk_bytes': float('inf')})}; "
+                f"lower --batch, --gpu-batch or --prompt, or a smaller --prefill-chunk")
+    weights = m.n_layers * wl.layer_weight_bytes + wl.head_weight_bytes
+    kv = m.n_layers * wl.batch * wl.max_context * wl.kv_token_bytes
+    total_cap = cap["gpu_bytes"] - floor.gpu_bytes + cap["host_bytes"] + cap["disk_bytes"]
     need = weights + kv
     if need > total_cap:
         per_seq = kv / wl.batch
@@ -331,9 +487,10 @@ def explain_infeasible(wl: KvWorkload, system: System) -> str:
             fixes.insert(0, "a disk tier (--set disk=nvme-gen4)")
         fixes.append(f"a batch of at most {fit}" if fit >= 1 else "a shorter context")
         return (f"memory is short by {format_bytes(need - total_cap)}: weights {format_bytes(weights)} + KV "
-                f"{format_bytes(kv)} (batch {wl.batch} x {wl.max_context} tokens) exceed GPU {format_bytes(cap['gpu_bytes'])} "
-                f"+ host {format_bytes(cap['host_bytes'])} + disk {format_bytes(cap['disk_bytes'])} usable; "
-                f"try {', or '.join(fixes)}")
+                f"{format_bytes(kv)} (batch {wl.batch} x {wl.max_context} tokens) exceed GPU "
+                f"{format_bytes(cap['gpu_bytes'] - floor.gpu_bytes)} (after {format_bytes(floor.gpu_bytes)} of buffers "
+                f"and working memory) + host {format_bytes(cap['host_bytes'])} + disk {format_bytes(cap['disk_bytes'])} "
+                f"usable; try {', or '.join(fixes)}")
     return ("no placement satisfies every capacity at once (buffers for streaming are counted per tier); "
             "lower --batch or add host memory")
 
@@ -395,6 +552,10 @@ def plan_kv(wl: KvWorkload, system: System, *, objective: str = "throughput", n_
         Decode context ranges that may each use their own token split.
     kv_groups : int
         Place KV per group of heads (integer groups per layer) instead of by token share.
+
+    Besides the per-layer placements, the plan decides where the head and prefill's layer inputs
+    live, and, at a batch that does not fit whole, splits it into GPU batches (halving the GPU
+    batch up to three times) unless ``wl.gpu_batch`` fixes the split.
     """
     if objective not in OBJECTIVES:
         raise PlanError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
@@ -408,8 +569,8 @@ def plan_kv(wl: KvWorkload, system: System, *, objective: str = "throughput", n_
     base_evals: dict[str, Evaluated] = {}
     for name in sorted(baselines, key=lambda n: (n not in FIXED_POLICIES, n)):
         floor = base_evals.get("gpu-only") if name == "flexgen" else None
-        ev, reason = evaluate_policy(name, wl, system, objective=objective, n_ranges=n_ranges, backend=backend,
-                                     time_limit_s=time_limit_s, stats=stats, floor=floor)
+        ev, reason = _search_policy(name, wl, system, objective=objective, n_ranges=n_ranges, backend=backend,
+                                    time_limit_s=time_limit_s, stats=stats, floor=floor)
         if ev is not None:
             base_evals[name] = ev
         base[name] = ({"status": "infeasible", "reason": reason} if ev is None
@@ -427,15 +588,23 @@ def plan_kv(wl: KvWorkload, system: System, *, objective: str = "throughput", n_
         # Disk modes nest the host modes (a disk mode with no disk share is a host mode), and that
         # symmetry makes the MIP ~5x slower. Disk only stands in for host memory, so it is added
         # only when the problem without it is infeasible or leaves under 10 % of host memory free.
-        ev = _solve_at(wl.with_batch(b), system, no_disk, n_ranges=n_ranges, kv_groups=kv_groups,
-                       backend=backend, time_limit_s=time_limit_s, stats=stats)
-        host_tight = ev is None or ev.cost.memory.host_bytes > 0.9 * ev.cost.capacity["host_bytes"]
-        if system.disk is not None and host_tight:
-            with_disk = _solve_at(wl.with_batch(b), system, Restriction(modes=_useful_modes(wl, has_disk=True)),
-                                  n_ranges=n_ranges, kv_groups=kv_groups,
-                                  backend=backend, time_limit_s=time_limit_s, stats=stats)
-            ev = _best([e for e in (ev, with_disk) if e is not None], objective)
-        best = _best([e for e in (best, ev) if e is not None], objective)
+        splits = [wl.gpu_batch] if wl.gpu_batch else [0] + [b >> k for k in (1, 2, 3) if b % (1 << k) == 0]
+        for gb in splits:
+            wlb = wl.with_batch(b, gpu_batch=gb if gb != b else 0)
+            ev = None
+            for hidden in sorted({h for _, h in _placements(wlb, system)}, reverse=True):
+                found = _solve_at(wlb, system, no_disk, n_ranges=n_ranges, kv_groups=kv_groups,
+                                  backend=backend, time_limit_s=time_limit_s, stats=stats, hidden_on_gpu=hidden)
+                host_tight = found is None or found.cost.memory.host_bytes > 0.9 * found.cost.capacity["host_bytes"]
+                if system.disk is not None and host_tight:
+                    with_disk = _solve_at(wlb, system, Restriction(modes=_useful_modes(wl, has_disk=True)),
+                                          n_ranges=n_ranges, kv_groups=kv_groups, backend=backend,
+                                          time_limit_s=time_limit_s, stats=stats, hidden_on_gpu=hidden)
+                    found = _best([e for e in (found, with_disk) if e is not None], objective)
+                ev = _best([e for e in (ev, found) if e is not None], objective)
+            best = _best([e for e in (best, ev) if e is not None], objective)
+            if ev is not None:
+                break  # the batch fits as GPU batches of this size: smaller ones only add launches
     # The baselines are points of the MIP's space; if the exact model ranks one above the MIP's
     # choice (the LP linearises small-op efficiencies), take its decisions and say so.
     # (With no MIP plan left, every batch was skipped as unable to beat the best baseline.)
@@ -475,15 +644,22 @@ def plan_kv(wl: KvWorkload, system: System, *, objective: str = "throughput", n_
     solver_info["status"] = status.value  # optimal: every MIP proven optimal; feasible: a time limit stopped one
     mem = best.cost.memory
     return Plan(
-        kind="kv", status=status.value, objective=objective, workload={**wl.summary(), "batch": best.workload.batch,
-                                                                 "max_batch": wl.batch},
-        hardware=hw, predicted=pred,
-        memory={**mem.as_dict(), "gpu_breakdown": dict(mem.gpu_breakdown), "host_breakdown": dict(mem.host_breakdown)},
+        kind="kv", status=status.value, objective=objective,
+        workload={**best.workload.summary(), "max_batch": wl.batch},
+        hardware=hw, predicted=pred, memory=memory_record(mem),
         capacity=best.cost.capacity, layers=tuple(_layer_entries(best)),
         head={"on_gpu": best.head_on_gpu, "step_s": best.cost.head_step_s},
+        activations={"prefill_hidden_on_gpu": best.hidden_on_gpu},
         context_ranges=tuple({"steps": [a, b]} for a, b in range_bounds(wl.gen_len, n_ranges)),
         baselines=base, solver=solver_info,
     )
+
+
+def memory_record(mem: Memory) -> dict:
+    """A plan's ``memory`` field: bytes per tier, the GPU's per-phase peaks and every term."""
+    return {**mem.as_dict(), "gpu_prefill_bytes": mem.gpu_prefill_bytes, "gpu_decode_bytes": mem.gpu_decode_bytes,
+            "gpu_peak_phase": mem.peak_phase, "gpu_breakdown": dict(mem.gpu_breakdown),
+            "host_breakdown": dict(mem.host_breakdown)}
 
 
 def evaluate_plan(plan: Plan, wl: KvWorkload, system: System) -> tuple[KvCost, dict[str, float]]:
@@ -491,10 +667,11 @@ def evaluate_plan(plan: Plan, wl: KvWorkload, system: System) -> tuple[KvCost, d
     pols, head = plan.policies()
     if len(pols) != wl.model.n_layers:
         raise PlanError(f"plan has {len(pols)} layers but model {wl.model.name!r} has {wl.model.n_layers}")
-    cost = evaluate(wl, system, pols, head_on_gpu=head)
+    hidden = float(plan.activations.get("prefill_hidden_on_gpu", 1.0))
+    cost = evaluate(wl, system, pols, head_on_gpu=head, hidden_on_gpu=hidden)
     return cost, metrics(wl, cost)
 
 
-__all__ = ["BASELINES", "OBJECTIVES", "Evaluated", "batch_candidates", "evaluate_plan", "evaluate_policy",
-           "explain_infeasible", "metrics", "parse_flexgen", "plan_kv"]
+__all__ = ["BASELINES", "OBJECTIVES", "Evaluated", "PolicyResult", "batch_candidates", "evaluate_plan",
+           "evaluate_policy", "explain_infeasible", "memory_record", "metrics", "parse_flexgen", "plan_kv"]
 

@@ -8,8 +8,12 @@ count ``n_m``, and every continuous decision of the mode is an *aggregate* over 
 per-layer decisions, so the perspective ``n_m * a + b * aggregate`` of the cost is exact for an
 equal split, and equal splits are optimal for identical layers. Overlap of compute and transfers is
 modelled with one epigraph variable per mode and context range: T >= GPU, H2D, D2H, disk, CPU.
-Capacity constraints are conservative (full-layer double buffers for any streaming mode), so a plan
-the MIP accepts fits when evaluated exactly.
+GPU memory is counted per phase, with the exact evaluator's terms (:func:`costmodel.kv.memory_use`):
+what stays resident, plus prefill's KV staging, layer inputs and working set, or decode's KV buffers
+and working set. The MIP sizes each buffer for a whole streamed unit of any mode that needs it (an
+upper bound: a layer's streamed share is an aggregate over its mode's layers); the LP re-solves that
+follow it, with the layer counts fixed, size each buffer by the mode's per-layer shares exactly as the
+evaluator does. A plan the MIP accepts fits when evaluated exactly.
 """
 
 from __future__ import annotations
@@ -27,10 +31,19 @@ from costmodel import (
     prefill_costs,
     range_bounds,
     unit_costs,
-    working_bytes,
+)
+from costmodel.kv import (
+    act_layer_bytes,
+    decode_working_bytes,
+    kv_layer_bytes,
+    prefill_hidden_bytes,
+    prefill_kv_staging_bytes,
+    prefill_working_bytes,
+    weight_buffer_bytes,
 )
 from hwprofiles import System
 from solver.backends import EQ, GE, LE, MipModel, SolveResult, SolveStatus, solve
+from solver.errors import PlanError
 
 MOVE, CPU, MIXED = "move", "cpu", "mixed"
 
@@ -117,7 +130,7 @@ def solve_kv(wl: KvWorkload, system: System, *, n_ranges: int = 4, kv_groups: in
              restriction: Restriction = Restriction(), backend: str | None = None,
              time_limit_s: float = 10.0, gap_rel: float = 1e-4,
              operating: dict[int, tuple[float, float]] | None = None,
-             fixed: dict[str, float] | None = None) -> MipSolution:
+             fixed: dict[str, float] | None = None, hidden_on_gpu: bool = True) -> MipSolution:
     """Formulate and solve the placement MIP for one batch size.
 
     Parameters
@@ -134,8 +147,13 @@ def solve_kv(wl: KvWorkload, system: System, *, n_ranges: int = 4, kv_groups: in
         range -> tokens per sequence one layer recomputes and attends on the CPU: where the tangents
         of the size-dependent recompute and CPU-attention times are taken. Default: the whole
         context (``solver.kv`` re-solves at the sizes of the previous solution).
+    hidden_on_gpu : bool
+        Keep prefill's layer inputs on the GPU between layers (else on the host, copied each layer).
     """
     m = wl.model
+    if not wl.overlap:
+        raise PlanError("the placement MIP models engines that overlap copies with compute (overlap=True); "
+                        "a serial engine's fixed policies are costed by costmodel.evaluate")
     L = m.n_layers
     has_disk = system.disk is not None
     modes = list(restriction.modes) if restriction.modes is not None else all_modes(has_disk)
@@ -153,10 +171,14 @@ def solve_kv(wl: KvWorkload, system: System, *, n_ranges: int = 4, kv_groups: in
     hc = head_costs(wl, system)
     cap = capacity(system)
     dt = wl.dtype_bytes
-    wb = m.layer_params() * dt
-    kv_layer = wl.batch * wl.max_context * m.kv_elements_per_token() * dt
-    act_layer = wl.batch * wl.max_context * m.hidden * dt
-    prefill_kv_buf = 2 * wl.batch * wl.prompt_len * m.kv_elements_per_token() * dt
+    wb = wl.layer_weight_bytes
+    unit = weight_buffer_bytes(wl)
+    kv_layer, act_layer = kv_layer_bytes(wl), act_layer_bytes(wl)
+    kv_mb, act_mb = kv_layer_bytes(wl, micro=True), act_layer_bytes(wl, micro=True)
+    staging_need = prefill_kv_staging_bytes(wl, 1.0)
+    hidden_gpu, hidden_host = prefill_hidden_bytes(wl, 1.0 if hidden_on_gpu else 0.0)
+    nb = wl.gpu_batches
+    counts = {i: fixed[f"n{i}"] for i in range(len(modes))} if fixed else None  # LP rounds: counts known
 
     bld = MipModel("kv_placement")
     V = bld.var
@@ -164,9 +186,11 @@ def solve_kv(wl: KvWorkload, system: System, *, n_ranges: int = 4, kv_groups: in
     gpu_mem: list[tuple[int, float]] = []
     host_mem: list[tuple[int, float]] = []
     disk_mem: list[tuple[int, float]] = []
-    bw_buf = V("buf_w")
-    bk_buf = V("buf_kv")
-    staging = V("staging")
+    bw_buf = V("buf_w")  # streamed weights, both phases
+    bk_buf = V("buf_kv")  # decode: moved KV (and the activations it is recomputed from)
+    bs_buf = V("buf_prefill_kv")  # prefill: KV staging before it is copied out
+    staging = V("staging")  # host: disk reads of weights
+    exact: list[tuple[int, list[tuple[int, float]]]] = []  # (buffer, terms): buffer >= terms, in LP rounds
     count_terms = []
     mode_vars: dict[int, tuple] = {}  # mode -> (n, weight shares, KV shares, prefill time)
     token_vars: dict[tuple[int, int], tuple] = {}  # (mode, range) -> (transfer, recompute, CPU) tokens
@@ -205,20 +229,26 @@ def solve_kv(wl: KvWorkload, system: System, *, n_ranges: int = 4, kv_groups: in
         # Memory.
         gpu_mem += [(n, wb)] if wg is None else [(wg, wb)]
         gpu_mem += [(n, kv_layer)] if kg is None else [(kg, kv_layer)]
+        n_fixed = counts[i] if counts is not None else 0.0
         if wh is not None:
             host_mem.append((wh, wb))
-            buffer_users.setdefault((bw_buf, 2.0 * wb), []).append(n)
+            buffer_users.setdefault((bw_buf, unit), []).append(n)
+            if n_fixed:  # per layer: streamed share x unit
+                exact.append((bw_buf, [(v, unit / n_fixed) for v in (wh, wd) if v is not None]))
         if wd is not None:
             disk_mem.append((wd, wb))
-            buffer_users.setdefault((staging, 2.0 * wb), []).append(n)
+            buffer_users.setdefault((staging, unit), []).append(n)
+            if n_fixed:
+                exact.append((staging, [(wd, unit / n_fixed)]))
         if kh is not None:
             host_mem.append((kh, kv_layer))
             if md.act:
                 host_mem.append((n, act_layer))
-            kv_buf = prefill_kv_buf
+            buffer_users.setdefault((bs_buf, staging_need), []).append(n)
+            if n_fixed:
+                exact.append((bs_buf, [(v, staging_need / n_fixed) for v in (kh, kd) if v is not None]))
             if md.moves:
-                kv_buf = max(kv_buf, 2 * (kv_layer + (act_layer if md.act else 0.0)))
-            buffer_users.setdefault((bk_buf, kv_buf), []).append(n)
+                buffer_users.setdefault((bk_buf, 2 * (kv_mb + (act_mb if md.act else 0.0))), []).append(n)
         if kd is not None:
             disk_mem.append((kd, kv_layer))
 
@@ -234,24 +264,32 @@ def solve_kv(wl: KvWorkload, system: System, *, n_ranges: int = 4, kv_groups: in
             toks = [v for v in (x, r, cc) if v is not None]
             if off:
                 bld.add([(v, 1.0) for v in toks] + [(v, -c / KTOK) for v in off], EQ, 0.0)
+            if n_fixed and md.moves:
+                # Decode KV buffer, per layer: 2 x positions brought in at the last step. x / (n c) is a
+                # layer's transferred share of its context (the evaluator's offloaded x transfer share).
+                terms = [(x, 2.0 * KTOK * kv_mb / (n_fixed * c))]
+                if r is not None:
+                    terms.append((r, 2.0 * KTOK * (kv_mb + act_mb) / (n_fixed * c)))
+                exact.append((bk_buf, terms))
             # GPU stream: dense ops + attention over every token not attended on the CPU + recompute.
-            gpu = [(t, 1.0), (n, -(uc.dense_gpu_s + c * uc.attn_gpu_s_per_token
-                                   + (uc.recompute_gpu_fixed_s if r is not None else 0.0)))]
+            gpu_fixed_s = uc.dense_gpu_s + c * uc.attn_gpu_s_per_token + (uc.recompute_gpu_fixed_s if r is not None else 0.0)
+            gpu_terms = []
             if cc is not None:
-                gpu.append((cc, uc.attn_gpu_s_per_token * KTOK))
+                gpu_terms.append((cc, -uc.attn_gpu_s_per_token * KTOK))
             if r is not None:
-                gpu.append((r, -uc.recompute_gpu_s_per_token * KTOK))
-            bld.add(gpu, GE, 0.0, MS)
+                gpu_terms.append((r, uc.recompute_gpu_s_per_token * KTOK))
+            bld.add([(t, 1.0), (n, -gpu_fixed_s)] + [(v, -a) for v, a in gpu_terms], GE, 0.0, MS)
             # D2H bytes: the new token's KV for offloaded shares, the new activation, CPU-attention queries.
             d2h = [(v, uc.kv_bytes_per_token) for v in off]
             d2h_fixed = (uc.act_bytes_per_token if md.act else 0.0) + (uc.q_bytes if md.uses_cpu else 0.0)
-            n_d2h = (1 if md.offloads_kv else 0) + md.act + md.uses_cpu
-            n_h2d = md.streams_weights + (x is not None) + (r is not None) + md.uses_cpu
+            # A layer's weights cross once; KV, activations, queries and outputs once per GPU batch.
+            n_d2h = nb * ((1 if md.offloads_kv else 0) + md.act + md.uses_cpu)
+            n_h2d = md.streams_weights + nb * ((x is not None) + (r is not None) + md.uses_cpu)
             if n_h2d:
                 h2d = [(t, 1.0), (n, -(n_h2d * uc.link_latency_s
                                        + ((uc.o_bytes if md.uses_cpu else 0.0)
                                           + d2h_fixed * uc.bidir_penalty) / uc.h2d_bytes_per_s))]
-                h2d += [(v, -wb / uc.h2d_bytes_per_s) for v in streamed]
+                h2d += [(v, -wb / uc.weight_h2d_bytes_per_s) for v in streamed]
                 if x is not None:
                     h2d.append((x, -uc.kv_bytes_per_token * KTOK / uc.h2d_bytes_per_s))
                 if r is not None:
@@ -271,9 +309,17 @@ def solve_kv(wl: KvWorkload, system: System, *, n_ranges: int = 4, kv_groups: in
                                                                + 1.0 / uc.disk_write_bytes_per_s)))
                 bld.add(disk, GE, 0.0, MS)
             if cc is not None:
-                chain = (uc.dense_gpu_s + 2 * uc.link_latency_s + uc.q_bytes / uc.d2h_bytes_per_s
-                         + uc.o_bytes / uc.h2d_bytes_per_s + uc.attn_cpu_fixed_s)
-                bld.add([(t, 1.0), (n, -chain), (cc, -uc.attn_cpu_s_per_token * KTOK)], GE, 0.0, MS)
+                # One GPU batch's chain, then the others pipelined at the slower of GPU and CPU
+                # (costmodel.kv._step_times): two rows for the max.
+                chain = (uc.dense_gpu_s / nb + 2 * uc.link_latency_s + uc.q_bytes / nb / uc.d2h_bytes_per_s
+                         + uc.o_bytes / nb / uc.h2d_bytes_per_s + uc.attn_cpu_fixed_s / nb)
+                cpu_slope = uc.attn_cpu_s_per_token * KTOK
+                tail = (nb - 1) / nb
+                bld.add([(t, 1.0), (n, -(chain + tail * uc.attn_cpu_fixed_s)), (cc, -(cpu_slope / nb + tail * cpu_slope))],
+                        GE, 0.0, MS)
+                if nb > 1:
+                    bld.add([(t, 1.0), (n, -(chain + tail * gpu_fixed_s)), (cc, -cpu_slope / nb)]
+                            + [(v, -tail * a) for v, a in gpu_terms], GE, 0.0, MS)
             token_vars[(i, k)] = (x, r, cc)
 
         # Prefill.
@@ -281,13 +327,19 @@ def solve_kv(wl: KvWorkload, system: System, *, n_ranges: int = 4, kv_groups: in
         objective.append((pt, 1.0))
         uc = ucs[0]
         bld.add([(pt, 1.0), (n, -pc.gpu_s)], GE, 0.0, MS)
-        pd2h = [(v, pc.kv_bytes) for v in off] + ([(n, pc.act_bytes)] if md.act else [])
-        if streamed:
-            bld.add([(pt, 1.0), (n, -uc.link_latency_s)] + [(v, -pc.weight_bytes / uc.h2d_bytes_per_s) for v in streamed]
+        # Layer inputs on the host: copied up before and down after every layer, once per GPU batch
+        # (costmodel.kv.layer_prefill_times).
+        hid = 0.0 if hidden_on_gpu else pc.hidden_bytes
+        pd2h = [(v, pc.kv_bytes) for v in off] + ([(n, pc.act_bytes)] if md.act else []) + ([(n, hid)] if hid else [])
+        if streamed or hid:
+            n_up = (1 if streamed else 0) + (nb if hid else 0)
+            bld.add([(pt, 1.0), (n, -(n_up * uc.link_latency_s + hid / uc.h2d_bytes_per_s))]
+                    + [(v, -pc.weight_bytes / uc.weight_h2d_bytes_per_s) for v in streamed]
                     + [(v, -b * uc.bidir_penalty / uc.h2d_bytes_per_s) for v, b in pd2h], GE, 0.0, MS)
         if pd2h:
             scale = (1.0 + uc.bidir_penalty) / uc.d2h_bytes_per_s
-            bld.add([(pt, 1.0), (n, -(1 + md.act) * uc.link_latency_s)] + [(v, -b * scale) for v, b in pd2h],
+            n_down = nb * ((1 if off else 0) + md.act + (1 if hid else 0))
+            bld.add([(pt, 1.0), (n, -n_down * uc.link_latency_s)] + [(v, -b * scale) for v, b in pd2h],
                     GE, 0.0, MS)
         if wd is not None or kd is not None:
             disk = [(pt, 1.0), (n, -2 * uc.disk_latency_s)]
@@ -316,7 +368,10 @@ def solve_kv(wl: KvWorkload, system: System, *, n_ranges: int = 4, kv_groups: in
                 bld.add([(y, 1.0), (prev_y, -1.0)], LE, 0.0)
             size.append((y, -(need - prev)))
             prev, prev_y = need, y
-        bld.add(size, GE, 0.0, GB)
+        if counts is None:  # LP rounds: the buffers are sized exactly below
+            bld.add(size, GE, 0.0, GB)
+    for buf, terms in exact:
+        bld.add([(buf, 1 / GB)] + [(v, -a) for v, a in terms], GE, 0.0, GB)
 
     # Head (embeddings + LM head): on the GPU, or on the host and streamed each step.
     z = bld.binary("head_gpu")
@@ -326,10 +381,13 @@ def solve_kv(wl: KvWorkload, system: System, *, n_ranges: int = 4, kv_groups: in
     head_host_s = hc.step_s(False, system.link)
     head_const = (wl.gen_len + 1) * head_host_s
     objective.append((z, -(wl.gen_len + 1) * (head_host_s - head_gpu_s)))
-    gpu_mem += [(z, hc.bytes), (bw_buf, 1 / GB), (bk_buf, 1 / GB)]
+    # GPU memory per phase (costmodel.kv.memory_use): resident + weight buffers + the phase's own.
+    gpu_mem += [(z, hc.bytes), (bw_buf, 1 / GB)]
+    bld.add(gpu_mem + [(bs_buf, 1 / GB)], LE,
+            cap["gpu_bytes"] - hidden_gpu - prefill_working_bytes(wl), GB)
+    bld.add(gpu_mem + [(bk_buf, 1 / GB)], LE, cap["gpu_bytes"] - decode_working_bytes(wl), GB)
     host_mem += [(z, -hc.bytes), (staging, 1 / GB)]
-    bld.add(gpu_mem, LE, cap["gpu_bytes"] - working_bytes(wl), GB)
-    bld.add(host_mem, LE, cap["host_bytes"] - hc.bytes, GB)
+    bld.add(host_mem, LE, cap["host_bytes"] - hc.bytes - hidden_host, GB)
     if disk_mem:
         bld.add(disk_mem, LE, cap["disk_bytes"], GB)
 

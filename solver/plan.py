@@ -30,6 +30,7 @@ class Plan:
     capacity: dict[str, float] = field(default_factory=dict)
     layers: tuple[dict[str, Any], ...] = ()
     head: dict[str, Any] = field(default_factory=dict)
+    activations: dict[str, Any] = field(default_factory=dict)  # prefill_hidden_on_gpu: share of layer inputs
     context_ranges: tuple[dict[str, int], ...] = ()
     baselines: dict[str, dict[str, Any]] = field(default_factory=dict)
     solver: dict[str, Any] = field(default_factory=dict)
@@ -48,6 +49,7 @@ class Plan:
             "capacity": self.capacity,
             "layers": list(self.layers),
             "head": self.head,
+            "activations": self.activations,
             "context_ranges": list(self.context_ranges),
             "baselines": self.baselines,
             "solver": self.solver,
@@ -69,7 +71,7 @@ class Plan:
             kind=data["kind"], status=data["status"], objective=data.get("objective", "throughput"),
             workload=data["workload"], hardware=data["hardware"], predicted=data.get("predicted"),
             memory=data.get("memory", {}), capacity=data.get("capacity", {}), layers=tuple(data["layers"]),
-            head=data.get("head", {}), context_ranges=tuple(data.get("context_ranges", ())),
+            head=data.get("head", {}), activations=data.get("activations", {}), context_ranges=tuple(data.get("context_ranges", ())),
             baselines=data.get("baselines", {}), solver=data.get("solver", {}),
             explanation=data.get("explanation", ""),
         )
@@ -106,4 +108,5 @@ class Plan:
                                         activations_on_host=bool(entry["activations_on_host"]), splits=splits))
         except (KeyError, TypeError) as err:
             raise PlanError(f"layer entry is malformed: missing or bad field {err}") from None
-        return tuple(pols), bool(self.head.get("on_gpu", True))
+        head = self.head.get("on_gpu", True)
+        return tuple(pols), head if isinstance(head, bool) else float(head)

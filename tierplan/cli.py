@@ -12,7 +12,9 @@ from costmodel import KvWorkload, WorkloadError, list_models, load_model, model_
 from hwprofiles import Dimension, format_bytes, format_quantity, list_systems, load_system
 from hwprofiles.loader import SCHEMA
 from solver import BASELINES, OBJECTIVES, Plan, PlanError, available_backends, evaluate_plan, evaluate_policy, plan_kv
-from solver.kv import metrics
+from costmodel import capacity
+from costmodel.kv import explain_shortfall
+from solver.kv import memory_record, metrics
 
 DEFAULTS = {"model": "llama-2-7b", "hw": "a100-40gb", "batch": 64, "prompt": 512, "gen": 128}
 
@@ -127,9 +129,25 @@ def cmd_models_show(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------- plan
 
 
-def _workload(args: argparse.Namespace) -> KvWorkload:
-    return KvWorkload(model=load_model(args.model), batch=args.batch, prompt_len=args.prompt, gen_len=args.gen,
-                      dtype_bytes=args.dtype_bytes)
+def _workload(args: argparse.Namespace, *, flexgen: bool = False) -> KvWorkload:
+    """The workload the flags describe. ``--gpu-batch B --gpu-batches K`` is a batch of B x K run as K
+    GPU batches (FlexGen's notions); FlexGen policies prefill a GPU batch's prompt at once and stream
+    attention and MLP weights separately, as FlexGen does, unless --prefill-chunk says otherwise."""
+    gb, k, batch = args.gpu_batch, args.gpu_batches, args.batch
+    if k is not None and gb is None:
+        if batch is None or batch % k:
+            raise WorkloadError(f"--gpu-batches {k} needs --gpu-batch, or a --batch that is a multiple of it, "
+                                f"got --batch {batch}")
+        gb = batch // k
+    if gb is not None and k is not None:
+        if batch is not None and batch != gb * k:
+            raise WorkloadError(f"--batch {batch} must equal --gpu-batch {gb} x --gpu-batches {k} = {gb * k}")
+        batch = gb * k
+    batch = DEFAULTS["batch"] if batch is None else batch
+    chunk = args.prefill_chunk if args.prefill_chunk is not None else (0 if flexgen else 4096)
+    return KvWorkload(model=load_model(args.model), batch=batch, prompt_len=args.prompt, gen_len=args.gen,
+                      dtype_bytes=args.dtype_bytes, gpu_batch=gb or 0, prefill_chunk_tokens=chunk,
+                      stream_granularity="sublayer" if flexgen else "layer", fused_attention=not flexgen)
 
 
 def _layer_rows(plan: Plan) -> list[list[str]]:
@@ -181,7 +199,10 @@ def render_plan(plan: Plan) -> str:
         lines += _baseline_lines(plan)
         return "\n".join(lines)
     p = plan.predicted
-    lines.append(f"batch: {p['batch']} (largest tried {wl.get('max_batch', wl['batch'])})\n")
+    split = f" as {p['gpu_batches']} GPU batches of {p['gpu_batch']}" if p.get("gpu_batches", 1) > 1 else ""
+    searched = (f"searched up to {wl.get('max_batch', wl['batch'])}" if plan.objective == "throughput"
+                else "the batch asked")
+    lines.append(f"batch: {p['batch']}{split} ({searched})\n")
     lines.append("per layer (weights and KV as % gpu/host/disk; offloaded KV tokens as % transfer/recompute/cpu, "
                  "first -> last context range; times in ms)")
     lines.append(_table(["layers", "weights", "kv", "act@host", "kv tokens T/R/C", "prefill ms", "step ms", "binding"],
@@ -202,8 +223,8 @@ def render_plan(plan: Plan) -> str:
         used, cap = plan.memory[f"{tier}_bytes"], plan.capacity[f"{tier}_bytes"]
         mem_rows.append([tier, format_bytes(used), format_bytes(cap), f"{100 * used / cap:.0f}%" if cap else "-"])
     lines.append(_table(["memory", "used", "usable", "share"], mem_rows))
-    breakdown = ", ".join(f"{k} {format_bytes(v)}" for k, v in plan.memory["gpu_breakdown"].items() if v)
-    lines.append(f"gpu holds: {breakdown}\n")
+    lines += _gpu_breakdown_lines(plan.memory)
+    lines.append("")
     lines += _baseline_lines(plan)
     s = plan.solver
     pruned = s.get("batches_pruned", 0)
@@ -213,6 +234,25 @@ def render_plan(plan: Plan) -> str:
                  f"{pruned} candidate batch{'es' if pruned != 1 else ''} skipped by the time bound; "
                  f"modes {s.get('mode_counts')}")
     return "\n".join(lines)
+
+
+_PHASE_TERMS = {"prefill": ("prefill_kv_staging", "prefill_hidden", "prefill_working"),
+                "decode": ("kv_buffers", "decode_working")}
+
+
+def _gpu_breakdown_lines(memory: dict) -> list[str]:
+    """What the GPU holds: the resident terms, then each phase's own terms and its peak."""
+    terms = memory.get("gpu_breakdown", {})
+    phase_terms = {t for ts in _PHASE_TERMS.values() for t in ts}
+    fmt = lambda items: ", ".join(f"{k.replace('_', ' ')} {format_bytes(v)}" for k, v in items if v)  # noqa: E731
+    lines = [f"gpu holds: {fmt((k, v) for k, v in terms.items() if k not in phase_terms)}"]
+    for phase, names in _PHASE_TERMS.items():
+        total = memory.get(f"gpu_{phase}_bytes")
+        if total is None:
+            continue
+        peak = " (peak)" if memory.get("gpu_peak_phase") == phase else ""
+        lines.append(f"  {phase} {format_bytes(total)}{peak}: + {fmt((k, terms.get(k, 0.0)) for k in names)}")
+    return lines
 
 
 def _baseline_lines(plan: Plan) -> list[str]:
@@ -251,30 +291,50 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.target == "kv":
         if not args.policy:
             raise PlanError("evaluate kv needs --policy NAME (" + ", ".join(BASELINES) + ", flexgen:wg,wc,cg,cc,hg,hc)")
+        if args.objective != "throughput":
+            raise PlanError("evaluate kv costs the policy at the batch asked; --objective is a plan option")
         system = load_system(args.hw or DEFAULTS["hw"], args.set or [])
         args.model = args.model or DEFAULTS["model"]
-        wl = _workload(args)
-        ev, reason = evaluate_policy(args.policy, wl, system, objective=args.objective, backend=args.backend)
-        if ev is None:
-            out = {"policy": args.policy, "status": "infeasible", "reason": reason}
+        wl = _workload(args, flexgen=args.policy.startswith("flexgen:"))
+        res = evaluate_policy(args.policy, wl, system, backend=args.backend)
+        out = {"policy": args.policy, "status": res.status, "workload": wl.summary()}
+        if res.memory is not None:
+            out["memory"] = memory_record(res.memory)
+            out["capacity"] = capacity(system)
+        if res.evaluated is None:
+            out["reason"] = res.reason
+            out["shortfall_bytes"] = {k.removesuffix("_bytes"): v for k, v in res.shortfalls.items()}
         else:
-            out = {"policy": args.policy, "status": "feasible", "predicted": metrics(ev.workload, ev.cost),
-                   "memory": ev.cost.memory.as_dict(), "capacity": ev.cost.capacity}
+            ev = res.evaluated
+            out["predicted"] = metrics(ev.workload, ev.cost)
+            out["placement"] = {"head_on_gpu": ev.head_on_gpu, "prefill_hidden_on_gpu": ev.hidden_on_gpu}
         _print_eval(out, args.json)
-        return 0 if ev is not None else 1
+        return 0 if res.feasible else 1
     plan = Plan.load(args.target)
     system = load_system(args.hw or plan.hardware["system"], args.set or [])
-    w = plan.workload
-    wl = KvWorkload(model=load_model(args.model) if args.model else _plan_model(w), batch=w["batch"], prompt_len=w["prompt_len"],
-                    gen_len=w["gen_len"], dtype_bytes=w.get("dtype_bytes", 2))
+    wl = plan_workload(plan, model=load_model(args.model) if args.model else None)
     cost, pred = evaluate_plan(plan, wl, system)
     out = {"policy": f"plan {args.target}", "hardware": system.name,
            "status": "feasible" if cost.feasible else "infeasible", "predicted": pred,
-           "memory": cost.memory.as_dict(), "capacity": cost.capacity}
+           "memory": memory_record(cost.memory), "capacity": cost.capacity}
     if not cost.feasible:
-        out["reason"] = "; ".join(f"{k.removesuffix('_bytes')} short by {format_bytes(v)}" for k, v in cost.shortfalls().items())
+        out["reason"] = explain_shortfall(cost.memory, cost.capacity)
     _print_eval(out, args.json)
     return 0 if cost.feasible else 1
+
+
+def plan_workload(plan: Plan, *, model=None) -> KvWorkload:
+    """The workload a plan was made for (its batch, GPU batch, chunking and streaming included)."""
+    w = plan.workload
+    try:
+        return KvWorkload(model=model or _plan_model(w), batch=w["batch"], prompt_len=w["prompt_len"],
+                          gen_len=w["gen_len"], dtype_bytes=w.get("dtype_bytes", 2),
+                          prefill_chunk_tokens=w.get("prefill_chunk_tokens", 4096),
+                          gpu_batch=w.get("gpu_batch", 0) if w.get("gpu_batches", 1) > 1 else 0,
+                          stream_granularity=w.get("stream_granularity", "layer"),
+                          fused_attention=w.get("fused_attention", True))
+    except KeyError as err:
+        raise PlanError(f"plan workload field {err} is missing") from None
 
 
 def _print_eval(out: dict, as_json: bool) -> None:
@@ -283,14 +343,16 @@ def _print_eval(out: dict, as_json: bool) -> None:
         return
     print(f"{out['policy']}: {out['status']}")
     if "reason" in out:
-        print(f"  {out['reason']}")
+        print("  " + "\n  ".join(textwrap.wrap(out["reason"], width=110)))
     p = out.get("predicted")
     if p:
-        print(f"  batch {p['batch']}: prefill {p['prefill_s']:.3f} s, decode step {_ms(p['step_time_s'])} ms, "
+        split = f" ({p['gpu_batches']} GPU batches of {p['gpu_batch']})" if p.get("gpu_batches", 1) > 1 else ""
+        print(f"  batch {p['batch']}{split}: prefill {p['prefill_s']:.3f} s, decode step {_ms(p['step_time_s'])} ms, "
               f"throughput {p['tokens_per_s']:,.1f} tokens/s")
         for tier in ("gpu", "host", "disk"):
             print(f"  {tier:5s} {format_bytes(out['memory'][f'{tier}_bytes']):>12s} of "
                   f"{format_bytes(out['capacity'][f'{tier}_bytes'])}")
+        print("  " + "\n  ".join(_gpu_breakdown_lines(out["memory"])))
 
 
 # ---------------------------------------------------------------------------------------------- sweep
@@ -350,9 +412,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     plan = Plan.load(args.plan)
     hw = args.hw or plan.hardware.get("file") or plan.hardware["system"]
     system = load_system(hw, args.set or [])
-    w = plan.workload
-    wl = KvWorkload(model=_plan_model(w), batch=w["batch"], prompt_len=w["prompt_len"],
-                    gen_len=w["gen_len"], dtype_bytes=w.get("dtype_bytes", 2))
+    wl = plan_workload(plan)
     pols, _ = plan.policies()
     result = replay.replay_policies(wl, system, pols, layers=args.layers, steps=args.steps, repeats=args.repeats,
                                     device=args.device, progress=lambda m: print(m, file=sys.stderr, flush=True))
@@ -394,6 +454,15 @@ def _show_records(paths: list[str]) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     if args.show:
         return _show_records(args.show)
+    if args.published:
+        from validate import published  # plain Python: no torch
+
+        results = published.predict_published()
+        if args.json:
+            print(json.dumps({"rows": [r.as_dict() for r in results], "summary": published.summary(results)}, indent=1))
+        else:
+            print(published.table(results, skipped=args.skipped))
+        return 0
     profile, _, report, suite = _validate_modules()
     if args.suite != "kv":
         raise PlanError(f"--suite must be 'kv', got {args.suite!r}")
@@ -427,8 +496,17 @@ def _workload_args(p: argparse.ArgumentParser, *, required_model: bool = False) 
     p.add_argument("--model", default=None if required_model else DEFAULTS["model"],
                    help=f"bundled model name or path to a Hugging Face config.json (default: {DEFAULTS['model']}"
                         + (", or the plan's own" if required_model else "") + ")")
-    p.add_argument("--batch", type=int, default=DEFAULTS["batch"],
-                   help="largest batch (throughput) or the batch (latency) (default: %(default)s)")
+    p.add_argument("--batch", type=int, default=None,
+                   help=f"plan: the largest batch searched (throughput) or the batch (latency); evaluate: the batch "
+                        f"(default: {DEFAULTS['batch']})")
+    p.add_argument("--gpu-batch", type=int, default=None,
+                   help="sequences per GPU batch: the batch runs as batch / gpu-batch GPU batches (FlexGen's "
+                        "--gpu-batch-size; default: the whole batch, or the plan's choice)")
+    p.add_argument("--gpu-batches", type=int, default=None,
+                   help="number of GPU batches (FlexGen's --num-gpu-batches); with --gpu-batch it sets the batch")
+    p.add_argument("--prefill-chunk", type=int, default=None,
+                   help="tokens per prefill chunk, 0 = a GPU batch's whole prompt (default: 4096; FlexGen "
+                        "policies: 0)")
     p.add_argument("--prompt", type=int, default=DEFAULTS["prompt"], help="prompt tokens (default: %(default)s)")
     p.add_argument("--gen", type=int, default=DEFAULTS["gen"], help="generated tokens (default: %(default)s)")
     p.add_argument("--dtype-bytes", type=int, default=2, help="bytes per weight/KV element (default: 2, fp16)")
@@ -523,12 +601,18 @@ def build_parser() -> argparse.ArgumentParser:
     va.add_argument("--device", choices=("cuda", "cpu"), default=None)
     va.add_argument("-o", "--output", default="validate-out", help="folder for results (default: %(default)s)")
     va.add_argument("--show", nargs="+", metavar="RESULTS", help="print the tables of saved results (files or folders)")
+    va.add_argument("--published", action="store_true",
+                    help="predict the bundled published measurements (FlexGen, Accelerate, ZeRO-Inference) with "
+                         "the shipped profiles and print each error (no torch needed)")
+    va.add_argument("--skipped", action="store_true", help="with --published, also list the rows not predicted")
+    va.add_argument("--json", action="store_true")
     va.set_defaults(func=cmd_validate)
     return parser
 
 
 def _validate_counts(args: argparse.Namespace) -> None:
-    for name in ("batch", "prompt", "gen", "ranges", "dtype_bytes", "layers", "steps", "repeats", "workers"):
+    for name in ("batch", "prompt", "gen", "ranges", "dtype_bytes", "layers", "steps", "repeats", "workers",
+                 "gpu_batch", "gpu_batches"):
         value = getattr(args, name, None)
         if isinstance(value, str):  # sweep takes comma-separated lists
             try:
@@ -538,6 +622,8 @@ def _validate_counts(args: argparse.Namespace) -> None:
             value = min(values)
         if value is not None and value <= 0:
             raise WorkloadError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+    if (getattr(args, "prefill_chunk", None) or 0) < 0:
+        raise WorkloadError(f"--prefill-chunk must be 0 or a positive integer, got {args.prefill_chunk}")
     if getattr(args, "kv_groups", 0) < 0:
         raise WorkloadError(f"--kv-groups must be 0 or positive, got {args.kv_groups}")
     if getattr(args, "time_limit", 1.0) <= 0:

@@ -229,11 +229,22 @@ def test_memory_accounting_gpu_only_by_hand(toy, llama2):
     assert gpu["weights"] == 32 * LAYER_WEIGHT_BYTES  # 12_952_535_040
     assert gpu["kv"] == 32 * 1 * 40 * KV_BYTES_PER_TOKEN_LAYER  # 40 tokens: 20_971_520
     assert gpu["head"] == HEAD_BYTES
-    assert gpu["weight_buffers"] == 0 and gpu["kv_buffers"] == 0
-    # working memory: per row (q + 2 kv + 2 intermediate + 2 hidden) * 2 = 84_992 B; prefill of 32
-    # rows: 2*32*4096*2 + 32*84_992 = 3_244_032; plus fp32 logits 32000*4 = 128_000
-    assert gpu["working"] == working_bytes(wl) == 3_372_032
-    assert cost.memory.gpu_bytes == pytest.approx(sum(gpu.values()), rel=1e-15)
+    assert gpu["weight_buffers"] == 0 and gpu["kv_buffers"] == 0 and gpu["prefill_kv_staging"] == 0
+    # Prefill's layer inputs on the GPU: 1 x 32 x 4096 x 2 = 262_144
+    assert gpu["prefill_hidden"] == 262_144
+    # Per token row, the MLP sub-layer is the peak: (2 x 4096 + 3 x 11008) x 2 = 82_432 B (attention:
+    # (2 x 4096 + 2 x 4096 + 2 x 4096) x 2 = 49_152 B). One chunk = the 32 prompt tokens: 2_637_824,
+    # plus fp32 logits 32000 x 4 = 128_000.
+    assert gpu["prefill_working"] == 32 * 82_432 + 128_000 == 2_765_824
+    # Decode: input and output 2 x 4096 x 2, one row 82_432, the batch's layer inputs 4096 x 2, logits.
+    assert gpu["decode_working"] == 16_384 + 82_432 + 8_192 + 128_000 == 235_008
+    resident = gpu["weights"] + gpu["kv"] + gpu["head"]
+    assert cost.memory.gpu_prefill_bytes == resident + 262_144 + 2_765_824
+    assert cost.memory.gpu_decode_bytes == resident + 235_008
+    assert cost.memory.gpu_bytes == cost.memory.gpu_prefill_bytes and cost.memory.peak_phase == "prefill"
+    # The floor any placement needs: prefill with its layer inputs on the host (two chunk-sized double
+    # buffers, 4 x 32 x 4096 x 2 = 1_048_576) and its working set.
+    assert working_bytes(wl) == 2_765_824 + 1_048_576
     assert cost.memory.host_bytes == 0 and cost.memory.disk_bytes == 0
     assert cost.capacity == capacity(toy) == {"gpu_bytes": 15 * GIB, "host_bytes": 128 * GIB, "disk_bytes": 0.0}
     assert cost.feasible and cost.shortfalls() == {}
@@ -248,10 +259,11 @@ def test_memory_accounting_offloaded_by_hand(toy, llama2):
     kv_layer = 1 * 40 * KV_BYTES_PER_TOKEN_LAYER  # 655_360
     act_layer = 1 * 40 * ACT_BYTES_PER_TOKEN_LAYER  # 327_680
     assert gpu["weights"] == 0 and gpu["kv"] == 0 and gpu["head"] == 0
-    assert gpu["weight_buffers"] == 2 * LAYER_WEIGHT_BYTES  # double buffer: 809_533_440
-    # KV buffers: 2 * (0.5 * kv_layer + 0.5 * (kv_layer + act_layer)) = 1_638_400, more than the
-    # prefill's 2 * 32 * 16_384 = 1_048_576
+    assert gpu["weight_buffers"] == 2 * LAYER_WEIGHT_BYTES  # whole layers, double buffered: 809_533_440
+    # Decode KV buffers: 2 * (0.5 * kv_layer + 0.5 * (kv_layer + act_layer)) = 1_638_400
     assert gpu["kv_buffers"] == pytest.approx(2 * (0.5 * kv_layer + 0.5 * (kv_layer + act_layer)), rel=1e-15)
+    # Prefill KV staging: the prompt's KV (32 tokens) plus one chunk (32 tokens) x 16_384 B
+    assert gpu["prefill_kv_staging"] == 64 * KV_BYTES_PER_TOKEN_LAYER == 1_048_576
     assert host["weights"] == 32 * LAYER_WEIGHT_BYTES
     assert host["kv"] == 32 * kv_layer
     assert host["activations"] == 32 * act_layer
@@ -259,9 +271,56 @@ def test_memory_accounting_offloaded_by_hand(toy, llama2):
     assert cost.memory.host_bytes == pytest.approx(sum(host.values()), rel=1e-15)
 
 
+def test_memory_of_gpu_batches_and_flexgen_style_streaming_by_hand(toy, llama2):
+    # Batch 8 as 4 GPU batches of 2, each GPU batch's 32-token prompt prefilled at once (chunk 64
+    # tokens), attention and MLP weights streamed separately, an unfused attention kernel, half the
+    # weights on the host, all the KV on the host attended on the CPU, layer inputs on the host.
+    wl = KvWorkload(model=llama2, batch=8, gpu_batch=2, prompt_len=32, gen_len=8, prefill_chunk_tokens=0,
+                    stream_granularity="sublayer", fused_attention=False)
+    assert (wl.micro_batch, wl.gpu_batches, wl.chunk_tokens) == (2, 4, 64)
+    pols = _policies(32, weights=Fractions(gpu=0.5, host=0.5), kv=Fractions(gpu=0.0, host=1.0),
+                     splits=(TokenSplit(transfer=0.0, cpu=1.0),) * 4)
+    cost = evaluate(wl, toy, pols, hidden_on_gpu=0.0)
+    gpu, host = dict(cost.memory.gpu_breakdown), dict(cost.memory.host_breakdown)
+    assert gpu["weights"] == 16 * LAYER_WEIGHT_BYTES
+    # Sub-layer streaming: the attention piece in use while the MLP piece arrives: one layer's share.
+    assert gpu["weight_buffers"] == 0.5 * LAYER_WEIGHT_BYTES
+    # One GPU batch's prompt KV (2 x 32) plus one chunk (64) x 16_384 B
+    assert gpu["prefill_kv_staging"] == 128 * KV_BYTES_PER_TOKEN_LAYER == 2_097_152
+    # Layer inputs on the host (8 x 32 x 4096 x 2); on the GPU, in and out double buffered: 4 x 64 x 4096 x 2
+    assert host["hidden"] == 2_097_152 and gpu["prefill_hidden"] == 2_097_152
+    # Prefill working: attention 64 x 49_152 + scores and softmax 2 x 64 x 32 heads x 32 x 2 = 3_407_872;
+    # MLP 64 x 82_432 = 5_275_648 is the peak; logits of one GPU batch 2 x 32000 x 4.
+    assert gpu["prefill_working"] == 5_275_648 + 256_000
+    # CPU attention needs no KV buffer; decode working: 2 x 2 x 4096 x 2 + MLP 2 x 82_432 +
+    # 8 x 4096 x 2 (every GPU batch's layer input) + 2 x 32000 x 4
+    assert gpu["kv_buffers"] == 0
+    assert gpu["decode_working"] == 32_768 + 164_864 + 65_536 + 256_000
+    # Time: the dense work runs once per GPU batch at batch 2; the weights cross once per layer.
+    one = KvWorkload(model=llama2, batch=2, prompt_len=32, gen_len=8)
+    assert unit_costs(wl, toy, context=40, gpu_attn_tokens=40, recompute_tokens=1, cpu_tokens=40).dense_gpu_s == \
+        pytest.approx(4 * unit_costs(one, toy, context=40, gpu_attn_tokens=40, recompute_tokens=1,
+                                     cpu_tokens=40).dense_gpu_s, rel=1e-12)
+
+
+def test_flexgen_places_weights_tensor_by_tensor():
+    # FlexGen puts a tensor on the tier its size midpoint falls in (disk, CPU, GPU stacked): at
+    # wg=20, wc=80 the OPT attention's out_proj (midpoint 87.5 %) and the small tensors after it
+    # stay on the GPU, the MLP's fc2 (midpoint 75 %) does not. GPU per layer: h^2 + 6h of 12h^2 + 13h.
+    from solver.kv import flexgen_policies
+
+    opt = load_model("opt-30b")
+    h = opt.hidden
+    wl = KvWorkload(model=opt, batch=1, prompt_len=8, gen_len=2)
+    pol = flexgen_policies(wl, (0.2, 0.8, 0.0, 1.0, 0.0, 1.0), 1)[0]
+    assert 12 * h * h + 13 * h == opt.layer_params()
+    assert pol.weights.gpu == pytest.approx((h * h + 6 * h) / (12 * h * h + 13 * h), rel=1e-12)
+    assert pol.weights.host == pytest.approx(1 - pol.weights.gpu, rel=1e-12)
+
+
 def test_shortfall_names_the_tier_and_bytes(toy, llama2):
     # batch 64 x 4104 tokens of KV: 32 * 64 * 4104 * 16_384 B = 137.7 GB cannot sit on a 15 GiB GPU.
-    wl = KvWorkload(model=llama2, batch=64, prompt_len=4096, gen_len=8)
+    wl = KvWorkload(allow_long_context=True, model=llama2, batch=64, prompt_len=4096, gen_len=8)
     cost = evaluate(wl, toy, _policies(32))
     short = cost.shortfalls()
     assert set(short) == {"gpu_bytes"}
@@ -289,7 +348,7 @@ def test_step_times_grow_with_context(toy, llama2, n_ranges):
 def test_workload_fields_must_be_positive_integers(llama2, field, bad):
     kw = {"batch": 1, "prompt_len": 8, "gen_len": 4, field: bad}
     with pytest.raises(WorkloadError, match=f"{field} must be a positive integer"):
-        KvWorkload(model=llama2, **kw)
+        KvWorkload(allow_long_context=True, model=llama2, **kw)
 
 
 def test_workload_contexts_and_with_batch(llama2):
@@ -417,7 +476,13 @@ def test_step_time_is_non_decreasing_in_context_for_any_policy(toy, llama2, pols
 def test_memory_breakdowns_add_up(toy, llama2, pols):
     wl = KvWorkload(model=llama2, batch=2, prompt_len=64, gen_len=12)
     mem = evaluate(wl, toy, pols).memory
-    assert mem.gpu_bytes == pytest.approx(sum(v for _, v in mem.gpu_breakdown), rel=1e-12)
+    # The GPU peak is the larger phase: the resident terms plus that phase's own.
+    terms = dict(mem.gpu_breakdown)
+    resident = sum(terms[k] for k in ("weights", "kv", "head", "weight_buffers"))
+    prefill = resident + sum(terms[k] for k in ("prefill_kv_staging", "prefill_hidden", "prefill_working"))
+    decode = resident + terms["kv_buffers"] + terms["decode_working"]
+    assert mem.gpu_bytes == pytest.approx(max(prefill, decode), rel=1e-12)
+    assert (mem.gpu_prefill_bytes, mem.gpu_decode_bytes) == pytest.approx((prefill, decode), rel=1e-12)
     assert mem.host_bytes == pytest.approx(sum(v for _, v in mem.host_breakdown), rel=1e-12)
     # every weight and KV byte is somewhere: GPU + host shares = all layers
     gpu, host = dict(mem.gpu_breakdown), dict(mem.host_breakdown)
@@ -470,7 +535,7 @@ def test_time_lower_bound_never_exceeds_an_evaluated_time(toy, llama2, pols, gpu
     costs CPU attention by a tangent."""
     base = toy if system == "toy" else load_system(system)
     hw = apply_overrides(base, [f"gpu.memory={gpu_gib}GiB", "gpu.reserved_memory=0GiB"])
-    wl = KvWorkload(model=llama2, batch=batch, prompt_len=lengths[0], gen_len=lengths[1])
+    wl = KvWorkload(allow_long_context=True, model=llama2, batch=batch, prompt_len=lengths[0], gen_len=lengths[1])
     cost = evaluate(wl, hw, pols, head_on_gpu=head)
     assume(cost.feasible)
     total = cost.prefill_s + cost.decode_s
@@ -537,7 +602,7 @@ def test_time_lower_bound_of_policies_that_move_all_their_kv(toy, model, system,
     base = toy if system == "toy" else load_system(system)
     hw = apply_overrides(base, [f"link.h2d={h2d}GB/s"])
     spec = load_model(model)
-    wl = KvWorkload(model=spec, batch=batch, prompt_len=lengths[0], gen_len=lengths[1])
+    wl = KvWorkload(allow_long_context=True, model=spec, batch=batch, prompt_len=lengths[0], gen_len=lengths[1])
     pol = LayerPolicy(weights=Fractions(gpu=weights_gpu, host=1 - weights_gpu), kv=Fractions(gpu=0.0, host=1.0),
                       activations_on_host=True, splits=tuple(TokenSplit(transfer=1 - r, recompute=r) for r in recompute))
     cost = evaluate(wl, hw, (pol,) * spec.n_layers)

@@ -142,7 +142,7 @@ def test_kv_that_does_not_fit_is_offloaded(toy, llama2, backend):
 )
 def test_highs_and_cbc_agree(toy, model, batch, prompt, gen, gpu_gib):
     system = apply_overrides(toy, [f"gpu.memory={gpu_gib}GiB"])
-    wl = KvWorkload(model=load_model(model), batch=batch, prompt_len=prompt, gen_len=gen)
+    wl = KvWorkload(allow_long_context=True, model=load_model(model), batch=batch, prompt_len=prompt, gen_len=gen)
     # gap 1e-9 so that both prove optimality; then the optima agree to the feasibility tolerance.
     objs = [solve_kv(wl, system, backend=b, gap_rel=1e-9).result.objective for b in ("highs", "cbc")]
     assert objs[0] == pytest.approx(objs[1], rel=1e-6)
@@ -187,7 +187,7 @@ def test_recompute_is_chosen_for_mha_and_not_for_gqa(toy, model, gqa):
 # ---------------------------------------------------------------------------------------------
 
 workloads = st.builds(
-    lambda model, batch, prompt: KvWorkload(model=load_model(model), batch=batch, prompt_len=prompt, gen_len=8),
+    lambda model, batch, prompt: KvWorkload(allow_long_context=True, model=load_model(model), batch=batch, prompt_len=prompt, gen_len=8),
     model=st.sampled_from(["llama-2-7b", "llama-3-8b", "mistral-7b", "opt-6.7b"]),
     batch=st.sampled_from([1, 2, 4, 8, 16]),
     prompt=st.sampled_from([32, 256, 1024, 2048]),
@@ -261,7 +261,7 @@ def test_mip_plans_fit_when_costed_exactly(toy, wl, gpu_gib, host_gib, bidir, la
     [("llama-2-7b", 8, 1024, "latency"), ("llama-3-8b", 16, 512, "throughput"), ("mistral-7b", 4, 2048, "throughput")],
 )
 def test_plan_respects_capacities_and_beats_every_baseline(toy, model, batch, prompt, objective):
-    wl = KvWorkload(model=load_model(model), batch=batch, prompt_len=prompt, gen_len=8)
+    wl = KvWorkload(allow_long_context=True, model=load_model(model), batch=batch, prompt_len=prompt, gen_len=8)
     plan = plan_kv(wl, toy, objective=objective)
     assert plan.status in ("optimal", "feasible")
     for tier in ("gpu_bytes", "host_bytes", "disk_bytes"):
@@ -354,23 +354,41 @@ def test_infeasible_with_too_little_host_memory(toy):
 
 
 def test_gpu_floor_shortfall_is_explained(toy, llama2):
-    # A 600_000-token prompt cannot even be prefilled on a 15 GiB GPU. The floor, by hand:
-    #   working: hidden states 2 * 600_000 * 4096 * 2 = 9_830_400_000 B + one 4096-row chunk
-    #            4096 * 84_992 = 348_127_232 B + logits 32000 * 4 = 128_000 B
-    #   double buffer for one streamed layer: 2 * 404_766_720 = 809_533_440 B
-    #   prompt KV buffer: 2 * 600_000 * 16_384 = 19_660_800_000 B
-    floor = 9_830_400_000 + 348_127_232 + 128_000 + 809_533_440 + 19_660_800_000  # 30_648_988_672
-    wl = KvWorkload(model=llama2, batch=1, prompt_len=600_000, gen_len=4)
+    # A 1_200_000-token prompt cannot even be prefilled on a 15 GiB GPU with everything offloaded.
+    # Prefill's GPU floor, by hand (layer inputs on the host, head on the host, no KV buffers):
+    #   weight buffers, two whole layers:            2 * 404_766_720          =    809_533_440 B
+    #   KV staging, the prompt plus one 4096-token chunk: 1_204_096 * 16_384  = 19_727_908_864 B
+    #   layer inputs through chunk double buffers:   4 * 4096 * 4096 * 2      =    134_217_728 B
+    #   one chunk's MLP intermediates 4096 * 82_432 + fp32 logits 32000 * 4   =    337_769_472 B
+    floor = 809_533_440 + 19_727_908_864 + 134_217_728 + 337_769_472  # 21_009_429_504
+    wl = KvWorkload(allow_long_context=True, model=llama2, batch=1, prompt_len=1_200_000, gen_len=4)
     plan = plan_kv(wl, toy, objective="latency", baselines=())
     assert plan.status == "infeasible"
-    assert f"GPU memory is short by {format_bytes(floor - 15 * GIB)}" in plan.explanation  # 13.54 GiB
+    assert f"gpu memory (prefill peak) short by {format_bytes(floor - 15 * GIB)}" in plan.explanation  # 4.57 GiB
+    for term in ("weight buffers", "prefill kv staging", "prefill hidden", "prefill working"):
+        assert term in plan.explanation
     assert "--prompt" in plan.explanation
+
+
+def test_a_long_prompt_names_every_gpu_term_not_just_the_weights():
+    # The case: kv-offload of llama-3-8b on a 24 GiB card with a 1M-token prompt. Chunked
+    # prefill holds one chunk of layer inputs, not all 1M of them; whatever the verdict, the
+    # message names every term of the GPU's need.
+    from solver import evaluate_policy
+
+    wl = KvWorkload(allow_long_context=True, model=load_model("llama-3-8b"), batch=1, prompt_len=1_000_000, gen_len=8)
+    res = evaluate_policy("kv-offload", wl, apply_overrides(load_system("rtx4090"), ["host.memory=512GiB"]))
+    mem = dict(res.memory.gpu_breakdown)
+    assert mem["prefill_hidden"] < 2 * GIB  # 1M x 4096 x 2 B = 7.6 GiB if all were kept
+    if not res.feasible:
+        for term in ("weights", "prefill kv staging", "prefill working"):
+            assert term in res.reason
 
 
 def test_latency_infeasibility_is_explained_at_the_requested_batch(toy, llama2):
     # batch 64 x 4104 tokens: KV 32 * 64 * 4104 * 16_384 B = 137.7 GB (128.25 GiB) + weights 12.55 GiB
     # exceed GPU 15 GiB + host 128 GiB; batch 1 would fit.
-    wl = KvWorkload(model=llama2, batch=64, prompt_len=4096, gen_len=8)
+    wl = KvWorkload(allow_long_context=True, model=llama2, batch=64, prompt_len=4096, gen_len=8)
     plan = plan_kv(wl, toy, objective="latency", baselines=())
     assert plan.status == "infeasible"
     assert "short by" in plan.explanation
@@ -384,23 +402,40 @@ def test_latency_infeasibility_is_explained_at_the_requested_batch(toy, llama2):
 
 def test_named_gpu_only_policy_matches_the_hand_optimum(toy, llama2):
     wl = KvWorkload(model=llama2, batch=1, prompt_len=32, gen_len=8)
-    ev, reason = evaluate_policy("gpu-only", wl, toy, objective="latency")
-    assert reason == ""
+    res = evaluate_policy("gpu-only", wl, toy)
+    assert res.status == "feasible" and res.reason == ""
+    ev = res.evaluated
     assert ev.cost.prefill_s + ev.cost.decode_s == pytest.approx(FITS_OPTIMUM_S, rel=1e-9)
 
 
 def test_flexgen_percentages_all_on_gpu_equal_gpu_only(toy, llama2):
     wl = KvWorkload(model=llama2, batch=1, prompt_len=32, gen_len=8)
-    ev, _ = evaluate_policy("flexgen:100,0,100,0,100,0", wl, toy, objective="latency")
+    ev = evaluate_policy("flexgen:100,0,100,0,100,0", wl, toy).evaluated
     assert all(p.weights.gpu == 1.0 and p.kv.gpu == 1.0 for p in ev.policies)
     assert ev.cost.prefill_s + ev.cost.decode_s == pytest.approx(FITS_OPTIMUM_S, rel=1e-9)
 
 
 def test_flexgen_percentages_that_need_a_disk_are_refused_without_one(toy, llama2):
     wl = KvWorkload(model=llama2, batch=1, prompt_len=32, gen_len=8)
-    ev, reason = evaluate_policy("flexgen:20,30,100,0,100,0", wl, toy)  # 50 % of weights on disk
-    assert ev is None
-    assert "disk" in reason and "toy" in reason
+    res = evaluate_policy("flexgen:20,30,100,0,100,0", wl, toy)  # 50 % of weights on disk
+    assert res.status == "infeasible" and res.evaluated is None
+    assert "disk" in res.reason and "toy" in res.reason
+
+
+@pytest.mark.parametrize("batch", [64, 100_000])
+def test_evaluate_costs_the_batch_asked_or_says_infeasible(toy, llama2, batch):
+    # Evaluation never picks another batch: batch 100_000 does not fit and is answered so, with the
+    # GPU's shortfall and its terms; batch 64 fits and is costed at 64.
+    wl = KvWorkload(model=llama2, batch=batch, prompt_len=512, gen_len=32)
+    for name in BASELINES:
+        res = evaluate_policy(name, wl, apply_overrides(toy, ["host.memory=2TiB"]))
+        assert res.workload.batch == batch
+        if res.feasible:
+            assert res.evaluated.workload.batch == batch
+        else:
+            assert res.shortfalls and f"at batch {batch}" in res.reason
+    assert not evaluate_policy("gpu-only", wl, toy).feasible
+    assert evaluate_policy("kv-offload", wl, toy).feasible == (batch == 64)
 
 
 def test_parse_flexgen():
@@ -469,8 +504,8 @@ def test_model_larger_than_gpu_plus_host_is_planned_onto_disk():
         assert plan.memory[tier] <= plan.capacity[tier] + 1024
     assert any(e["weights"]["disk"] > 0 or e["kv"]["disk"] > 0 for e in plan.layers)
     # Baselines that cannot fit name the tier and the bytes.
-    assert "gpu memory would hold weights + KV" in plan.baselines["gpu-only"]["reason"]
-    assert "host memory would hold weights + KV" in plan.baselines["full-offload"]["reason"]
+    assert "gpu memory (prefill peak) short by" in plan.baselines["gpu-only"]["reason"]
+    assert "host memory short by" in plan.baselines["full-offload"]["reason"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -488,7 +523,7 @@ def test_pruned_batch_search_matches_the_exhaustive_search(toy, monkeypatch, mod
     import solver.kv as kv_module
 
     hw = apply_overrides(toy if system == "toy" else load_system(system), list(overrides))
-    wl = KvWorkload(model=load_model(model), batch=batch, prompt_len=prompt, gen_len=32)
+    wl = KvWorkload(allow_long_context=True, model=load_model(model), batch=batch, prompt_len=prompt, gen_len=32)
     pruned = plan_kv(wl, hw, simulate=False)
     monkeypatch.setattr(kv_module, "_pruned", lambda *args, **kw: False)
     full = plan_kv(wl, hw, simulate=False)
@@ -509,9 +544,9 @@ def test_flexgen_baseline_is_never_worse_than_all_on_gpu(toy, model, system, bat
     # All on the GPU is a FlexGen policy (100 % everywhere). The CPU-attention mode charges every layer
     # the CPU round trip even when no KV is offloaded, so the search also tries KV-on-GPU policies.
     hw = apply_overrides(toy if system == "toy" else load_system(system), list(overrides))
-    wl = KvWorkload(model=load_model(model), batch=batch, prompt_len=prompt, gen_len=128 if system != "toy" else 32)
-    gpu_only, _ = evaluate_policy("gpu-only", wl, hw, objective="latency")
-    flexgen, _ = evaluate_policy("flexgen", wl, hw, objective="latency")
+    wl = KvWorkload(allow_long_context=True, model=load_model(model), batch=batch, prompt_len=prompt, gen_len=128 if system != "toy" else 32)
+    gpu_only = evaluate_policy("gpu-only", wl, hw).evaluated
+    flexgen = evaluate_policy("flexgen", wl, hw).evaluated
     assert gpu_only is not None and flexgen is not None
     total = lambda ev: ev.cost.prefill_s + ev.cost.decode_s  # noqa: E731
     assert total(flexgen) <= total(gpu_only) * (1 + 1e-9)
@@ -521,8 +556,8 @@ def test_recompute_modes_are_left_out_only_where_recompute_cannot_pay(toy):
     from solver.kv import _useful_modes
     from solver.kv_formulation import all_modes
 
-    mha = KvWorkload(model=load_model("llama-2-7b"), batch=16, prompt_len=4096, gen_len=16)
-    gqa = KvWorkload(model=load_model("llama-3-8b"), batch=16, prompt_len=4096, gen_len=16)
+    mha = KvWorkload(allow_long_context=True, model=load_model("llama-2-7b"), batch=16, prompt_len=4096, gen_len=16)
+    gqa = KvWorkload(allow_long_context=True, model=load_model("llama-3-8b"), batch=16, prompt_len=4096, gen_len=16)
     assert any(md.act for md in _useful_modes(mha, has_disk=False))
     assert not any(md.act for md in _useful_modes(gqa, has_disk=True))
     # The GQA model must offload KV here (weights 16 GB + KV 8.7 GB > 15 GiB), yet leaving the
