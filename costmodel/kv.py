@@ -195,7 +195,7 @@ class KvWorkload:
                 "gpu_batches": self.gpu_batches, "stream_granularity": self.stream_granularity,
                 "fused_attention": self.fused_attention, "overlap": self.overlap,
                 "pinned_weights": self.pinned_weights, "cpu_attention_upcast": self.cpu_attention_upcast,
-                "kv_dtype": self.kv_dtype or f"{self.dtype_bytes} bytes", "kv_keep": self.kv_keep}
+                "kv_dtype": self.kv_dtype, "kv_keep": self.kv_keep, "allow_long_context": self.allow_long_context}
 
 
 def range_bounds(gen_len: int, n_ranges: int) -> list[tuple[int, int]]:

@@ -36,6 +36,7 @@ class SweepPoint:
     batch: int
     gen: int
     objective: str = "throughput"
+    allow_long_context: bool = False
 
     def key(self) -> str:
         """A stable identity, used to skip finished points on resume."""
@@ -78,12 +79,12 @@ def parse_vary(text: str) -> tuple[str, list[str]]:
 
 def grid(models: Sequence[str], systems: Sequence[str], *, prompts: Sequence[int], batches: Sequence[int], gen: int,
          vary: Sequence[tuple[str, Sequence[str]]] = (), fixed: Sequence[str] = (),
-         objective: str = "throughput") -> list[SweepPoint]:
+         objective: str = "throughput", allow_long_context: bool = False) -> list[SweepPoint]:
     """Every combination of the inputs, as points."""
     fields = [f for f, _ in vary]
     combos = list(itertools.product(*[vals for _, vals in vary])) or [()]
     return [SweepPoint(model=m, hw=h, overrides=tuple(fixed) + tuple(f"{f}={v}" for f, v in zip(fields, combo)),
-                       prompt=p, batch=b, gen=gen, objective=objective)
+                       prompt=p, batch=b, gen=gen, objective=objective, allow_long_context=allow_long_context)
             for m, h, combo, p, b in itertools.product(models, systems, combos, prompts, batches)]
 
 
@@ -100,7 +101,8 @@ def run_point(point: SweepPoint) -> dict:
     start = time.perf_counter()
     try:
         system = load_system(point.hw, point.overrides)
-        wl = KvWorkload(model=load_model(point.model), batch=point.batch, prompt_len=point.prompt, gen_len=point.gen)
+        wl = KvWorkload(model=load_model(point.model), batch=point.batch, prompt_len=point.prompt, gen_len=point.gen,
+                        allow_long_context=point.allow_long_context)
         plan = plan_kv(wl, system, objective=point.objective, simulate=False)
     except (ProfileError, WorkloadError, PlanError) as err:
         row.update({"status": "error", "error": str(err), "plan_time_s": time.perf_counter() - start,

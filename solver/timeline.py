@@ -4,7 +4,7 @@ Each layer becomes tasks on five FIFO resources — the GPU compute stream, the 
 engines, the disk and the CPU — with data dependencies (a layer computes after its inputs arrive)
 and buffer dependencies (double buffering: the prefetch of layer l+1 may start only once layer l-1
 has finished with its buffer). Tasks on one resource run in issue order, as CUDA streams and copy
-engines do. The makespan is the longest path through the DAG (networkx), so unlike the LP's
+engines do. The makespan is the longest path through the DAG, so unlike the LP's
 per-layer max it sees when a transfer cannot hide behind the compute it was meant to overlap.
 """
 
@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import networkx as nx
 import numpy as np
 
 from costmodel import KvWorkload, LayerPolicy, Processor, head_costs, prefill_costs, range_bounds, unit_costs
@@ -46,38 +45,41 @@ class Timeline:
 
 
 class _Graph:
+    """A task DAG built in dependency order: every task names only tasks added before it, and each
+    resource runs its tasks first in, first out. Insertion order is therefore a topological order,
+    and the schedule is one pass over it (importing networkx for its sort cost more than planning)."""
+
     def __init__(self) -> None:
-        self.g = nx.DiGraph()
+        self.nodes: dict[str, tuple[str, int, float, list[str]]] = {}
         self.last: dict[str, str] = {}
 
     def task(self, name: str, resource: str, layer: int, duration: float, deps: Sequence[str | None]) -> str:
-        self.g.add_node(name, resource=resource, layer=layer, duration=max(float(duration), 0.0))
-        for d in deps:
-            if d is not None:
-                self.g.add_edge(d, name)
+        preds = [d for d in deps if d is not None]
         if resource in self.last:  # FIFO order on the resource
-            self.g.add_edge(self.last[resource], name)
+            preds.append(self.last[resource])
+        missing = [d for d in preds if d not in self.nodes]
+        if missing or name in self.nodes:
+            raise RuntimeError(f"internal: timeline task {name!r} added twice or before its dependencies {missing}")
+        self.nodes[name] = (resource, layer, max(float(duration), 0.0), preds)
         self.last[resource] = name
         return name
 
     def schedule(self) -> Timeline:
-        start: dict[str, float] = {}
+        end: dict[str, float] = {}
         tasks = []
-        for node in nx.topological_sort(self.g):
-            s = max((start[p] + self.g.nodes[p]["duration"] for p in self.g.predecessors(node)), default=0.0)
-            start[node] = s
-            data = self.g.nodes[node]
-            tasks.append(Task(name=node, resource=data["resource"], layer=data["layer"], start_s=s,
-                              end_s=s + data["duration"]))
-        makespan = max((t.end_s for t in tasks), default=0.0)
+        for name, (resource, layer, duration, preds) in self.nodes.items():
+            s = max((end[p] for p in preds), default=0.0)
+            end[name] = s + duration
+            tasks.append(Task(name=name, resource=resource, layer=layer, start_s=s, end_s=s + duration))
+        makespan = max(end.values(), default=0.0)
         return Timeline(tasks=tuple(sorted(tasks, key=lambda t: t.start_s)), makespan_s=makespan)
 
 
 def _dense_split(wl: KvWorkload, system: System) -> tuple[float, float]:
     """GPU time of one layer's ops before attention (norm, QKV, RoPE) and after it."""
     gpu = Processor.gpu(system.gpu)
-    ops = dense_ops(wl.model, wl.batch, wl.dtype_bytes)
-    return ops_time_s(ops[:3], gpu), ops_time_s(ops[3:], gpu)
+    ops = dense_ops(wl.model, wl.micro_batch, wl.dtype_bytes)  # once per GPU batch
+    return wl.gpu_batches * ops_time_s(ops[:3], gpu), wl.gpu_batches * ops_time_s(ops[3:], gpu)
 
 
 def simulate_decode_step(wl: KvWorkload, system: System, layers: Sequence[LayerPolicy], *, step: int,

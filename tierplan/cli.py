@@ -13,7 +13,7 @@ from hwprofiles import Dimension, format_bytes, format_quantity, list_systems, l
 from hwprofiles.loader import SCHEMA
 from solver import BASELINES, OBJECTIVES, Plan, PlanError, available_backends, evaluate_plan, evaluate_policy, plan_kv
 from costmodel import capacity
-from costmodel.kv import explain_shortfall
+from costmodel.kv import KV_DTYPES, explain_shortfall
 from solver.kv import memory_record, metrics
 
 DEFAULTS = {"model": "llama-2-7b", "hw": "a100-40gb", "batch": 64, "prompt": 512, "gen": 128}
@@ -147,6 +147,7 @@ def _workload(args: argparse.Namespace, *, flexgen: bool = False) -> KvWorkload:
     chunk = args.prefill_chunk if args.prefill_chunk is not None else (0 if flexgen else 4096)
     return KvWorkload(model=load_model(args.model), batch=batch, prompt_len=args.prompt, gen_len=args.gen,
                       dtype_bytes=args.dtype_bytes, gpu_batch=gb or 0, prefill_chunk_tokens=chunk,
+                      kv_dtype=args.kv_dtype or "", kv_keep=args.kv_keep, allow_long_context=args.allow_long_context,
                       stream_granularity="sublayer" if flexgen else "layer", fused_attention=not flexgen)
 
 
@@ -332,7 +333,11 @@ def plan_workload(plan: Plan, *, model=None) -> KvWorkload:
                           prefill_chunk_tokens=w.get("prefill_chunk_tokens", 4096),
                           gpu_batch=w.get("gpu_batch", 0) if w.get("gpu_batches", 1) > 1 else 0,
                           stream_granularity=w.get("stream_granularity", "layer"),
-                          fused_attention=w.get("fused_attention", True))
+                          fused_attention=w.get("fused_attention", True), overlap=w.get("overlap", True),
+                          pinned_weights=w.get("pinned_weights", True),
+                          cpu_attention_upcast=w.get("cpu_attention_upcast", False),
+                          kv_dtype=w.get("kv_dtype", "") if w.get("kv_dtype", "") in KV_DTYPES else "",
+                          kv_keep=w.get("kv_keep", 1.0), allow_long_context=w.get("allow_long_context", False))
     except KeyError as err:
         raise PlanError(f"plan workload field {err} is missing") from None
 
@@ -365,7 +370,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     vary = [parse_vary(v) for v in (args.vary or [])]
     points = grid(args.model.split(","), args.hw.split(","), prompts=[int(p) for p in args.prompt.split(",")],
                   batches=[int(b) for b in args.batch.split(",")], gen=args.gen, vary=vary, fixed=args.set or [],
-                  objective=args.objective)
+                  objective=args.objective, allow_long_context=args.allow_long_context)
     df = sweep(points, output=output, resume=bool(args.resume), workers=args.workers)
     cols = [c for c in ("model", "hw", *[f for f, _ in vary], "prompt", "max_batch", "status", "batch",
                         "tokens_per_s", "kv_gpu_share", "offloaded_recompute_share", "offloaded_cpu_share",
@@ -510,6 +515,13 @@ def _workload_args(p: argparse.ArgumentParser, *, required_model: bool = False) 
     p.add_argument("--prompt", type=int, default=DEFAULTS["prompt"], help="prompt tokens (default: %(default)s)")
     p.add_argument("--gen", type=int, default=DEFAULTS["gen"], help="generated tokens (default: %(default)s)")
     p.add_argument("--dtype-bytes", type=int, default=2, help="bytes per weight/KV element (default: 2, fp16)")
+    p.add_argument("--kv-dtype", choices=tuple(KV_DTYPES), default=None,
+                   help="KV cache storage (fp8: 1 byte; int4: 0.5 byte + an fp16 scale and zero per 64 elements; "
+                        "default: --dtype-bytes)")
+    p.add_argument("--kv-keep", type=float, default=1.0,
+                   help="share of context tokens whose KV is kept (token eviction, e.g. 0.25; default: 1)")
+    p.add_argument("--allow-long-context", action="store_true",
+                   help="cost a context longer than the model's max_position_embeddings (with rope scaling)")
     p.add_argument("--objective", choices=OBJECTIVES, default="throughput")
     p.add_argument("--set", action="append", metavar="PART.FIELD=VALUE",
                    help="override a profile number or part, e.g. link.h2d=12GB/s, host.memory=208GiB, disk=nvme-gen4")
@@ -567,6 +579,8 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--batch", default=str(DEFAULTS["batch"]), help="comma-separated (largest) batches")
     sw.add_argument("--gen", type=int, default=DEFAULTS["gen"])
     sw.add_argument("--objective", choices=OBJECTIVES, default="throughput")
+    sw.add_argument("--allow-long-context", action="store_true",
+                    help="plan contexts longer than a model's max_position_embeddings")
     sw.add_argument("-o", "--output", help="results .parquet or .csv (written incrementally beside it)")
     sw.add_argument("--resume", metavar="OUTPUT", help="continue the sweep saved in OUTPUT; finished points are kept")
     sw.add_argument("--workers", type=int, default=None, help="local processes (default: all cores)")
