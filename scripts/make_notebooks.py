@@ -23,13 +23,14 @@ pd.set_option("display.width", 160)"""
 NOTEBOOKS = {
     "01_quickstart.ipynb": [
         ("md", "# Quick start: plan one model on one GPU\n\nLlama-2-13B in fp16 needs 24 GiB for its weights "
-               "alone, more than an RTX 4090 has. Plan a long-context batch, read the plan, and look at it."),
+               "alone, more than an RTX 4090 has. Plan a batch at nearly its whole 4096-token context, read the "
+               "plan, and look at it."),
         ("code", SETUP),
         ("code", """from tierplan import KvWorkload, load_model, load_system, plan_kv
 from tierplan.cli import render_plan
 
 system = load_system("rtx4090")
-wl = KvWorkload(model=load_model("llama-2-13b"), batch=8, prompt_len=8192, gen_len=64)
+wl = KvWorkload(model=load_model("llama-2-13b"), batch=8, prompt_len=4000, gen_len=64)
 plan = plan_kv(wl, system, objective="latency")
 print(render_plan(plan))"""),
         ("md", "Each layer takes as long as its busiest resource. The planner balances GPU compute, the "
@@ -61,7 +62,7 @@ print(d["layers"][0])"""),
         ("code", SETUP),
         ("code", """from solver.sweep import grid, parse_vary, sweep
 
-points = grid(["llama-2-13b", "llama-3-8b"], ["rtx4090", "l4", "a100-40gb"], prompts=[8192], batches=[16], gen=64,
+points = grid(["llama-2-13b", "llama-3-8b"], ["rtx4090", "l4", "a100-40gb"], prompts=[4000], batches=[32], gen=64,
               vary=[parse_vary("link.h2d=8GB/s..56GB/s:4")])
 df = sweep(points, progress=False)
 df[["model", "hw", "link.h2d", "batch", "tokens_per_s", "kv_gpu_share", "offloaded_transfer_share",
@@ -88,10 +89,12 @@ for name in ["opt-6.7b", "llama-2-7b", "llama-3-8b", "mistral-7b"]:
     print(f"{name:12s} KV per token per layer {m.kv_elements_per_token():6d} values, layer input {m.hidden:6d} "
           f"-> recompute moves {m.hidden / m.kv_elements_per_token():.2f}x the bytes of a transfer")"""),
         ("md", "Sweep link bandwidth and prompt length on an RTX 4090 with room for only part of the KV cache "
-               "(host memory is plentiful). The planner decides per layer; the maps show each plan's dominant strategy."),
+               "(host memory is plentiful). The planner decides per layer; the maps show each plan's dominant strategy. "
+               "Contexts past a model's trained length (OPT: 2048 tokens, Llama-3: 8192) are what-ifs about the "
+               "architecture, so the grid passes `allow_long_context=True`; without it they are refused."),
         ("code", """from solver.sweep import grid, parse_vary, sweep
 points = grid(["opt-6.7b", "llama-3-8b"], ["rtx4090"], prompts=[2048, 8192, 16384], batches=[16], gen=64,
-              vary=[parse_vary("link.h2d=8GB/s..56GB/s:4")], objective="latency")
+              vary=[parse_vary("link.h2d=8GB/s..56GB/s:4")], objective="latency", allow_long_context=True)
 df = sweep(points, progress=False)
 df[["model", "prompt", "link.h2d", "kv_gpu_share", "offloaded_transfer_share", "offloaded_recompute_share",
     "offloaded_cpu_share", "speedup_kvpr", "speedup_kv-offload"]].round(3)"""),
@@ -138,9 +141,16 @@ ax.plot(lim, lim, "k:", lw=1, label="exact")
 ax.fill_between(lim, [0.8 * v for v in lim], [1.2 * v for v in lim], alpha=0.1, label="±20 %")
 ax.set_xlabel("predicted ms"); ax.set_ylabel("measured ms"); ax.legend(); plt.show()
 print(f"mean |error| {ok.error_pct.abs().mean():.1f} %, max {ok.error_pct.abs().max():.1f} % over {len(ok)} cases")"""),
-        ("md", "No GPU record exists yet: these are CPU-as-GPU runs, where the copy thread and CPU attention "
-               "share the cores with the 'GPU' compute, which the cost model does not know. GPU records will "
-               "appear here when `tierplan validate --suite kv` has run on one."),
+        ("md", "No GPU record exists yet: these are CPU-as-GPU runs, where a throttled copier stands in for "
+               "the link. GPU records will appear here when `tierplan validate --suite kv --quick` has run on one."),
+        ("md", "## Published runs\n\nThe other exam: measurements that FlexGen, Hugging Face Accelerate and "
+               "DeepSpeed ZeRO-Inference published, each predicted with the bundled profile of the machine "
+               "that ran it (`tierplan validate --published`)."),
+        ("code", """from validate.published import predict_published, summary
+results = predict_published()
+pub = pd.DataFrame([r.as_dict() for r in results if r.status == "predicted"])
+print(summary(results))
+pub[["id", "hardware", "workload", "measured", "predicted", "error_pct"]].round(2)"""),
     ],
 }
 

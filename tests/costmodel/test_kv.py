@@ -610,3 +610,32 @@ def test_time_lower_bound_of_policies_that_move_all_their_kv(toy, model, system,
     bound = time_lower_bound_s(wl, hw, kv_actions=(KvAction.TRANSFER, KvAction.RECOMPUTE), kv_offloaded=True,
                                weights_offloaded=weights_gpu == 0.0)
     assert bound <= (cost.prefill_s + cost.decode_s) * (1 + 1e-9)
+
+
+def test_mla_caches_the_latent_not_per_head_kv():
+    # DeepSeek-V2-Lite: kv_lora_rank 512 + rope key 64 = 576 cached elements per token per layer,
+    # not 2 x 16 heads x 192 = 6144.
+    wl = KvWorkload(model=load_model("deepseek-v2-lite"), batch=1, prompt_len=100, gen_len=1)
+    assert wl.kv_token_bytes == 576 * 2
+    from costmodel.kv import attention_op
+
+    flop, nbytes = attention_op(wl.model, 1, 1, 1000, 2, causal=False, kv_token_bytes=wl.kv_token_bytes)
+    # absorbed decode: 2 x 16 heads x (576 + 512) FLOPs per cached token; reads 1000 x 1152 B + the query
+    assert flop == 1000 * 2 * 16 * (576 + 512)
+    assert nbytes == 1000 * 1152 + 2 * wl.model.q_dim * 2
+
+
+def test_quantized_weights_are_costed_at_their_stored_bytes(toy):
+    gptq = KvWorkload(model=load_model("llama-2-7b-gptq"), batch=1, prompt_len=32, gen_len=4)
+    fp16 = KvWorkload(model=load_model("llama-2-7b"), batch=1, prompt_len=32, gen_len=4)
+    assert gptq.layer_weight_bytes < 0.3 * fp16.layer_weight_bytes
+    gpu = dict(evaluate(gptq, toy, _policies(32)).memory.gpu_breakdown)
+    assert gpu["weights"] == pytest.approx(32 * gptq.layer_weight_bytes, rel=1e-12)
+
+
+@pytest.mark.parametrize(("field", "value", "needle"), [
+    ("kv_keep", 0.0, "kv_keep"), ("kv_keep", 1.5, "kv_keep"), ("kv_dtype", "fp7", "kv_dtype"),
+    ("gpu_batch", 3, "multiple of gpu_batch"), ("stream_granularity", "tensor", "stream_granularity")])
+def test_bad_workload_options_are_refused(llama2, field, value, needle):
+    with pytest.raises(WorkloadError, match=needle):
+        KvWorkload(model=llama2, batch=8, prompt_len=32, gen_len=4, **{field: value})

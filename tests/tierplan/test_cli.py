@@ -133,3 +133,70 @@ def test_json_output_is_pure_json_in_a_fresh_process():
     out = subprocess.run([sys.executable, "-m", "tierplan", "plan", "kv", "--batch", "2", "--prompt", "64",
                           "--gen", "4", "--json"], capture_output=True, text=True, timeout=300, check=True)
     assert json.loads(out.stdout)["status"] == "optimal"
+
+
+# ---------------------------------------------------------------------------------------------- issue 8
+
+
+def test_evaluate_takes_flexgen_gpu_batches_and_costs_that_batch(capsys):
+    # FlexGen's OPT-30B T4 run: 3 GPU batches of 48 = batch 144, costed at 144 and feasible.
+    code, out, _ = run(capsys, "evaluate", "kv", "--policy", "flexgen:20,80,0,100,0,100", "--model", "opt-30b",
+                       "--hw", "gcp-t4-flexgen", "--gpu-batch", "48", "--gpu-batches", "3", "--prompt", "512",
+                       "--gen", "32", "--json")
+    data = json.loads(out)
+    assert code == 0 and data["status"] == "feasible"
+    assert data["predicted"]["batch"] == 144 and data["predicted"]["gpu_batches"] == 3
+    assert data["workload"]["gpu_batch"] == 48 and data["workload"]["prefill_chunk_tokens"] == 0
+    assert data["memory"]["gpu_bytes"] <= data["capacity"]["gpu_bytes"]
+    assert set(data["memory"]["gpu_breakdown"]) >= {"weights", "weight_buffers", "prefill_kv_staging",
+                                                    "prefill_hidden", "prefill_working", "kv_buffers"}
+
+
+@pytest.mark.parametrize("policy", ["gpu-only", "kv-offload", "flexgen:100,0,100,0,100,0"])
+def test_evaluate_never_answers_another_batch(capsys, policy):
+    code, out, _ = run(capsys, "evaluate", "kv", "--policy", policy, "--model", "llama-2-7b", "--hw", "a100-40gb",
+                       "--batch", "100000", "--prompt", "512", "--gen", "32", "--json")
+    data = json.loads(out)
+    assert code == 1 and data["status"] == "infeasible"
+    assert data["workload"]["batch"] == 100000 and "predicted" not in data
+    assert "at batch 100000" in data["reason"] and data["shortfall_bytes"]
+
+
+def test_inconsistent_gpu_batches_are_refused(capsys):
+    code, _, err = run(capsys, "evaluate", "kv", "--policy", "gpu-only", "--batch", "100", "--gpu-batch", "48",
+                       "--gpu-batches", "3")
+    assert code == 2 and "--batch 100 must equal --gpu-batch 48 x --gpu-batches 3" in err
+
+
+def test_plan_says_what_it_searched(capsys):
+    code, out, _ = run(capsys, "plan", "kv", "--model", "llama-2-7b", "--hw", "a100-40gb", "--batch", "256",
+                       "--prompt", "512", "--gen", "32")
+    assert code == 0 and "(searched up to 256)" in out
+    assert "prefill" in out and "decode" in out and "(peak)" in out
+
+
+def test_a_context_past_the_model_is_an_error_unless_allowed(capsys):
+    code, _, err = run(capsys, "plan", "kv", "--model", "llama-2-7b", "--prompt", "8000", "--gen", "8", "--batch", "1")
+    assert code == 2 and "exceeds llama-2-7b's context of 4096 tokens" in err
+    code, out, _ = run(capsys, "plan", "kv", "--model", "llama-2-7b", "--prompt", "8000", "--gen", "8", "--batch", "1",
+                       "--allow-long-context", "--json")
+    assert code == 0 and json.loads(out)["workload"]["allow_long_context"] is True
+
+
+def test_kv_compression_options_shrink_the_kv(capsys):
+    sizes = {}
+    for extra in ((), ("--kv-dtype", "fp8"), ("--kv-dtype", "int4"), ("--kv-keep", "0.25")):
+        code, out, _ = run(capsys, "evaluate", "kv", "--policy", "gpu-only", "--model", "llama-3-8b", "--hw",
+                           "a100-80gb", "--batch", "8", "--prompt", "2048", "--gen", "32", "--json", *extra)
+        assert code == 0
+        sizes[extra[1] if extra else "fp16"] = json.loads(out)["memory"]["gpu_breakdown"]["kv"]
+    # fp8: 1 byte per element; int4: 0.5 + 4 / 64 bytes (scale and zero per 64); keep 0.25 of the tokens.
+    assert sizes["fp8"] == pytest.approx(sizes["fp16"] / 2, rel=1e-12)
+    assert sizes["int4"] == pytest.approx(sizes["fp16"] * (0.5 + 4 / 64) / 2, rel=1e-12)
+    assert sizes["0.25"] == pytest.approx(sizes["fp16"] / 4, rel=1e-12)
+
+
+def test_validate_published_prints_the_error_table_without_torch(capsys):
+    code, out, _ = run(capsys, "validate", "--published")
+    assert code == 0
+    assert "flexgen-t4-opt-30b-p512" in out and "mean |error|" in out

@@ -1,0 +1,80 @@
+"""The published-runs exam (plain Python, no torch): every row loads, FlexGen's published T4 runs fit
+at their published batch, and each error is the prediction's distance from the measurement."""
+
+from __future__ import annotations
+
+import pytest
+
+from costmodel import KvWorkload, load_model
+from hwprofiles import load_system
+from solver import evaluate_policy
+from validate.published import load_rows, policy_name, predict_published, summary, table, workload_of
+
+
+@pytest.fixture(scope="module")
+def results():
+    return predict_published()
+
+
+def test_every_row_is_cited_and_has_a_measured_figure():
+    rows = load_rows()
+    assert len(rows) >= 30
+    ids = [r["id"] for r in rows]
+    assert len(ids) == len(set(ids))
+    for r in rows:
+        assert r["paper"] and r["table"] and r["url"], r["id"]
+        assert r["measured"]["metric"] in ("throughput_tokens_per_s", "decode_throughput_tokens_per_s", "outcome")
+
+
+@pytest.mark.parametrize(("row_id", "batch", "gpu_batch"), [("flexgen-t4-opt-30b-p512", 144, 48),
+                                                           ("flexgen-t4-opt-6.7b-p512", 2, 2)])
+def test_flexgen_t4_policies_fit_at_their_published_batch(row_id, batch, gpu_batch):
+    # FlexGen ran these on a real 16 GB T4: the memory model must admit them, at the batch it ran.
+    row = next(r for r in load_rows() if r["id"] == row_id)
+    name, cpu_attention = policy_name(row["policy"])
+    wl = workload_of(row)
+    assert (wl.batch, wl.micro_batch) == (batch, gpu_batch)
+    res = evaluate_policy(name if cpu_attention else name + ":gpu-attention", wl, load_system(row["hw_profile"]))
+    assert res.feasible, res.reason
+    assert res.evaluated.workload.batch == batch
+    assert res.memory.gpu_bytes <= res.evaluated.cost.capacity["gpu_bytes"]
+
+
+def test_the_opt_30b_policy_fits_only_because_of_its_gpu_batches():
+    # The same 144 sequences as one GPU batch do not fit: prefill's intermediates and scores scale
+    # with the GPU batch. (FlexGen's split is what makes the published run possible.)
+    row = next(r for r in load_rows() if r["id"] == "flexgen-t4-opt-30b-p512")
+    name, _ = policy_name(row["policy"])
+    whole = KvWorkload(model=load_model("opt-30b"), batch=144, prompt_len=512, gen_len=32, prefill_chunk_tokens=0,
+                       stream_granularity="sublayer", fused_attention=False, cpu_attention_upcast=True)
+    res = evaluate_policy(name, whole, load_system(row["hw_profile"]))
+    assert not res.feasible and "gpu_bytes" in res.shortfalls
+    assert "prefill working" in res.reason
+
+
+def test_errors_are_the_predictions_distance_from_the_measurement(results):
+    predicted = [r for r in results if r.error_pct is not None]
+    assert len(predicted) >= 20
+    for r in predicted:
+        assert r.error_pct == pytest.approx(100 * (r.predicted - float(r.measured)) / float(r.measured), rel=1e-12)
+    s = summary(results)
+    assert s["predicted"] == len(predicted)
+    assert s["max_abs_error_pct"] == pytest.approx(max(abs(r.error_pct) for r in predicted))
+    text = table(results)
+    assert "mean |error|" in text and "flexgen-t4-opt-30b-p512" in text
+
+
+def test_rows_the_model_cannot_express_are_skipped_with_a_reason(results):
+    skipped = [r for r in results if r.status == "skipped"]
+    assert skipped and all(r.note for r in skipped)
+    assert all(r.predicted is None for r in skipped)
+    rows = {r["id"]: r for r in load_rows()}
+    assert all(rows[r.id].get("compressed") or "not bundled" in r.note for r in skipped)
+
+
+def test_baseline_systems_map_to_their_policies():
+    # Accelerate and ZeRO-Inference v1 stream every weight from the CPU and keep the KV on the GPU.
+    assert policy_name({"kind": "all-offload", "weights": "cpu", "kv": "gpu", "attention": "gpu"}) == \
+        ("flexgen:0,100,100,0,100,0", False)
+    assert policy_name({"kind": "flexgen", "percent": [20, 80, 0, 100, 0, 100], "cpu_attention": True}) == \
+        ("flexgen:20,80,0,100,0,100", True)
