@@ -131,8 +131,9 @@ def cmd_models_show(args: argparse.Namespace) -> int:
 
 def _workload(args: argparse.Namespace, *, flexgen: bool = False) -> KvWorkload:
     """The workload the flags describe. ``--gpu-batch B --gpu-batches K`` is a batch of B x K run as K
-    GPU batches (FlexGen's notions); FlexGen policies prefill a GPU batch's prompt at once and stream
-    attention and MLP weights separately, as FlexGen does, unless --prefill-chunk says otherwise."""
+    GPU batches (FlexGen's notions); FlexGen policies run as FlexGen does: a GPU batch's prompt
+    prefilled at once (unless --prefill-chunk says otherwise), attention and MLP weights streamed
+    separately, unfused attention, CPU attention through an fp32 copy of the KV it reads."""
     gb, k, batch = args.gpu_batch, args.gpu_batches, args.batch
     if k is not None and gb is None:
         if batch is None or batch % k:
@@ -148,7 +149,8 @@ def _workload(args: argparse.Namespace, *, flexgen: bool = False) -> KvWorkload:
     return KvWorkload(model=load_model(args.model), batch=batch, prompt_len=args.prompt, gen_len=args.gen,
                       dtype_bytes=args.dtype_bytes, gpu_batch=gb or 0, prefill_chunk_tokens=chunk,
                       kv_dtype=args.kv_dtype or "", kv_keep=args.kv_keep, allow_long_context=args.allow_long_context,
-                      stream_granularity="sublayer" if flexgen else "layer", fused_attention=not flexgen)
+                      stream_granularity="sublayer" if flexgen else "layer", fused_attention=not flexgen,
+                      cpu_attention_upcast=flexgen)
 
 
 def _layer_rows(plan: Plan) -> list[list[str]]:
