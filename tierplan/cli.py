@@ -420,9 +420,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     hw = args.hw or plan.hardware.get("file") or plan.hardware["system"]
     system = load_system(hw, args.set or [])
     wl = plan_workload(plan)
-    pols, _ = plan.policies()
-    result = replay.replay_policies(wl, system, pols, layers=args.layers, steps=args.steps, repeats=args.repeats,
-                                    device=args.device, progress=lambda m: print(m, file=sys.stderr, flush=True))
+    result = replay.replay_plan(plan, wl, system, layers=args.layers, steps=args.steps, repeats=args.repeats,
+                                device=args.device, progress=lambda m: print(m, file=sys.stderr, flush=True))
     result.update({"plan": str(args.plan), "profile": system.summary(), "command": " ".join(["tierplan", "replay", *args.argv])})
     if args.json:
         print(json.dumps(result, indent=1))
@@ -450,7 +449,7 @@ def _show_records(paths: list[str]) -> int:
             raise PlanError(f"cannot read suite results {f}: {err}") from None
         print(f"{f.name}: {data['device_name']} ({data['device']}), torch {data['torch']}, {data['date']}")
         print(f"command: {data['command']}")
-        print(suite_table(data["cases"]))
+        print(suite_table(data["cases"], data.get("summary")))
         for model, ratios in data.get("baseline_time_over_plan_time", {}).items():
             print(f"{model}: measured baseline time / plan time: "
                   + ", ".join(f"{b} {r:.2f}x" for b, r in ratios.items()))
@@ -474,25 +473,15 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if args.suite != "kv":
         raise PlanError(f"--suite must be 'kv', got {args.suite!r}")
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
-    out = Path(args.output)
-    if args.hw:
-        system = load_system(args.hw, args.set or [])
-    else:
-        log("no --hw: profiling this machine first (--quick)")
-        data = profile.profile_machine(quick=True, device=args.device, command="tierplan validate (profile --quick)",
-                                       progress=log)
-        out.mkdir(parents=True, exist_ok=True)
-        profile.write_profile(data, out / "profile.yaml")
-        system = load_system(out / "profile.yaml", args.set or [])
-    result = suite.run_suite(system, layers=args.layers, steps=args.steps, repeats=args.repeats, device=args.device,
-                             progress=log, command=" ".join(["tierplan", "validate", *args.argv]))
-    report.write_json(result, out / "validate-kv.json")
-    report.plot(result["cases"], out / "validate-kv.png", f"kv suite on {result['device_name']}")
-    print(report.suite_table(result["cases"]))
+    result = suite.run_validation(hw=args.hw, overrides=args.set or [], quick=args.quick, device=args.device,
+                                  layers=args.layers, steps=args.steps, repeats=args.repeats, output=args.output,
+                                  records_dir=None if args.no_record else (args.records or suite.RECORDS_DIR),
+                                  command=" ".join(["tierplan", "validate", *args.argv]), progress=log)
+    print(report.suite_table(result["cases"], result["summary"]))
     for model, ratios in result["baseline_time_over_plan_time"].items():
-        worse = [f"{b} {r:.2f}x" for b, r in ratios.items()]
-        print(f"{model}: measured baseline time / plan time: {', '.join(worse)}")
-    print(f"results: {out / 'validate-kv.json'}")
+        print(f"{model}: measured baseline time / {result['plan_case'][model]} time: "
+              + ", ".join(f"{b} {r:.2f}x" for b, r in ratios.items()))
+    print(f"results: {result['output_json']}" + (f"; record: {result['record']}" if result["record"] else ""))
     return 0
 
 
@@ -611,9 +600,13 @@ def build_parser() -> argparse.ArgumentParser:
     va.add_argument("--suite", default="kv")
     va.add_argument("--hw", help="measured profile to use (default: profile this machine with --quick)")
     va.add_argument("--set", action="append", metavar="PART.FIELD=VALUE")
-    va.add_argument("--layers", type=int, default=2)
-    va.add_argument("--steps", type=int, default=2)
-    va.add_argument("--repeats", type=int, default=3)
+    va.add_argument("--layers", type=int, default=None, help="layers per replayed slice (default: the suite's)")
+    va.add_argument("--steps", type=int, default=None, help="decode steps per case (default: the suite's)")
+    va.add_argument("--repeats", type=int, default=None, help="timed repeats per step (default: the suite's)")
+    va.add_argument("--quick", action="store_true",
+                    help="the short GPU check: tight-memory plans and baselines, 1 step, 2 repeats (< 8 minutes)")
+    va.add_argument("--records", default=None, help="folder for the kept record (default: validate/records/)")
+    va.add_argument("--no-record", action="store_true", help="do not write a record into validate/records/")
     va.add_argument("--device", choices=("cuda", "cpu"), default=None)
     va.add_argument("-o", "--output", default="validate-out", help="folder for results (default: %(default)s)")
     va.add_argument("--show", nargs="+", metavar="RESULTS", help="print the tables of saved results (files or folders)")
