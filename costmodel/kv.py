@@ -55,6 +55,26 @@ class Resource(enum.StrEnum):
 
 
 STREAM_GRANULARITIES = ("layer", "sublayer")
+
+# Bounds on a workload, so that no input makes the planner work for minutes or gigabytes before it
+# answers: the evaluator keeps a few arrays of gen_len floats per policy, and the MIP's coefficients
+# grow with the batch. Raise one explicitly with TIERPLAN_LIMITS="gen_len=1000000,batch=4194304".
+DEFAULT_LIMITS = {"batch": 1 << 20, "prompt_len": 1 << 24, "gen_len": 1 << 17}
+
+
+def limits() -> dict[str, int]:
+    """The workload bounds in force: :data:`DEFAULT_LIMITS`, raised (or lowered) by ``TIERPLAN_LIMITS``."""
+    import os
+
+    out = dict(DEFAULT_LIMITS)
+    text = os.environ.get("TIERPLAN_LIMITS", "").strip()
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        name, sep, value = item.partition("=")
+        if not sep or name.strip() not in out or not value.strip().isdigit() or int(value) <= 0:
+            raise WorkloadError(f"TIERPLAN_LIMITS entries must read NAME=POSITIVE_INTEGER with NAME one of "
+                                f"{', '.join(out)}, got {item!r}")
+        out[name.strip()] = int(value)
+    return out
 # Stored bytes per cached KV element. fp8: one byte, with a per-tensor scale (vLLM's fp8 KV cache,
 # docs "Quantized KV Cache"); int4: half a byte plus an fp16 scale and an fp16 zero point per group of
 # 64 elements (group-wise asymmetric quantisation as in KIVI, Liu et al., ICML 2024, arXiv:2402.02750).
@@ -114,6 +134,11 @@ class KvWorkload:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise WorkloadError(f"{name} must be a positive integer, got {value!r}")
+        bounds = limits()
+        for name, bound in bounds.items():
+            if getattr(self, name) > bound:
+                raise WorkloadError(f"{name} must be at most {bound:,} (a bound on the planner's work), got "
+                                    f"{getattr(self, name):,}; raise it with TIERPLAN_LIMITS=\"{name}=...\"")
         for name in ("prefill_chunk_tokens", "gpu_batch"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:

@@ -31,3 +31,19 @@ def test_readme_has_output_blocks():
 def test_readme_output_is_current(command, shown):
     assert _stable(update_readme.run(command)) == _stable(shown), (
         f"README output of {command!r} is stale: run python scripts/update_readme.py")
+
+
+def test_the_readme_system_yaml_loads_as_written(tmp_path):
+    # "Your own hardware" shows a complete system; it must load exactly as a user would save it.
+    import re
+
+    from hwprofiles import load_system
+
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = text[text.index("## Your own hardware"):]
+    block = re.search(r"```yaml\n(.*?)```", section, re.S).group(1)
+    path = tmp_path / "my-system.yaml"
+    path.write_text(block)
+    system = load_system(path)
+    assert system.name == "my-workstation" and system.disk is not None
+    assert system.host.memory_bytes == 128 * 2**30

@@ -146,9 +146,11 @@ def _workload(args: argparse.Namespace, *, flexgen: bool = False) -> KvWorkload:
         batch = gb * k
     batch = DEFAULTS["batch"] if batch is None else batch
     chunk = args.prefill_chunk if args.prefill_chunk is not None else (0 if flexgen else 4096)
-    return KvWorkload(model=load_model(args.model), batch=batch, prompt_len=args.prompt, gen_len=args.gen,
-                      dtype_bytes=args.dtype_bytes, gpu_batch=gb or 0, prefill_chunk_tokens=chunk,
-                      kv_dtype=args.kv_dtype or "", kv_keep=args.kv_keep, allow_long_context=args.allow_long_context,
+    prompt = DEFAULTS["prompt"] if args.prompt is None else args.prompt
+    gen = DEFAULTS["gen"] if args.gen is None else args.gen
+    return KvWorkload(model=load_model(args.model), batch=batch, prompt_len=prompt, gen_len=gen,
+                      dtype_bytes=args.dtype_bytes or 2, gpu_batch=gb or 0, prefill_chunk_tokens=chunk,
+                      kv_dtype=args.kv_dtype or "", kv_keep=1.0 if args.kv_keep is None else args.kv_keep, allow_long_context=args.allow_long_context,
                       stream_granularity="sublayer" if flexgen else "layer", fused_attention=not flexgen,
                       cpu_attention_upcast=flexgen)
 
@@ -218,8 +220,9 @@ def render_plan(plan: Plan) -> str:
                  f"decode-only {p['decode_tokens_per_s']:,.1f} tokens/s")
     sim = plan.solver.get("simulated")
     if sim:
-        lines.append(f"           LP estimate {plan.solver['lp_estimate_s']:.3f} s, exact cost model "
-                     f"{p['total_s']:.3f} s, simulated timeline {sim['total_s']:.3f} s")
+        lp = plan.solver.get("lp_estimate_s")
+        lp_text = f"LP estimate {lp:.3f} s" if lp is not None else "no LP estimate (a baseline's decisions)"
+        lines.append(f"           {lp_text}, exact cost model {p['total_s']:.3f} s, simulated timeline {sim['total_s']:.3f} s")
     lines.append("")
     mem_rows = []
     for tier in ("gpu", "host", "disk"):
@@ -313,6 +316,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             out["placement"] = {"head_on_gpu": ev.head_on_gpu, "prefill_hidden_on_gpu": ev.hidden_on_gpu}
         _print_eval(out, args.json)
         return 0 if res.feasible else 1
+    given = [f"--{f.replace('_', '-')}" for f in _WORKLOAD_FLAGS if getattr(args, f) not in (None, False)]
+    if args.policy:
+        given.append("--policy")
+    if given:
+        raise PlanError(f"evaluate PLAN re-costs the plan's own workload and decisions; {', '.join(given)} "
+                        f"would be ignored (re-plan with 'tierplan plan kv', or cost a policy with 'evaluate kv')")
     plan = Plan.load(args.target)
     system = load_system(args.hw or plan.hardware["system"], args.set or [])
     wl = plan_workload(plan, model=load_model(args.model) if args.model else None)
@@ -324,6 +333,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         out["reason"] = explain_shortfall(cost.memory, cost.capacity)
     _print_eval(out, args.json)
     return 0 if cost.feasible else 1
+
+
+# Workload flags that `evaluate PLAN` would ignore (the plan carries its own workload).
+_WORKLOAD_FLAGS = ("batch", "gpu_batch", "gpu_batches", "prefill_chunk", "prompt", "gen", "dtype_bytes", "kv_dtype",
+                   "kv_keep", "allow_long_context")
 
 
 def plan_workload(plan: Plan, *, model=None) -> KvWorkload:
@@ -420,6 +434,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
     hw = args.hw or plan.hardware.get("file") or plan.hardware["system"]
     system = load_system(hw, args.set or [])
     wl = plan_workload(plan)
+    if args.layers is not None and args.layers > wl.model.n_layers:
+        raise PlanError(f"--layers must be at most the plan's {wl.model.n_layers} layers, got {args.layers}")
+    if args.steps is not None and args.steps > wl.gen_len:
+        raise PlanError(f"--steps must be at most the plan's {wl.gen_len} decode steps, got {args.steps}")
     result = replay.replay_plan(plan, wl, system, layers=args.layers, steps=args.steps, repeats=args.repeats,
                                 device=args.device, progress=lambda m: print(m, file=sys.stderr, flush=True))
     result.update({"plan": str(args.plan), "profile": system.summary(), "command": " ".join(["tierplan", "replay", *args.argv])})
@@ -445,8 +463,13 @@ def _show_records(paths: list[str]) -> int:
     for f in files:
         try:
             data = json.loads(f.read_text())
-        except (OSError, json.JSONDecodeError) as err:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
             raise PlanError(f"cannot read suite results {f}: {err}") from None
+        missing = [k for k in ("device_name", "device", "torch", "date", "command", "cases")
+                   if not isinstance(data, dict) or k not in data]
+        if missing:
+            raise PlanError(f"{f} is not a suite record of `tierplan validate` (no {', '.join(missing)}); "
+                            "--show reads validate/records/*.json")
         print(f"{f.name}: {data['device_name']} ({data['device']}), torch {data['torch']}, {data['date']}")
         print(f"command: {data['command']}")
         print(suite_table(data["cases"], data.get("summary")))
@@ -503,13 +526,14 @@ def _workload_args(p: argparse.ArgumentParser, *, required_model: bool = False) 
     p.add_argument("--prefill-chunk", type=int, default=None,
                    help="tokens per prefill chunk, 0 = a GPU batch's whole prompt (default: 4096; FlexGen "
                         "policies: 0)")
-    p.add_argument("--prompt", type=int, default=DEFAULTS["prompt"], help="prompt tokens (default: %(default)s)")
-    p.add_argument("--gen", type=int, default=DEFAULTS["gen"], help="generated tokens (default: %(default)s)")
-    p.add_argument("--dtype-bytes", type=int, default=2, help="bytes per weight/KV element (default: 2, fp16)")
+    p.add_argument("--prompt", type=int, default=None, help=f"prompt tokens (default: {DEFAULTS['prompt']})")
+    p.add_argument("--gen", type=int, default=None, help=f"generated tokens (default: {DEFAULTS['gen']})")
+    p.add_argument("--dtype-bytes", type=int, choices=(2, 4), default=None,
+                   help="bytes per weight/activation element: 2 (fp16/bf16) or 4 (fp32) (default: 2)")
     p.add_argument("--kv-dtype", choices=tuple(KV_DTYPES), default=None,
                    help="KV cache storage (fp8: 1 byte; int4: 0.5 byte + an fp16 scale and zero per 64 elements; "
                         "default: --dtype-bytes)")
-    p.add_argument("--kv-keep", type=float, default=1.0,
+    p.add_argument("--kv-keep", type=float, default=None,
                    help="share of context tokens whose KV is kept (token eviction, e.g. 0.25; default: 1)")
     p.add_argument("--allow-long-context", action="store_true",
                    help="cost a context longer than the model's max_position_embeddings (with rope scaling)")
@@ -521,8 +545,19 @@ def _workload_args(p: argparse.ArgumentParser, *, required_model: bool = False) 
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("tierplan")
+    except PackageNotFoundError:  # a checkout on sys.path, not installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tierplan", description=__doc__ or "")
+    parser = argparse.ArgumentParser(prog="tierplan", description=__doc__ or "",
+                                     epilog="--debug (anywhere) shows the traceback of any error.")
+    parser.add_argument("--version", action="version", version=f"tierplan {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     hw = sub.add_parser("hw", help="bundled hardware profiles").add_subparsers(dest="sub", required=True)
@@ -635,26 +670,84 @@ def _validate_counts(args: argparse.Namespace) -> None:
         raise WorkloadError(f"--prefill-chunk must be 0 or a positive integer, got {args.prefill_chunk}")
     if getattr(args, "kv_groups", 0) < 0:
         raise WorkloadError(f"--kv-groups must be 0 or positive, got {args.kv_groups}")
-    if getattr(args, "time_limit", 1.0) <= 0:
-        raise WorkloadError(f"--time-limit must be positive, got {args.time_limit}")
+    if not 0.01 <= getattr(args, "time_limit", 1.0) <= 3600:
+        raise WorkloadError(f"--time-limit must be between 0.01 and 3600 seconds per MIP solve, got {args.time_limit}")
+    if args.command == "sweep" and args.output and args.resume and Path(args.output) != Path(args.resume):
+        raise PlanError(f"-o {args.output!r} and --resume {args.resume!r} name different files; --resume OUTPUT "
+                        "continues and writes OUTPUT")
+
+
+OUR_PACKAGES = ("hwprofiles", "costmodel", "solver", "validate", "tierplan")
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. Exit codes: 0 done, 1 answered "infeasible" (or a sweep with failed points),
+    2 bad input (one line naming the field, the rule, the value and the file), 3 an internal error
+    (a bug: one line, and the traceback with --debug)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
     args = build_parser().parse_args(argv)
     args.argv = argv[1:]
     try:
         _validate_counts(args)
+        _check_outputs(args)
         return args.func(args)
     except ValueError as err:
         # Our packages' errors (ProfileError, WorkloadError, PlanError, ReplayError) are clear
-        # messages for the user; any other ValueError is a bug and keeps its traceback.
-        if type(err).__module__.split(".")[0] not in ("hwprofiles", "costmodel", "solver", "validate"):
+        # messages for the user; any other ValueError is a bug.
+        if type(err).__module__.split(".")[0] not in OUR_PACKAGES:
+            return _internal(err, debug)
+        if debug:
             raise
         print(f"tierplan: error: {err}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # e.g. piped into head
         return 0
+    except KeyboardInterrupt:
+        print("tierplan: interrupted", file=sys.stderr)
+        return 130
+    except OSError as err:  # a file we were told to read or write (outputs are checked before the work)
+        if debug:
+            raise
+        print(f"tierplan: error: {err.strerror or err} ({err.filename or 'no file'})", file=sys.stderr)
+        return 2
+    except Exception as err:  # noqa: BLE001 - a bug: say so in one line, never a traceback unless asked
+        return _internal(err, debug)
+
+
+def _internal(err: BaseException, debug: bool) -> int:
+    if debug:
+        raise err
+    print(f"tierplan: internal error: {type(err).__name__}: {err} (a bug: rerun with --debug for the traceback "
+          "and report it)", file=sys.stderr)
+    return 3
+
+
+# Flags that name an output, by command: each is checked writable before any work starts.
+_OUTPUTS = ("output", "plot", "report")
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Refuse an output path that cannot be written, before the work (not after a sweep has run)."""
+    import os
+
+    for name in _OUTPUTS:
+        value = getattr(args, name, None)
+        if not value:
+            continue
+        path = Path(value)
+        if name == "report" or (name == "output" and args.command == "validate"):
+            target = path if path.exists() else path.parent  # a folder, made if its parent exists
+        else:
+            target = path.parent
+            if path.is_dir():
+                raise PlanError(f"--{name} must be a file, got the folder {value!r}")
+        target = target if str(target) else Path(".")
+        if not target.is_dir():
+            raise PlanError(f"--{name} {value!r}: the folder {str(target)!r} does not exist")
+        if not os.access(target, os.W_OK):
+            raise PlanError(f"--{name} {value!r}: the folder {str(target)!r} is not writable")
 
 
 if __name__ == "__main__":
