@@ -380,14 +380,21 @@ def _print_eval(out: dict, as_json: bool) -> None:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from solver.sweep import grid, parse_vary, sweep
+    from solver.sweep import check_output, error_count, grid, parse_vary, split_names, sweep
 
     output = args.resume or args.output
+    if output:
+        check_output(output, what="--resume" if args.resume else "-o")
+    if args.plot:
+        check_output(args.plot, suffixes=(".png", ".pdf", ".svg"), what="--plot")
     vary = [parse_vary(v) for v in (args.vary or [])]
-    points = grid(args.model.split(","), args.hw.split(","), prompts=[int(p) for p in args.prompt.split(",")],
-                  batches=[int(b) for b in args.batch.split(",")], gen=args.gen, vary=vary, fixed=args.set or [],
-                  objective=args.objective, allow_long_context=args.allow_long_context)
-    df = sweep(points, output=output, resume=bool(args.resume), workers=args.workers)
+    if args.plot and not vary:
+        raise PlanError("--plot needs a --vary field for its x axis")
+    points = grid(split_names(args.model, option="--model"), split_names(args.hw, option="--hw"),
+                  prompts=[int(p) for p in args.prompt.split(",")], batches=[int(b) for b in args.batch.split(",")],
+                  gen=args.gen, vary=vary, fixed=args.set or [], objective=args.objective,
+                  allow_long_context=args.allow_long_context)
+    df = sweep(points, output=output, resume=bool(args.resume), workers=args.workers, skip_corrupt=args.skip_corrupt)
     cols = [c for c in ("model", "hw", *[f for f, _ in vary], "prompt", "max_batch", "status", "batch",
                         "tokens_per_s", "kv_gpu_share", "offloaded_recompute_share", "offloaded_cpu_share",
                         "speedup_flexgen") if c in df.columns]
@@ -397,9 +404,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.plot:
         from solver.plots import sweep_lines
 
-        if not vary:
-            raise PlanError("--plot needs a --vary field for its x axis")
         print(f"plot: {sweep_lines(df, vary[0][0], args.plot)}", file=sys.stderr)
+    errors = error_count(df)
+    if errors:
+        first = df.loc[df["status"] == "error", "error"].iloc[0]
+        print(f"tierplan: {errors} of {len(df)} sweep points failed (reasons in the 'error' column"
+              f"{' of ' + str(output) if output else ''}); the first: {first}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -610,6 +621,8 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("-o", "--output", help="results .parquet or .csv (written incrementally beside it)")
     sw.add_argument("--resume", metavar="OUTPUT", help="continue the sweep saved in OUTPUT; finished points are kept")
     sw.add_argument("--workers", type=int, default=None, help="local processes (default: all cores)")
+    sw.add_argument("--skip-corrupt", action="store_true",
+                    help="with --resume, skip checkpoint lines that are not rows (their points run again)")
     sw.add_argument("--plot", help="PNG of throughput against the first --vary field")
     sw.set_defaults(func=cmd_sweep)
 
