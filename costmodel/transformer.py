@@ -33,15 +33,13 @@ from __future__ import annotations
 
 import enum
 import functools
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from costmodel.errors import WorkloadError
+from hwprofiles.safe_io import CONFIG_MAX_BYTES, load_json, load_yaml, read_text
 
 MODELS_DIR = Path(__file__).parent / "models"
 
@@ -922,8 +920,11 @@ def _index() -> dict[str, dict[str, Any]]:
 
 @functools.lru_cache(maxsize=4)
 def _index_cached(name: str, _stamp: int) -> dict[str, dict[str, Any]]:
-    data = yaml.safe_load(Path(name).read_text())
-    return dict((data or {}).get("models", {}))
+    text = read_text(name, what="model index", max_bytes=CONFIG_MAX_BYTES, error=WorkloadError)
+    models = load_yaml(text, file=name, error=WorkloadError, what="the model index").get("models", {})
+    if not isinstance(models, dict):
+        raise WorkloadError(f"models must map model names to entries, got {type(models).__name__} ({name})")
+    return dict(models)
 
 
 def list_models() -> list[str]:
@@ -950,16 +951,16 @@ def load_model(name_or_path: str | Path) -> TransformerSpec:
     text = str(name_or_path)
     path = Path(text)
     if path.is_dir():
+        if not (path / "config.json").exists():
+            raise WorkloadError(f"model folder {path} has no config.json; give a Hugging Face config.json, "
+                                f"a folder holding one, or a bundled model name (tierplan models list)")
         path = path / "config.json"
     if text.endswith(".json") or path.exists():
         name = path.parent.name if path.name == "config.json" else path.stem
     else:
         info = model_info(text)
         path, name = MODELS_DIR / info["config"], text
-    try:
-        cfg = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise WorkloadError(f"model config not found: {path}") from None
-    except json.JSONDecodeError as err:
-        raise WorkloadError(f"malformed JSON at line {err.lineno}, column {err.colno}: {err.msg} ({path})") from None
+    # Bounded: a weights file given by mistake is refused by its size before it is read.
+    config = read_text(path, what="model config", max_bytes=CONFIG_MAX_BYTES, error=WorkloadError)
+    cfg = load_json(config, file=str(path), error=WorkloadError, what="a model config")
     return spec_from_hf_config(cfg, name=name, file=str(path))

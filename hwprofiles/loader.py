@@ -11,13 +11,13 @@ import copy
 import dataclasses
 import functools
 import math
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from hwprofiles.errors import ProfileError
+from hwprofiles.safe_io import PROFILE_MAX_BYTES, load_yaml, read_text, sha256_text
 from hwprofiles.types import (
     Curve,
     CurveSet,
@@ -31,7 +31,7 @@ from hwprofiles.types import (
     Source,
     System,
 )
-from hwprofiles.units import Dimension, parse_quantity
+from hwprofiles.units import UNITS, Dimension, format_bytes, parse_quantity
 
 DATA_DIR = Path(__file__).parent / "data"
 CURVES_DIR = Path(__file__).parent / "curves"
@@ -79,36 +79,26 @@ PART_CLASSES: dict[str, type[Part]] = {"gpu": Gpu, "host": Host, "link": Link, "
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
-    """Parse a profile file; parsed files are cached by path and modification time (a sweep reads the
-    same bundled files for every point), and each caller gets its own copy."""
+    """Parse a profile file (bounded: see :mod:`hwprofiles.safe_io`); each caller gets its own copy."""
+    return _read_yaml_hashed(path)[0]
+
+
+def _read_yaml_hashed(path: Path) -> tuple[dict[str, Any], str]:
+    """A profile file's mapping and the SHA-256 of its bytes. Parsed files are cached by path,
+    modification time and size (a sweep reads the same bundled files for every point)."""
     try:
-        stamp = path.stat().st_mtime_ns
-    except FileNotFoundError:
-        raise ProfileError(f"profile file not found: {path}") from None
-    except OSError as err:
-        raise ProfileError(f"cannot read profile file {path}: {err.strerror}") from None
-    return copy.deepcopy(_read_yaml_cached(str(path), stamp))
+        info = path.stat()
+        stamp = (info.st_mtime_ns, info.st_size)
+    except OSError:
+        stamp = (-1, -1)  # read_text below raises the ProfileError (errors are not cached)
+    data, sha = _read_yaml_cached(str(path), stamp)
+    return copy.deepcopy(data), sha
 
 
 @functools.lru_cache(maxsize=256)
-def _read_yaml_cached(name: str, _stamp: int) -> dict[str, Any]:
-    path = Path(name)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise ProfileError(f"profile file not found: {path}") from None
-    except OSError as err:
-        raise ProfileError(f"cannot read profile file {path}: {err.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(err, "problem", None) or str(err)
-        raise ProfileError(f"malformed YAML{at}: {problem} ({path})") from None
-    if not isinstance(data, dict):
-        raise ProfileError(f"a profile must be a YAML mapping, got {type(data).__name__} ({path})")
-    return data
+def _read_yaml_cached(name: str, _stamp: tuple[int, int]) -> tuple[dict[str, Any], str]:
+    text = read_text(name, what="profile file", max_bytes=PROFILE_MAX_BYTES, error=ProfileError)
+    return load_yaml(text, file=name, error=ProfileError, what="a profile"), sha256_text(text)
 
 
 def list_parts(kind: str) -> list[str]:
@@ -123,9 +113,17 @@ def list_systems() -> list[str]:
     return list_parts("system")
 
 
+_BUNDLED_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
+
+
+def _is_bundled(kind: str, name: str) -> bool:
+    # A name, never a path: "../x" must not reach outside the bundled folder.
+    return bool(_BUNDLED_NAME.fullmatch(name)) and (DATA_DIR / PART_DIRS[kind] / f"{name}.yaml").is_file()
+
+
 def _bundled_path(kind: str, name: str) -> Path:
     path = DATA_DIR / PART_DIRS[kind] / f"{name}.yaml"
-    if not path.exists():
+    if not _is_bundled(kind, name):
         raise ProfileError(
             f"unknown {kind} {name!r}; bundled {kind}s are: {', '.join(list_parts(kind))}"
         )
@@ -164,7 +162,7 @@ def _quantity(entry: Any, key: str, dimension: Dimension, field: str, file: str)
 def load_curves(name: str, *, field: str = "efficiency", file: str = "") -> CurveSet:
     """Load a bundled efficiency curve set by name."""
     path = CURVES_DIR / f"{name}.yaml"
-    if not path.exists():
+    if not _BUNDLED_NAME.fullmatch(name) or not path.is_file():
         known = ", ".join(sorted(p.stem for p in CURVES_DIR.glob("*.yaml")))
         raise ProfileError(f"{field} names unknown curve set {name!r}; known: {known} ({file})")
     return parse_curves(_read_yaml(path), file=str(path))
@@ -240,7 +238,18 @@ def parse_part(kind: str, data: Mapping[str, Any], *, file: str, prefix: str = "
             kwargs["curves"] = parse_curves(eff, file=file)
         else:
             raise ProfileError(f"{prefix}.efficiency must name a curve set or define one, got {eff!r} ({file})")
+        _check_reserve(kwargs["memory_bytes"], kwargs["reserved_bytes"], prefix,
+                       data["memory"]["value"], data["reserved_memory"]["value"], f"({file})")
     return PART_CLASSES[kind](provenance=tuple(provenance), **kwargs)
+
+
+def _check_reserve(memory_bytes: float, reserved_bytes: float, prefix: str, memory: object, reserved: object,
+                   where: str) -> None:
+    """The reserve (CUDA context, allocator slack, the OS) must leave some memory to plan with."""
+    if reserved_bytes >= memory_bytes:
+        raise ProfileError(
+            f"{prefix}.reserved_memory must be less than {prefix}.memory, got reserved_memory {reserved!r} "
+            f">= memory {memory!r} (usable memory would be {format_bytes(memory_bytes - reserved_bytes)}) {where}")
 
 
 def _resolve_part(kind: str, ref: Any, base: Path, file: str) -> Part:
@@ -285,38 +294,178 @@ def load_system(name_or_path: str | Path, overrides: Iterable[str] = ()) -> Syst
     overrides : iterable of str
         ``part.field=quantity`` (``link.h2d=12GB/s``) or ``part=name`` (``link=pcie5-x16``).
 
+    Returns
+    -------
+    System
+        Its ``source`` is the bundled name or the file's absolute path, and for a path
+        ``content_sha256`` is the SHA-256 of the file as read (a plan records both).
+
     Examples
     --------
     >>> s = load_system("a100-40gb", ["link.h2d=12GB/s"])
     >>> s.link.h2d_bytes_per_s
     12000000000.0
+    >>> s.source, s.content_sha256
+    ('a100-40gb', None)
     """
     text = str(name_or_path)
-    if text.endswith((".yaml", ".yml")) or Path(text).exists() and Path(text).is_file():
-        path = Path(text).resolve()
+    candidate = Path(text)
+    if isinstance(name_or_path, Path) or text.endswith((".yaml", ".yml")) or candidate.is_file() \
+            or (candidate.is_dir() and not _is_bundled("system", text)):  # read_text says "is a directory"
+        path = candidate.resolve()
+        data, sha = _read_yaml_hashed(path)
+        source: str = str(path)
     else:
         path = _bundled_path("system", text)
-    data = _read_yaml(path)
-    file = str(path)
+        data, sha, source = _read_yaml(path), None, text
     if data.get("kind") != "system":
-        raise ProfileError(f"kind must be 'system' in a system file, got {data.get('kind')!r} ({file})")
-    allowed = {"kind", "name", "description", "gpu", "host", "link", "disk"}
+        raise ProfileError(f"kind must be 'system' in a system file, got {data.get('kind')!r} ({path})")
+    system = _build_system(data, file=str(path), base=path.parent, default_name=path.stem, record=False)
+    system = dataclasses.replace(system, source=source, content_sha256=sha)
+    return apply_overrides(system, overrides)
+
+
+def system_from_dict(data: Mapping[str, Any], *, file: str) -> System:
+    """Rebuild a system from :meth:`System.to_dict` (as a plan records it in ``hardware.resolved``).
+
+    Parameters
+    ----------
+    data : mapping
+        A system file's layout, parts inline or by name, plus the record fields ``file`` (the
+        system's and each part's) and ``overrides`` (already applied to the values; kept as a record).
+    file : str
+        Where ``data`` came from, for messages (e.g. ``"hardware.resolved in plan.json"``).
+
+    Returns
+    -------
+    System
+        Equal to the system ``data`` was made from (same numbers, sources, files and overrides).
+
+    Examples
+    --------
+    >>> s = load_system("t4", ["link.h2d=3GB/s"])
+    >>> system_from_dict(s.to_dict(), file="example") == s
+    True
+    """
+    if not isinstance(data, Mapping):
+        raise ProfileError(f"a system must be a mapping, got {type(data).__name__} ({file})")
+    if data.get("kind", "system") != "system":
+        raise ProfileError(f"system.kind must be 'system', got {data.get('kind')!r} ({file})")
+    recorded = data.get("file")
+    if recorded is not None and not isinstance(recorded, str):
+        raise ProfileError(f"system.file must be a string, got {recorded!r} ({file})")
+    base = Path(recorded).parent if recorded else Path.cwd()
+    system = _build_system(data, file=file, base=base, default_name="", record=True)
+    return dataclasses.replace(system, file=recorded or file)
+
+
+def _build_system(data: Mapping[str, Any], *, file: str, base: Path, default_name: str, record: bool) -> System:
+    """A system from its mapping; ``record`` also accepts the fields :meth:`System.to_dict` adds."""
+    allowed = {"kind", "name", "description", "gpu", "host", "link", "disk"} | ({"file", "overrides"} if record else set())
     unknown = set(data) - allowed
     if unknown:
-        raise ProfileError(f"system has unknown fields {sorted(unknown)}; allowed: {sorted(allowed)} ({file})")
+        raise ProfileError(f"system has unknown fields {sorted(map(str, unknown))}; allowed: {sorted(allowed)} ({file})")
+    name = data.get("name", default_name)
+    if not isinstance(name, str) or not name:
+        raise ProfileError(f"system.name must be a non-empty string, got {name!r} ({file})")
+    description = data.get("description", "")
+    if not isinstance(description, str):
+        raise ProfileError(f"system.description must be a string, got {type(description).__name__} ({file})")
     parts: dict[str, Part | None] = {}
     for kind in ("gpu", "host", "link"):
         if kind not in data:
             raise ProfileError(f"system.{kind} is missing ({file})")
-        parts[kind] = _resolve_part(kind, data[kind], path.parent, file)
-    parts["disk"] = _resolve_part("disk", data["disk"], path.parent, file) if data.get("disk") else None
-    system = System(
-        name=str(data.get("name", path.stem)),
-        description=str(data.get("description", "")),
-        file=file,
-        **parts,  # type: ignore[arg-type]
-    )
-    return apply_overrides(system, overrides)
+        parts[kind] = _system_part(kind, data[kind], base, file, record)
+    parts["disk"] = _system_part("disk", data["disk"], base, file, record) if data.get("disk") else None
+    overrides = data.get("overrides", []) if record else []
+    if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
+        raise ProfileError(f"system.overrides must be a list of strings, got {overrides!r} ({file})")
+    return System(name=name, description=description, file=file, overrides=tuple(overrides),
+                  **parts)  # type: ignore[arg-type]
+
+
+def _system_part(kind: str, ref: Any, base: Path, file: str, record: bool) -> Part:
+    if record and isinstance(ref, Mapping) and "file" in ref:
+        part_file = ref["file"]
+        if not isinstance(part_file, str):
+            raise ProfileError(f"system.{kind}.file must be a string, got {part_file!r} ({file})")
+        part = _resolve_part(kind, {k: v for k, v in ref.items() if k != "file"}, base, file)
+        return dataclasses.replace(part, file=part_file)
+    return _resolve_part(kind, ref, base, file)
+
+
+# ---------------------------------------------------------------------------------------------
+# Back to YAML's terms: System.to_dict
+# ---------------------------------------------------------------------------------------------
+
+
+def exact_quantity(value: float, dimension: Dimension) -> str:
+    """The shortest ``"<number> <unit>"`` that :func:`parse_quantity` reads back as exactly ``value``.
+
+    Examples
+    --------
+    >>> exact_quantity(40 * 2**30, Dimension.BYTES)
+    '40 GiB'
+    >>> exact_quantity(1.555e12, Dimension.BANDWIDTH)
+    '1555 GB/s'
+    >>> exact_quantity(0.07, Dimension.RATIO)
+    '7 %'
+    """
+    found: list[str] = []
+    for unit, (dim, factor) in UNITS.items():
+        if dim is not dimension:
+            continue
+        number = value / factor
+        # number * factor may round to a neighbour of value: the decimal wanted is within a few ulps.
+        for candidate in (number, *(math.nextafter(number, d) for d in (math.inf, -math.inf)),
+                          math.nextafter(math.nextafter(number, math.inf), math.inf),
+                          math.nextafter(math.nextafter(number, -math.inf), -math.inf)):
+            text = repr(candidate).removesuffix(".0")
+            if float(text) * factor == value:
+                found.append(f"{text} {unit}")
+    if not found:  # no decimal is exact with this dimension's units (only possible for '%'): the nearest
+        return f"{repr(value / UNITS['%'][1]).removesuffix('.0')} %"
+    return min(found, key=len)
+
+
+def _curve_pairs(curve: Curve, dimension: Dimension) -> list[list[str]]:
+    return [[exact_quantity(size, dimension), exact_quantity(value, Dimension.RATIO)]
+            for size, value in zip(curve.sizes, curve.values)]
+
+
+def curves_to_dict(curves: CurveSet) -> dict[str, Any]:
+    """A curve set in its YAML layout, every point an exact unit string."""
+    return {
+        "name": curves.name,
+        "source": curves.provenance.source.value,
+        "ref": curves.provenance.ref,
+        "compute": {cls.value: _curve_pairs(curve, Dimension.FLOP) for cls, curve in curves.compute},
+        "memory": _curve_pairs(curves.memory, Dimension.BYTES),
+    }
+
+
+def part_to_dict(kind: str, part: Part) -> dict[str, Any]:
+    """A part in its YAML layout plus its ``file``: every number an exact unit string with its
+    source and ref, the efficiency curves inline."""
+    out: dict[str, Any] = {"kind": kind, "name": part.name, "description": part.description, "file": part.file}
+    for key, (attr, dimension) in SCHEMA[kind].items():
+        prov = part.source_of(key)
+        out[key] = {"value": exact_quantity(getattr(part, attr), dimension), "source": prov.source.value,
+                    "ref": prov.ref}
+    curves = getattr(part, "curves", None)
+    if curves is not None:
+        out["efficiency"] = curves_to_dict(curves)
+    return out
+
+
+def system_to_dict(system: System) -> dict[str, Any]:
+    """See :meth:`System.to_dict`."""
+    out: dict[str, Any] = {"kind": "system", "name": system.name, "description": system.description,
+                           "file": system.file, "overrides": list(system.overrides)}
+    for kind in ("gpu", "host", "link", "disk"):
+        part = getattr(system, kind)
+        out[kind] = part_to_dict(kind, part) if part is not None else None
+    return out
 
 
 def apply_overrides(system: System, overrides: Iterable[str]) -> System:
@@ -347,6 +496,11 @@ def apply_overrides(system: System, overrides: Iterable[str]) -> System:
             provenance = dict(current.provenance)
             provenance[field] = Provenance(source=Source.OVERRIDE, ref=where)
             part = dataclasses.replace(current, **{attr: number, "provenance": tuple(provenance.items())})
+            if kind in ("gpu", "host"):
+                _check_reserve(part.memory_bytes, part.reserved_bytes, kind,
+                               value if field == "memory" else format_bytes(part.memory_bytes),
+                               value if field == "reserved_memory" else format_bytes(part.reserved_bytes),
+                               f"(after {where!r})")
             system = dataclasses.replace(system, **{kind: part})
         applied.append(text)
     return dataclasses.replace(system, overrides=tuple(applied))

@@ -148,7 +148,12 @@ class Disk(Part):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class System:
-    """One GPU, its host, the link between them and optionally a disk."""
+    """One GPU, its host, the link between them and optionally a disk.
+
+    ``source`` (the bundled name, or the absolute path it was loaded from) and ``content_sha256``
+    (of that file; ``None`` for a bundled system) say where it came from; they are a record, not
+    part of what the system is, so they take no part in equality or hashing.
+    """
 
     name: str
     description: str
@@ -158,6 +163,8 @@ class System:
     link: Link
     disk: Disk | None
     overrides: tuple[str, ...] = ()
+    source: str = field(default="", compare=False)
+    content_sha256: str | None = field(default=None, compare=False)
     _hash: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -169,11 +176,37 @@ class System:
     def __hash__(self) -> int:
         return self._hash
 
+    def to_dict(self) -> dict[str, object]:
+        """The system in its YAML layout, parts and curves inline, overrides already applied.
+
+        Every number is a unit string that parses back to exactly the same float, with its source
+        and ref; ``file`` (of the system and of each part) and ``overrides`` are kept as a record.
+        :func:`hwprofiles.loader.system_from_dict` rebuilds an equal System from it.
+
+        Examples
+        --------
+        >>> from hwprofiles import load_system
+        >>> d = load_system("a100-40gb").to_dict()
+        >>> d["gpu"]["memory"]["value"], d["link"]["h2d"]["source"]
+        ('40 GiB', 'measured')
+        """
+        # The schema (YAML key, field, dimension) lives with the loader, which imports these types.
+        from hwprofiles.loader import system_to_dict
+
+        return system_to_dict(self)
+
     def summary(self) -> dict[str, object]:
-        """A JSON-friendly identification of the hardware (used in plans)."""
+        """A JSON-friendly identification of the hardware (a plan's ``hardware``).
+
+        ``source`` is the bundled name or the absolute path loaded, ``content_sha256`` that file's
+        hash (``None`` for a bundled system), and ``resolved`` every value as :meth:`to_dict` gives
+        it, so that a plan can be re-costed on its own hardware after the file has gone.
+        """
         return {
             "system": self.name,
+            "source": self.source or self.file,
             "file": self.file,
+            "content_sha256": self.content_sha256,
             "gpu": self.gpu.name,
             "host": self.host.name,
             "link": self.link.name,
@@ -183,4 +216,5 @@ class System:
             "host_memory_bytes": self.host.memory_bytes,
             "h2d_bytes_per_s": self.link.h2d_bytes_per_s,
             "d2h_bytes_per_s": self.link.d2h_bytes_per_s,
+            "resolved": self.to_dict(),
         }

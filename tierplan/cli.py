@@ -323,7 +323,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise PlanError(f"evaluate PLAN re-costs the plan's own workload and decisions; {', '.join(given)} "
                         f"would be ignored (re-plan with 'tierplan plan kv', or cost a policy with 'evaluate kv')")
     plan = Plan.load(args.target)
-    system = load_system(args.hw or plan.hardware["system"], args.set or [])
+    system = _plan_system(plan, args)
     wl = plan_workload(plan, model=load_model(args.model) if args.model else None)
     cost, pred = evaluate_plan(plan, wl, system)
     out = {"policy": f"plan {args.target}", "hardware": system.name,
@@ -338,6 +338,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 # Workload flags that `evaluate PLAN` would ignore (the plan carries its own workload).
 _WORKLOAD_FLAGS = ("batch", "gpu_batch", "gpu_batches", "prefill_chunk", "prompt", "gen", "dtype_bytes", "kv_dtype",
                    "kv_keep", "allow_long_context")
+
+
+def _plan_system(plan: Plan, args: argparse.Namespace):
+    """The system to re-cost a plan on: --hw (with --set), or the plan's own, rebuilt from what it
+    recorded (a note on stderr says when its file is gone or changed)."""
+    from solver.plan import plan_system
+
+    system, note = plan_system(plan, hw=args.hw, overrides=args.set or [])
+    if note:
+        print(f"tierplan: note: {note}", file=sys.stderr)
+    return system
 
 
 def plan_workload(plan: Plan, *, model=None) -> KvWorkload:
@@ -442,8 +453,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
 def cmd_replay(args: argparse.Namespace) -> int:
     _, replay, report, _ = _validate_modules()
     plan = Plan.load(args.plan)
-    hw = args.hw or plan.hardware.get("file") or plan.hardware["system"]
-    system = load_system(hw, args.set or [])
+    system = _plan_system(plan, args)
     wl = plan_workload(plan)
     if args.layers is not None and args.layers > wl.model.n_layers:
         raise PlanError(f"--layers must be at most the plan's {wl.model.n_layers} layers, got {args.layers}")

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import hashlib
+import json
 import re
 from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from hwprofiles import (
     Curve,
@@ -18,12 +22,15 @@ from hwprofiles import (
     OpClass,
     ProfileError,
     Source,
+    Dimension,
     apply_overrides,
     list_parts,
     list_systems,
     load_part,
     load_system,
+    parse_quantity,
 )
+from hwprofiles.loader import exact_quantity, system_from_dict
 
 TOY = Path(__file__).resolve().parents[1] / "data" / "toy-system.yaml"
 PART_KINDS = ("gpu", "host", "link", "disk")
@@ -401,3 +408,209 @@ def test_curve_that_makes_a_bigger_op_faster_is_rejected(tmp_path):
         parse_curves(data, file="x.yaml")
     data["compute"]["gemm"] = [["1 MFLOP", "1 %"], ["10 MFLOP", "3.3 %"]]
     assert parse_curves(data, file="x.yaml").compute_curve(OpClass.GEMM)(1e7) == pytest.approx(0.033)
+
+
+# ---------------------------------------------------------------------------------------------
+# Bounded reading of every profile file (hwprofiles.safe_io)
+# ---------------------------------------------------------------------------------------------
+
+ALIAS_BOMB = "\n".join(
+    ["description: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    + [f"x{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)]) + "\n"
+
+
+def test_an_alias_bomb_in_a_system_file_is_refused(tmp_path):
+    path = tmp_path / "bomb.yaml"
+    path.write_text(_toy_text().replace("description: made-up 16 GiB GPU on a 10 GB/s link, for tests\n", ALIAS_BOMB))
+    with pytest.raises(ProfileError, match=r"YAML anchors are not allowed \(&a0 at line \d+, column \d+\).*bomb\.yaml"):
+        load_system(path)
+
+
+def test_an_alias_in_a_part_file_is_refused_and_names_the_part_file(tmp_path):
+    (tmp_path / "link.yaml").write_text(
+        "kind: link\nname: l\n"
+        'h2d: &bw {value: "7 GB/s", source: measured, ref: "a test"}\nd2h: *bw\n'
+        'latency: {value: "2 us", source: measured, ref: "a test"}\n'
+        'pageable_factor: {value: "50 %", source: measured, ref: "a test"}\n'
+        'bidirectional_factor: {value: "80 %", source: measured, ref: "a test"}\n')
+    (tmp_path / "sys.yaml").write_text("kind: system\nname: s\ngpu: a100-40gb\nhost: dgx-a100-gpu-share\nlink: link.yaml\n")
+    with pytest.raises(ProfileError, match=r"anchors are not allowed \(&bw at line 3.*link\.yaml\)"):
+        load_system(tmp_path / "sys.yaml")
+
+
+def test_a_binary_system_file_is_refused(tmp_path):
+    path = tmp_path / "weights.yaml"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00")
+    with pytest.raises(ProfileError, match=r"profile file .*weights\.yaml is binary \(a NUL byte at offset 8\)"):
+        load_system(path)
+
+
+def test_a_non_utf8_system_file_is_refused(tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(_toy_text().replace("made-up 16 GiB", "Café 16 GiB").encode("latin-1"))
+    with pytest.raises(ProfileError, match=r"latin1\.yaml is not UTF-8 text: byte 0xe9 at offset \d+ \(line 4\)"):
+        load_system(path)
+
+
+def test_a_directory_given_as_the_system_is_refused(tmp_path):
+    (tmp_path / "profiles").mkdir()
+    with pytest.raises(ProfileError, match=r"profile file .*profiles is a directory; a file is needed here"):
+        load_system(str(tmp_path / "profiles"))
+
+
+def test_an_oversized_system_file_is_refused_with_the_limit(tmp_path):
+    path = tmp_path / "huge.yaml"
+    path.write_text(_toy_text() + "#" * (4 * 2**20))
+    with pytest.raises(ProfileError, match=r"huge\.yaml is 4 MiB; the limit for a profile file is 4 MiB"):
+        load_system(path)
+
+
+def test_a_curve_set_name_cannot_be_a_path():
+    data = yaml.safe_load(_toy_text())
+    data["gpu"]["efficiency"] = "../../../etc/passwd"
+    with pytest.raises(ProfileError, match=r"names unknown curve set '\.\./\.\./\.\./etc/passwd'; known: generic-cpu"):
+        system_from_dict(data, file="x.yaml")
+
+
+def test_a_part_name_cannot_be_a_path_out_of_the_bundled_folder():
+    with pytest.raises(ProfileError, match=r"unknown gpu '\.\./systems/t4'"):
+        load_part("gpu", "../systems/t4")
+
+
+# ---------------------------------------------------------------------------------------------
+# Reserved memory must leave memory to plan with
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["gpu", "host"])
+def test_reserved_memory_at_least_the_memory_is_an_error_naming_both(tmp_path, kind):
+    data = yaml.safe_load(_toy_text())
+    data[kind]["memory"]["value"] = "40 GiB"
+    data[kind]["reserved_memory"]["value"] = "116.36 GiB"
+    path = tmp_path / "reserve.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ProfileError) as err:
+        load_system(path)
+    assert str(err.value) == (
+        f"system.{kind}.reserved_memory must be less than system.{kind}.memory, got reserved_memory '116.36 GiB' "
+        f">= memory '40 GiB' (usable memory would be -76.36 GiB) ({path.resolve()})")
+    data[kind]["reserved_memory"]["value"] = "40 GiB"  # equal: nothing left either
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ProfileError, match=r"usable memory would be 0 B"):
+        load_system(path)
+
+
+def test_an_override_that_reserves_all_the_memory_is_an_error():
+    with pytest.raises(ProfileError, match=r"gpu.reserved_memory must be less than gpu.memory, got reserved_memory "
+                                           r"'50GiB' >= memory '40.00 GiB' .*after '--set gpu.reserved_memory=50GiB'"):
+        load_system("a100-40gb", ["gpu.reserved_memory=50GiB"])
+    with pytest.raises(ProfileError, match=r"got reserved_memory '.*' >= memory '1GiB'"):
+        load_system("a100-40gb", ["host.memory=1GiB"])
+
+
+def test_a_part_swap_to_a_part_file_with_no_usable_memory_is_an_error(tmp_path):
+    data = yaml.safe_load(_toy_text())["gpu"]
+    data["reserved_memory"]["value"] = "20 GiB"
+    (tmp_path / "g.yaml").write_text(yaml.safe_dump(data))
+    with pytest.raises(ProfileError, match=r"gpu.reserved_memory must be less than gpu.memory.*g\.yaml"):
+        load_system(TOY, [f"gpu={tmp_path / 'g.yaml'}"])
+
+
+# ---------------------------------------------------------------------------------------------
+# System.to_dict and system_from_dict: a plan carries its hardware
+# ---------------------------------------------------------------------------------------------
+
+RECORDED_PROFILE = Path(__file__).resolve().parents[2] / "validate" / "records" / "cpu-2core-2026-12-01-profile.yaml"
+
+
+def _round_trips(system, via):
+    data = system.to_dict()
+    text = json.dumps(data) if via == "json" else yaml.safe_dump(data)
+    again = system_from_dict(json.loads(text) if via == "json" else yaml.safe_load(text), file="record")
+    assert again == system
+    assert hash(again) == hash(system)
+    assert again.to_dict() == data
+
+
+@pytest.mark.parametrize("via", ["json", "yaml"])
+@pytest.mark.parametrize("name", list_systems())
+def test_every_bundled_system_round_trips_through_to_dict(name, via):
+    _round_trips(load_system(name), via)
+
+
+@pytest.mark.parametrize("via", ["json", "yaml"])
+def test_toy_measured_and_overridden_systems_round_trip(via):
+    _round_trips(load_system(TOY), via)
+    if RECORDED_PROFILE.exists():
+        _round_trips(load_system(RECORDED_PROFILE, ["link.h2d=1.234567GB/s"]), via)
+    _round_trips(load_system("a100-40gb", ["link=pcie5-x16", "link.latency=0us", "disk=nvme-gen4",
+                                           "gpu.memory=39.5GiB", "link.pageable_factor=33.3%"]), via)
+
+
+def test_to_dict_values_are_unit_strings_with_sources():
+    system = load_system("a100-40gb", ["link.h2d=12GB/s"])
+    d = system.to_dict()
+    assert d["kind"] == "system" and d["name"] == "a100-40gb" and d["overrides"] == ["link.h2d=12GB/s"]
+    assert d["gpu"]["memory"] == {"value": "40 GiB", "source": "measured", "ref": system.gpu.source_of("memory").ref}
+    assert d["link"]["h2d"] == {"value": "12 GB/s", "source": "override", "ref": "--set link.h2d=12GB/s"}
+    assert d["link"]["pageable_factor"]["value"].endswith(" %")
+    assert d["gpu"]["efficiency"]["name"] == system.gpu.curves.name  # curves inline, not by name
+    assert isinstance(d["gpu"]["efficiency"]["compute"]["gemm"][0][0], str)
+    assert d["disk"]["file"] == system.disk.file
+    assert load_system(TOY).to_dict()["disk"] is None
+
+
+def test_exact_quantity_reads_back_as_the_same_float():
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.floats(min_value=1e-12, max_value=1e18, allow_nan=False, allow_infinity=False),
+           st.sampled_from([d for d in Dimension if d is not Dimension.RATIO]))
+    def exact(value, dimension):
+        assert parse_quantity(exact_quantity(value, dimension), dimension, field="x") == value
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.decimals(min_value="0.001", max_value="100", places=4))
+    def ratio(percent):  # every ratio a profile can hold was parsed from "<number> %"
+        value = parse_quantity(f"{percent} %", Dimension.RATIO, field="x")
+        assert parse_quantity(exact_quantity(value, Dimension.RATIO), Dimension.RATIO, field="x") == value
+
+    exact()
+    ratio()
+
+
+def test_summary_records_source_hash_overrides_and_resolved(tmp_path):
+    bundled = load_system("t4", ["link.h2d=3GB/s"])
+    s = bundled.summary()
+    assert s["source"] == "t4" and s["content_sha256"] is None and s["overrides"] == ["link.h2d=3GB/s"]
+    assert s["resolved"] == bundled.to_dict()
+    path = tmp_path / "mine.yaml"
+    path.write_bytes(TOY.read_bytes())
+    s = load_system(path).summary()
+    assert s["source"] == str(path.resolve())
+    assert s["content_sha256"] == hashlib.sha256(TOY.read_bytes()).hexdigest()
+    assert s["system"] == "toy" and s["gpu"] == "toy-gpu"
+    json.dumps(s)  # JSON-friendly as it is
+
+
+def test_source_and_hash_are_a_record_not_part_of_equality():
+    a = load_system(TOY)
+    b = dataclasses.replace(a, source="elsewhere", content_sha256="0" * 64)
+    assert a == b and hash(a) == hash(b)
+
+
+def test_system_from_dict_refuses_malformed_records():
+    data = load_system(TOY).to_dict()
+    with pytest.raises(ProfileError, match=r"system has unknown fields \['extra'\].*\(in plan\.json\)"):
+        system_from_dict({**data, "extra": 1}, file="in plan.json")
+    with pytest.raises(ProfileError, match=r"system.overrides must be a list of strings, got 'x'"):
+        system_from_dict({**data, "overrides": "x"}, file="p")
+    with pytest.raises(ProfileError, match=r"system.link is missing \(p\)"):
+        system_from_dict({k: v for k, v in data.items() if k != "link"}, file="p")
+    broken = copy.deepcopy(data)
+    broken["gpu"]["memory"]["value"] = "lots"
+    with pytest.raises(ProfileError, match=r"system.gpu.memory must look like '<number> <unit>'.*got 'lots' \(p\)"):
+        system_from_dict(broken, file="p")
+    with pytest.raises(ProfileError, match="a system must be a mapping, got list"):
+        system_from_dict([], file="p")  # type: ignore[arg-type]
