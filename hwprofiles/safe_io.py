@@ -25,7 +25,7 @@ MiB = 2**20
 PROFILE_MAX_BYTES = 4 * MiB
 CONFIG_MAX_BYTES = 4 * MiB
 # A plan of an 80-layer model is ~120 KiB of JSON (its hardware record ~11 KiB of that).
-PLAN_MAX_BYTES = 64 * MiB
+PLAN_MAX_BYTES = 16 * MiB  # 13.5 MiB of plan JSON parsed to a 73 MiB peak (tracemalloc): far under 1 GiB
 # YAML nodes are built as Python objects: a few hundred bytes and ~4 us each with libyaml (~20 us
 # without). A measured profile has ~1,000 nodes, a YAML plan of an 80-layer model ~10,000.
 DEFAULT_MAX_NODES = 100_000

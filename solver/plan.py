@@ -117,7 +117,7 @@ class Plan:
 
     @classmethod
     def load(cls, path: str | Path) -> Plan:
-        """Read a plan file (``.json``, or ``.yaml``/``.yml``): at most 64 MiB of UTF-8 text, YAML
+        """Read a plan file (``.json``, or ``.yaml``/``.yml``): at most 16 MiB of UTF-8 text, YAML
         without anchors or aliases; every error is a :class:`PlanError` naming the file."""
         path = Path(path)
         text = read_text(path, what="plan file", max_bytes=PLAN_MAX_BYTES, error=PlanError)
