@@ -25,7 +25,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="in-process runs; the fastest is reported (on a shared "
                                                              "machine the speed drifts by tens of percent)")
     args = ap.parse_args()
-    pts = grid(["llama-2-7b", "llama-3-8b"], ["a100-40gb", "rtx4090"], prompts=[2048, 4000], batches=[16], gen=128,
+    pts = grid(["llama-2-7b", "llama-3-8b"], ["a100-40gb", "rtx4090"], prompts=[2048, 3968], batches=[16], gen=128,
                vary=[parse_vary(f"link.h2d=8GB/s..64GB/s:{args.points_per_system}")])
     sweep(pts[:2], executor=None, workers=None, progress=False)  # warm the imports and caches
     for label, workers in (("in process", 0), ("pool", 1), ("pool", os.cpu_count() or 1)):
