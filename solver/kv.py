@@ -52,6 +52,22 @@ def batch_candidates(max_batch: int, objective: str) -> list[int]:
     return out + [max_batch]
 
 
+def candidate_workloads(wl: KvWorkload, objective: str) -> list[KvWorkload]:
+    """The workloads a batch search tries, smallest first: :func:`batch_candidates` of ``wl.batch``,
+    or, when ``wl.gpu_batch`` fixes the GPU batch, whole multiples of it (a batch no larger than one
+    GPU batch runs whole).
+
+    >>> from costmodel import load_model
+    >>> wl = KvWorkload(model=load_model("gpt2"), batch=96, gpu_batch=48, prompt_len=8, gen_len=2)
+    >>> [(w.batch, w.micro_batch) for w in candidate_workloads(wl, "throughput")]
+    [(48, 48), (96, 48)]
+    """
+    if not wl.gpu_batch:
+        return [wl.with_batch(b) for b in batch_candidates(wl.batch, objective)]
+    g = wl.gpu_batch
+    return [wl.with_batch(g * n, gpu_batch=g if n > 1 else 0) for n in batch_candidates(wl.batch // g, objective)]
+
+
 def metrics(wl: KvWorkload, cost: KvCost) -> dict[str, float]:
     """The predicted-time fields of a plan (FlexGen's throughput: generated tokens / total time)."""
     total = cost.prefill_s + cost.decode_s
@@ -439,8 +455,7 @@ def _search_policy(name: str, wl: KvWorkload, system: System, *, objective: str,
     if nothing beats it."""
     values = _check_policy(name, system)
     best: Evaluated | None = None
-    for b in reversed(batch_candidates(wl.batch, objective)):
-        wlb = wl.with_batch(b)
+    for wlb in reversed(candidate_workloads(wl, objective)):
         if _pruned(wlb, system, _best([e for e in (best, floor) if e is not None], objective), objective, stats,
                    "" if values is not None else name):
             continue
@@ -452,8 +467,7 @@ def _search_policy(name: str, wl: KvWorkload, system: System, *, objective: str,
         best = _best([e for e in (best, ev) if e is not None], objective)
     best = _best([e for e in (best, floor) if e is not None], objective)
     if best is None:
-        smallest = batch_candidates(wl.batch, objective)[0]
-        res = evaluate_policy(name, wl.with_batch(smallest), system, n_ranges=n_ranges, backend=backend,
+        res = evaluate_policy(name, candidate_workloads(wl, objective)[0], system, n_ranges=n_ranges, backend=backend,
                               time_limit_s=time_limit_s, stats=stats)
         tried = f"at batch {wl.batch}" if objective == "latency" else f"at any batch up to {wl.batch}"
         return None, f"{name} does not fit {tried}: " + res.reason.split(": ", 1)[-1]
@@ -580,15 +594,15 @@ def plan_kv(wl: KvWorkload, system: System, *, objective: str = "throughput", n_
     floor = _best(list(base_evals.values()), objective)
     best: Evaluated | None = None
     no_disk = Restriction(modes=_useful_modes(wl, has_disk=False))
-    for b in reversed(batch_candidates(wl.batch, objective)):
+    for cand in reversed(candidate_workloads(wl, objective)):
+        b = cand.batch
         # A batch that cannot beat the best plan so far, or the best baseline, is skipped.
-        if _pruned(wl.with_batch(b), system, _best([e for e in (best, floor) if e is not None], objective),
-                   objective, stats):
+        if _pruned(cand, system, _best([e for e in (best, floor) if e is not None], objective), objective, stats):
             continue
         # Disk modes nest the host modes (a disk mode with no disk share is a host mode), and that
         # symmetry makes the MIP ~5x slower. Disk only stands in for host memory, so it is added
         # only when the problem without it is infeasible or leaves under 10 % of host memory free.
-        splits = [wl.gpu_batch] if wl.gpu_batch else [0] + [b >> k for k in (1, 2, 3) if b % (1 << k) == 0]
+        splits = [cand.gpu_batch] if wl.gpu_batch else [0] + [b >> k for k in (1, 2, 3) if b % (1 << k) == 0]
         for gb in splits:
             wlb = wl.with_batch(b, gpu_batch=gb if gb != b else 0)
             ev = None
@@ -616,7 +630,7 @@ def plan_kv(wl: KvWorkload, system: System, *, objective: str = "throughput", n_
     hw = system.summary()
     solver_info = {"selected_from": selected, "backend": stats["backend"], "solves": stats["solves"],
                    "solve_time_s": stats["solve_time_s"], "statuses": sorted(stats["statuses"]),
-                   "n_variables": stats["n_variables"], "batch_candidates": batch_candidates(wl.batch, objective),
+                   "n_variables": stats["n_variables"], "batch_candidates": [w.batch for w in candidate_workloads(wl, objective)],
                    "batches_pruned": stats["batches_pruned"], "lp_solves": stats["lp_solves"],
                    "kv_groups": kv_groups, "n_ranges": n_ranges}
     if best is None:
@@ -625,7 +639,7 @@ def plan_kv(wl: KvWorkload, system: System, *, objective: str = "throughput", n_
         solver_info["status"] = status.value
         return Plan(kind="kv", status=status.value, objective=objective, workload=wl.summary(), hardware=hw,
                     capacity=capacity(system), baselines=base, solver=solver_info,
-                    explanation=explain_infeasible(wl.with_batch(batch_candidates(wl.batch, objective)[0]), system))
+                    explanation=explain_infeasible(candidate_workloads(wl, objective)[0], system))
     pred = metrics(best.workload, best.cost)
     for entry in base.values():
         if entry["status"] == "feasible":
