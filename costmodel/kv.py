@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import enum
 import functools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -212,6 +213,23 @@ class KvWorkload:
     def with_batch(self, batch: int, gpu_batch: int = 0) -> KvWorkload:
         """The same workload at another batch (run whole, or as GPU batches of ``gpu_batch``)."""
         return replace(self, batch=batch, gpu_batch=gpu_batch)
+
+    @classmethod
+    def from_summary(cls, summary: Mapping[str, Any], model: TransformerSpec) -> KvWorkload:
+        """The workload :meth:`summary` describes (a plan's ``workload``), with ``model`` for its model.
+        Fields an older summary lacks take the defaults they had then."""
+        w = summary
+        try:
+            return cls(model=model, batch=w["batch"], prompt_len=w["prompt_len"], gen_len=w["gen_len"],
+                       dtype_bytes=w.get("dtype_bytes", 2), prefill_chunk_tokens=w.get("prefill_chunk_tokens", 4096),
+                       gpu_batch=w.get("gpu_batch", 0) if w.get("gpu_batches", 1) > 1 else 0,
+                       stream_granularity=w.get("stream_granularity", "layer"),
+                       fused_attention=w.get("fused_attention", True), overlap=w.get("overlap", True),
+                       pinned_weights=w.get("pinned_weights", True),
+                       cpu_attention_upcast=w.get("cpu_attention_upcast", False), kv_dtype=w.get("kv_dtype", ""),
+                       kv_keep=w.get("kv_keep", 1.0), allow_long_context=w.get("allow_long_context", False))
+        except KeyError as err:
+            raise WorkloadError(f"workload field {err} is missing") from None
 
     def summary(self) -> dict[str, object]:
         return {"model": self.model.name, "model_file": self.model.source, "batch": self.batch, "prompt_len": self.prompt_len,

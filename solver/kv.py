@@ -28,7 +28,7 @@ from costmodel import (
     shortfalls,
     time_lower_bound_s,
 )
-from costmodel.kv import explain_shortfall, prefill_hidden_bytes
+from costmodel.kv import explain_shortfall, kv_layer_bytes, prefill_hidden_bytes
 from hwprofiles import System, format_bytes
 from solver.backends import SolveStatus
 from solver.errors import PlanError
@@ -384,6 +384,12 @@ def _check_policy(name: str, system: System) -> tuple[float, ...] | None:
     return values
 
 
+def _needs_missing_disk(values: tuple[float, ...] | None, system: System) -> bool:
+    """Whether FlexGen percentages leave weights or KV for a disk the system does not have."""
+    return values is not None and system.disk is None and (values[0] + values[1] < 1 - 1e-9
+                                                           or values[2] + values[3] < 1 - 1e-9)
+
+
 def evaluate_policy(name: str, wl: KvWorkload, system: System, *, n_ranges: int = 4, backend: str | None = None,
                     time_limit_s: float = 10.0, stats: dict | None = None) -> PolicyResult:
     """Cost a named policy at exactly ``wl`` (its batch and GPU batch), or say why it cannot run there.
@@ -396,7 +402,7 @@ def evaluate_policy(name: str, wl: KvWorkload, system: System, *, n_ranges: int 
     """
     stats = stats if stats is not None else _new_stats()
     values = _check_policy(name, system)
-    if values is not None and system.disk is None and (values[0] + values[1] < 1 - 1e-9 or values[2] + values[3] < 1 - 1e-9):
+    if _needs_missing_disk(values, system):
         return PolicyResult(name=name, workload=wl, status="infeasible",
                             reason=f"{name} puts data on disk but system {system.name!r} has no disk")
     ev = _evaluate_at(name, values, wl, system, n_ranges=n_ranges, backend=backend, time_limit_s=time_limit_s,
@@ -459,8 +465,7 @@ def _search_policy(name: str, wl: KvWorkload, system: System, *, objective: str,
         if _pruned(wlb, system, _best([e for e in (best, floor) if e is not None], objective), objective, stats,
                    "" if values is not None else name):
             continue
-        if values is not None and system.disk is None and (values[0] + values[1] < 1 - 1e-9
-                                                           or values[2] + values[3] < 1 - 1e-9):
+        if _needs_missing_disk(values, system):
             break
         ev = _evaluate_at(name, values, wlb, system, n_ranges=n_ranges, backend=backend, time_limit_s=time_limit_s,
                           stats=stats, objective=objective)
@@ -490,7 +495,7 @@ def explain_infeasible(wl: KvWorkload, system: System) -> str:
         return (f"even with all weights and KV offloaded, {explain_shortfall(floor, {**cap, 'host_bytes': float('inf'), 'disk_bytes': float('inf')})}; "
                 f"lower --batch, --gpu-batch or --prompt, or a smaller --prefill-chunk")
     weights = m.n_layers * wl.layer_weight_bytes + wl.head_weight_bytes
-    kv = m.n_layers * wl.batch * wl.max_context * wl.kv_token_bytes
+    kv = m.n_layers * kv_layer_bytes(wl)
     total_cap = cap["gpu_bytes"] - floor.gpu_bytes + cap["host_bytes"] + cap["disk_bytes"]
     need = weights + kv
     if need > total_cap:

@@ -353,20 +353,7 @@ def _plan_system(plan: Plan, args: argparse.Namespace):
 
 def plan_workload(plan: Plan, *, model=None) -> KvWorkload:
     """The workload a plan was made for (its batch, GPU batch, chunking and streaming included)."""
-    w = plan.workload
-    try:
-        return KvWorkload(model=model or _plan_model(w), batch=w["batch"], prompt_len=w["prompt_len"],
-                          gen_len=w["gen_len"], dtype_bytes=w.get("dtype_bytes", 2),
-                          prefill_chunk_tokens=w.get("prefill_chunk_tokens", 4096),
-                          gpu_batch=w.get("gpu_batch", 0) if w.get("gpu_batches", 1) > 1 else 0,
-                          stream_granularity=w.get("stream_granularity", "layer"),
-                          fused_attention=w.get("fused_attention", True), overlap=w.get("overlap", True),
-                          pinned_weights=w.get("pinned_weights", True),
-                          cpu_attention_upcast=w.get("cpu_attention_upcast", False),
-                          kv_dtype=w.get("kv_dtype", "") if w.get("kv_dtype", "") in KV_DTYPES else "",
-                          kv_keep=w.get("kv_keep", 1.0), allow_long_context=w.get("allow_long_context", False))
-    except KeyError as err:
-        raise PlanError(f"plan workload field {err} is missing") from None
+    return KvWorkload.from_summary(plan.workload, model or _plan_model(plan.workload))
 
 
 def _print_eval(out: dict, as_json: bool) -> None:
