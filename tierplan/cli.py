@@ -676,6 +676,11 @@ def _validate_counts(args: argparse.Namespace) -> None:
             value = min(values)
         if value is not None and value <= 0:
             raise WorkloadError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+    # Sizes of the work itself (the MIP grows with ranges and head groups; each worker is a process).
+    for name, bound in (("ranges", 64), ("kv_groups", 128), ("workers", 256), ("repeats", 1000)):
+        value = getattr(args, name, None)
+        if value is not None and value > bound:
+            raise WorkloadError(f"--{name.replace('_', '-')} must be at most {bound}, got {value}")
     if (getattr(args, "prefill_chunk", None) or 0) < 0:
         raise WorkloadError(f"--prefill-chunk must be 0 or a positive integer, got {args.prefill_chunk}")
     if getattr(args, "kv_groups", 0) < 0:

@@ -124,6 +124,8 @@ def test_cli_argument_vectors(command, extra, junk):
     (["plan", "kv", "-o", "/nonexistent/x.json"], "does not exist"),
     (["sweep", "kv", "-o", "/tmp/a.csv", "--resume", "/tmp/b.csv"], "different files"),
     (["evaluate", "kv", "--policy", "kv-offload", "--kv-keep", "0"], "kv_keep"),
+    (["plan", "kv", "--ranges", "100000"], "at most 64"),
+    (["sweep", "kv", "--workers", "100000"], "at most 256"),
 ])
 def test_named_bad_arguments_get_their_answer(argv, needle):
     code, err = check(argv, expect=(2,))
