@@ -158,7 +158,8 @@ def table(results: list[PublishedResult], *, skipped: bool = False) -> str:
     body = []
     for r in rows:
         pred = f"{r.predicted:.3g}" if isinstance(r.predicted, float) else str(r.predicted or "-")
-        err = f"{r.error_pct:+.1f}" if r.error_pct is not None else (r.note if r.status == "skipped" else "-")
+        err = (f"{r.error_pct:+.1f}" if r.error_pct is not None
+               else r.note if r.status == "skipped" or r.metric == "outcome" else "-")
         body.append([r.id, r.hardware, r.workload, f"{r.measured}", pred, err])
     widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths)), "  ".join("-" * w for w in widths)]
