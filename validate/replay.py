@@ -45,6 +45,7 @@ own prediction and says what share of the model it covers.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import os
@@ -470,6 +471,16 @@ class Replayer:
             raise ReplayError("replay of MLA (latent KV) layers is not supported yet")
         if m.quant is not None:
             raise ReplayError(f"replay of quantised weights ({m.quantization}) is not supported yet")
+        if wl.gpu_batches > 1:
+            raise ReplayError(f"replay runs the batch as one GPU batch; this plan runs {wl.gpu_batches} GPU batches of "
+                              f"{wl.micro_batch} (replay of GPU batches is not supported yet)")
+        engine = [f for f, default in (("stream_granularity", "layer"), ("fused_attention", True), ("overlap", True),
+                                       ("pinned_weights", True), ("cpu_attention_upcast", False))
+                  if getattr(wl, f) != default]
+        if engine or wl.kv_dtype or wl.kv_keep != 1.0:
+            raise ReplayError("replay runs tierplan's own runtime (layer streaming, fused attention, overlapped "
+                              "copies, pinned weights, full-precision KV of every token); this plan sets "
+                              f"{', '.join(engine + (['kv_dtype'] if wl.kv_dtype else []) + (['kv_keep'] if wl.kv_keep != 1.0 else []))}")
         if m.n_heads % m.n_kv_heads:
             raise ReplayError(f"n_heads must be a multiple of n_kv_heads, got {m.n_heads} and {m.n_kv_heads}")
         for p in layers:
@@ -799,9 +810,7 @@ def replay_policies(wl: KvWorkload, system: System, policies: Sequence[LayerPoli
     warnings = _hardware_warnings(system, plan_hardware, dev)
     dtype, note = replay_dtype(system, wl, dev)
     size = torch.empty((), dtype=dtype).element_size()
-    wl_run = wl if note is None else KvWorkload(model=wl.model, batch=wl.batch, prompt_len=wl.prompt_len,
-                                                gen_len=wl.gen_len, dtype_bytes=size,
-                                                prefill_chunk_tokens=wl.prefill_chunk_tokens)
+    wl_run = wl if note is None else dataclasses.replace(wl, dtype_bytes=size)  # every other field as planned
     if note:
         warnings.append(note)
     tags = profile_tags(system.description)
