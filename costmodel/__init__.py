@@ -1,8 +1,22 @@
-"""Cost models: transformer specs, roofline and link times, and the KV-inference cost of a policy.
+"""Cost models: transformer specs, roofline and link times, the KV-inference cost of a policy, and
+recommendation-model specs with their tables' access distributions and hit-rate curves.
 
 Pure functions of a workload and a :class:`hwprofiles.System`; no solver and no torch here.
 """
 
+from costmodel.embeddings import (
+    HistogramAccess,
+    HitCurve,
+    RecModel,
+    Table,
+    TraceAccess,
+    ZipfAccess,
+    list_rec_models,
+    load_histogram,
+    load_rec_model,
+    load_trace,
+    rec_model_from_dict,
+)
 from costmodel.errors import WorkloadError
 from costmodel.kv import (
     Fractions,
@@ -32,6 +46,8 @@ from costmodel.roofline import Op, Processor, Roof, binding_roof, op_time_s, roo
 from costmodel.transformer import TransformerSpec, list_models, load_model, model_info, spec_from_hf_config
 
 __all__ = [
+    "HistogramAccess", "HitCurve", "RecModel", "Table", "TraceAccess", "ZipfAccess", "list_rec_models",
+    "load_histogram", "load_rec_model", "load_trace", "rec_model_from_dict",
     "Fractions", "KvAction", "KvCost", "KvWorkload", "LayerCost", "LayerPolicy", "Memory", "Op",
     "Processor", "Resource", "Roof", "Tier", "TokenSplit", "TransformerSpec", "UnitCosts",
     "WorkloadError", "binding_roof", "capacity", "dense_gpu_s", "evaluate", "head_costs", "list_models",

@@ -106,10 +106,36 @@ def cmd_models_list(args: argparse.Namespace) -> int:
                      "MoE" if m.n_experts > 1 else ("GQA" if m.is_gqa else "MHA")])
     print(_table(["model", "family", "params (B)", "layers", "heads", "kv heads", "KV KiB/token (fp16)", "attention"],
                  rows))
+    from costmodel import list_rec_models, load_rec_model
+
+    rec = []
+    for name in list_rec_models():
+        r = load_rec_model(name)
+        rec.append([name, str(len(r.tables)), f"{sum(t.rows for t in r.tables):,}", str(r.embedding_dim),
+                    format_bytes(r.total_table_bytes()), r.interaction.value, r.table_optimizer.value])
+    print("\nrecommendation models (embedding tables; `tierplan models show NAME --json` lists every table)")
+    print(_table(["model", "tables", "rows", "dim", "table bytes", "interaction", "table optimizer"], rec))
     return 0
 
 
 def cmd_models_show(args: argparse.Namespace) -> int:
+    from costmodel import list_rec_models, load_rec_model
+
+    if args.name in list_rec_models() or str(args.name).endswith((".yaml", ".yml")):
+        rec = load_rec_model(args.name)
+        out = {**rec.summary(), "table_list": [
+            {"name": t.name, "rows": t.rows, "dim": t.dim, "pooling": t.pooling, "bytes": t.bytes,
+             "access": type(t.access).__name__} for t in rec.tables]}
+        if args.json:
+            print(json.dumps(out, indent=1, default=str))
+        else:
+            for k, v in out.items():
+                if k != "table_list":
+                    print(f"{k:38s} {v:,}" if isinstance(v, int) and not isinstance(v, bool) else f"{k:38s} {v}")
+            print(_table(["table", "rows", "dim", "pooling", "bytes"],
+                         [[t["name"], f"{t['rows']:,}", str(t["dim"]), f"{t['pooling']:g}", format_bytes(t["bytes"])]
+                          for t in out["table_list"]]))
+        return 0
     m = load_model(args.name)
     out = m.summary(args.dtype_bytes)
     try:

@@ -286,3 +286,15 @@ def test_corrupted_sweep_checkpoints(tmp_path, sweep_checkpoint, seed, skip):
     code, err = check([*SWEEP, "--resume", str(out), *(["--skip-corrupt"] if skip else [])])
     if code == 0:  # resumed: every point of the grid is in the table
         assert len(out.read_text().strip().splitlines()) == 3
+
+
+REC_YAML = ROOT / "costmodel" / "recmodels" / "criteo-kaggle.yaml"
+
+
+@FUZZ
+@given(seed=st.integers(0, 2**32 - 1))
+def test_mutated_recommendation_model_specs(tmp_path, seed):
+    # The embeddings family's input: a DLRM-style spec (tables, MLPs, interaction, optimizers).
+    rng = random.Random(seed)
+    path = _write(tmp_path / "my-dlrm.yaml", _mutate_text(REC_YAML.read_text(), rng))
+    check(["models", "show", str(path)])
