@@ -149,7 +149,9 @@ def optimizer_state_bytes_per_row(optimizer: Optimizer | str, dim: int) -> int:
     accumulator per element (``4 * dim``); Adam two fp32 moments per element (``8 * dim``).
     These are the ``momentum1``/``momentum2`` buffers FBGEMM's ``SplitTableBatchedEmbeddingBagsCodegen``
     allocates for ``EXACT_ROWWISE_ADAGRAD`` (rows), ``EXACT_ADAGRAD`` (rows x dim) and ``ADAM``
-    (2 x rows x dim).
+    (2 x rows x dim): in ``fbgemm_gpu/split_table_batched_embeddings_ops_training.py`` momentum1 is
+    split ``rowwise`` exactly for the row-wise Adagrad types, in fp32 unless
+    ``optimizer_state_dtypes`` says otherwise.
 
     Examples
     --------
