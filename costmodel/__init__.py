@@ -17,6 +17,15 @@ from costmodel.embeddings import (
     load_trace,
     rec_model_from_dict,
 )
+from costmodel.embeddings_cost import (
+    BASELINES as EMB_BASELINES,
+    EmbCost,
+    EmbWorkload,
+    TablePolicy,
+    baseline_policies,
+    evaluate_embeddings,
+    torchrec_estimated_hit_rate,
+)
 from costmodel.errors import WorkloadError
 from costmodel.kv import (
     Fractions,
@@ -48,6 +57,8 @@ from costmodel.transformer import TransformerSpec, list_models, load_model, mode
 __all__ = [
     "HistogramAccess", "HitCurve", "RecModel", "Table", "TraceAccess", "ZipfAccess", "list_rec_models",
     "load_histogram", "load_rec_model", "load_trace", "rec_model_from_dict",
+    "EMB_BASELINES", "EmbCost", "EmbWorkload", "TablePolicy", "baseline_policies", "evaluate_embeddings",
+    "torchrec_estimated_hit_rate",
     "Fractions", "KvAction", "KvCost", "KvWorkload", "LayerCost", "LayerPolicy", "Memory", "Op",
     "Processor", "Resource", "Roof", "Tier", "TokenSplit", "TransformerSpec", "UnitCosts",
     "WorkloadError", "binding_roof", "capacity", "dense_gpu_s", "evaluate", "head_costs", "list_models",

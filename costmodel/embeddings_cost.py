@@ -1,0 +1,679 @@
+"""Per-iteration cost of a DLRM training step with each embedding table placed on GPU, cache, UVM or CPU.
+
+A training iteration runs in three stages, one after another:
+
+* ``fetch`` -- what the forward pass waits for: the lookup ids copied up (8 B each), host-resident
+  rows gathered over the link (not prefetched), and the ``cpu`` tables' gathers and pooling on the
+  host with their pooled vectors copied up (DLRM's hybrid, Naumov et al. 2019, arXiv:1906.00091);
+* ``compute`` -- the GPU's work (HBM gathers, the MLPs and the interaction forward and backward,
+  cache maintenance, the updates of HBM rows, the dense optimizer) beside the copies that overlap it
+  (a prefetch of the next batch's cold rows, ScratchPipe, Kwon & Rhu, MICRO 2022; write-backs);
+* ``host_update`` -- tables updated on the CPU: pooled-vector gradients copied down, then the
+  CPU's sparse update (the next forward reads the updated rows).
+
+A stage whose copies overlap its compute takes its slowest resource (as :mod:`costmodel.kv` does
+for a layer); a chain inside a stage (CPU pooling, then its copy) is a sum. Every byte count is in
+the docstring of the function that makes it; the iteration's numbers are in :class:`EmbCost`.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import numbers
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from costmodel.embeddings import FP32_BYTES, CurveKind, RecModel, Table, dense_optimizer_state_bytes_per_param
+from costmodel.errors import WorkloadError
+from costmodel.kv import Memory, Resource, capacity, shortfalls
+from costmodel.roofline import Processor, roofline_time_s
+from hwprofiles import OpClass, System, format_bytes
+
+# A batch above this makes expected-distinct-row sums and the MIP's coefficients meaningless for one GPU.
+MAX_BATCH = 1 << 24
+# Bytes of one lookup id as TorchRec's KeyedJaggedTensor carries it (int64).
+INDEX_BYTES = 8
+# Bytes of an LRU slot's timestamp that FBGEMM's lxu_cache_state/lru_state keeps per touched row (int64).
+LRU_STATE_BYTES = 8
+# FBGEMM/TorchRec's default cache_load_factor: TorchRec planner constants CACHING_RATIO = 0.2
+# (torchrec/distributed/planner/constants.py, kernel_bw_lookup for FUSED_UVM_CACHING).
+DEFAULT_CACHE_LOAD_FACTOR = 0.2
+# NVIDIA DLRM_and_DCNv2 (TensorFlow2): --cpu_offloading_threshold_gb default 75 for an 80 GB A100;
+# the default threshold here scales it to the GPU: 75/80 of the usable HBM.
+NVIDIA_THRESHOLD_SHARE = 75.0 / 80.0
+
+
+class Placement(enum.StrEnum):
+    GPU = "gpu"
+    CACHE = "cache"
+    UVM = "uvm"
+    CPU = "cpu"
+
+
+class StateTier(enum.StrEnum):
+    GPU = "gpu"
+    HOST = "host"
+
+
+class UpdateOn(enum.StrEnum):
+    GPU = "gpu"
+    CPU = "cpu"
+
+
+class Stage(enum.StrEnum):
+    FETCH = "fetch"
+    COMPUTE = "compute"
+    HOST_UPDATE = "host_update"
+
+
+def _enum(cls: type[enum.StrEnum], value: Any, name: str, where: str) -> Any:
+    try:
+        return cls(value)
+    except ValueError:
+        raise WorkloadError(f"{where}{name} must be one of {', '.join(m.value for m in cls)}, got {value!r}") from None
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EmbWorkload:
+    """DLRM training: ``batch`` samples per iteration of ``model``.
+
+    ``dtype_bytes`` is the dense compute's element size (activations; 0 = the model's
+    ``dense_dtype_bytes``); 2 runs the MLPs at the GPU's fp16 peak, 4 or 8 at its fp32 peak.
+    ``prefetch`` is the default of :attr:`TablePolicy.prefetch` for ``cache`` and ``uvm`` tables.
+    """
+
+    model: RecModel
+    batch: int
+    dtype_bytes: int = 0
+    prefetch: bool = False
+    _hash: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.model, RecModel):
+            raise WorkloadError(f"model must be a RecModel, got {type(self.model).__name__}")
+        if not _is_int(self.batch) or self.batch <= 0:
+            raise WorkloadError(f"batch must be a positive integer, got {self.batch!r}")
+        if self.batch > MAX_BATCH:
+            raise WorkloadError(f"batch must be at most {MAX_BATCH:,} (a bound on the planner's work), "
+                                f"got {self.batch:,}")
+        if not _is_int(self.dtype_bytes) or self.dtype_bytes not in (0, 2, 4, 8):
+            raise WorkloadError(f"dtype_bytes must be one of 0 (the model's), 2, 4, 8, got {self.dtype_bytes!r}")
+        if not isinstance(self.prefetch, (bool, np.bool_)):
+            raise WorkloadError(f"prefetch must be true or false, got {self.prefetch!r}")
+        object.__setattr__(self, "_hash", hash((self.model, self.batch, self.dtype_bytes, bool(self.prefetch))))
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    @property
+    def dense_dtype_bytes(self) -> int:
+        return self.dtype_bytes or self.model.dense_dtype_bytes
+
+    def summary(self) -> dict[str, object]:
+        return {"model": self.model.name, "model_file": self.model.file, "batch": self.batch,
+                "dtype_bytes": self.dense_dtype_bytes, "prefetch": bool(self.prefetch)}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TablePolicy:
+    """Where one table lives and how it trains.
+
+    ``placement``: ``gpu`` (whole table in HBM), ``cache`` (the ``cache_rows`` rows a ``cache_kind``
+    cache holds in HBM, every row in host memory, misses gathered over the link: FBGEMM's
+    ``EmbeddingLocation.MANAGED_CACHING``), ``uvm`` (every row in host memory, gathered over the link:
+    ``MANAGED``), ``cpu`` (every row in host memory, gathered and pooled by the CPU: DLRM's hybrid).
+    ``state_tier``: where the optimizer state lives (rows on the GPU keep theirs there; ``cpu``
+    tables keep theirs on the host). ``update_on``: who updates host-resident rows (``cpu`` for
+    ``uvm`` and ``cpu`` tables only; None: ``cpu`` for ``cpu`` tables, else ``gpu``).
+    ``prefetch``: next batch's cold rows copied during this batch's compute (``cache``/``uvm``;
+    None: the workload's default).
+    """
+
+    placement: Placement
+    cache_rows: int = 0
+    cache_kind: CurveKind = CurveKind.LRU
+    state_tier: StateTier | None = None
+    update_on: UpdateOn | None = None
+    prefetch: bool | None = None
+
+    def __post_init__(self) -> None:
+        where = "table policy: "
+        p = _enum(Placement, self.placement, "placement", where)
+        object.__setattr__(self, "placement", p)
+        object.__setattr__(self, "cache_kind", _enum(CurveKind, self.cache_kind, "cache_kind", where))
+        if not _is_int(self.cache_rows) or self.cache_rows < 0:
+            raise WorkloadError(f"{where}cache_rows must be 0 or a positive integer, got {self.cache_rows!r}")
+        if self.cache_rows and p is not Placement.CACHE:
+            raise WorkloadError(f"{where}cache_rows is for placement cache, got cache_rows={self.cache_rows} with "
+                                f"placement {p.value!r}")
+        default_state = StateTier.GPU if p is Placement.GPU else StateTier.HOST
+        state = default_state if self.state_tier is None else _enum(StateTier, self.state_tier, "state_tier", where)
+        if p is Placement.GPU and state is not StateTier.GPU:
+            raise WorkloadError(f"{where}state_tier must be gpu for placement gpu (rows on the GPU keep their "
+                                f"optimizer state there), got {state.value!r}")
+        if p is Placement.CPU and state is not StateTier.HOST:
+            raise WorkloadError(f"{where}state_tier must be host for placement cpu (the CPU updates it), got "
+                                f"{state.value!r}")
+        object.__setattr__(self, "state_tier", state)
+        default_update = UpdateOn.CPU if p is Placement.CPU else UpdateOn.GPU
+        upd = default_update if self.update_on is None else _enum(UpdateOn, self.update_on, "update_on", where)
+        if upd is UpdateOn.CPU and p in (Placement.GPU, Placement.CACHE):
+            raise WorkloadError(f"{where}update_on cpu is for host-resident rows (placement uvm or cpu), got "
+                                f"placement {p.value!r}")
+        if upd is UpdateOn.GPU and p is Placement.CPU:
+            raise WorkloadError(f"{where}update_on must be cpu for placement cpu (its rows never reach the GPU), "
+                                f"got 'gpu'")
+        if upd is UpdateOn.CPU and state is not StateTier.HOST:
+            raise WorkloadError(f"{where}update_on cpu needs state_tier host (the CPU cannot update state in "
+                                f"HBM), got {state.value!r}")
+        object.__setattr__(self, "update_on", upd)
+        if self.prefetch is not None:
+            if not isinstance(self.prefetch, (bool, np.bool_)):
+                raise WorkloadError(f"{where}prefetch must be true, false or null, got {self.prefetch!r}")
+            if self.prefetch and p in (Placement.GPU, Placement.CPU):
+                raise WorkloadError(f"{where}prefetch is for placement cache or uvm (rows gathered over the "
+                                    f"link), got placement {p.value!r}")
+            object.__setattr__(self, "prefetch", bool(self.prefetch))
+
+    def prefetched(self, wl: EmbWorkload) -> bool:
+        """Whether this table's cold rows are prefetched (its own setting, else the workload's)."""
+        if self.placement not in (Placement.CACHE, Placement.UVM):
+            return False
+        return bool(wl.prefetch) if self.prefetch is None else self.prefetch
+
+    def summary(self) -> dict[str, object]:
+        return {"placement": self.placement.value, "cache_rows": self.cache_rows, "cache_kind": self.cache_kind.value,
+                "state_tier": self.state_tier.value, "update_on": self.update_on.value, "prefetch": self.prefetch}
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-table traffic
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TableTraffic:
+    """One table's per-iteration rows and bytes, by resource and stage.
+
+    ``distinct_rows`` U = ``expected_distinct_rows(batch x pooling)``; ``hit_rate`` h (1 on the GPU,
+    the cache's curve, 0 over UVM or on the CPU); ``cold_rows`` M = U (1 - h), the distinct rows read
+    from host memory (an approximation: the share of distinct rows that miss is taken as the share
+    of lookups that miss).
+    """
+
+    name: str
+    placement: Placement
+    lookups: float
+    distinct_rows: float
+    hit_rate: float
+    cold_rows: float
+    gpu_bytes: float  # HBM bytes read and written on the GPU
+    uvm_h2d_bytes: float  # rows read over the link by GPU gathers (small transfers, UVM rate)
+    h2d_bytes: float  # bulk copies up (ids, pooled vectors) at the pinned rate
+    d2h_bytes: float  # copies down (write-backs, gradients)
+    cpu_fwd_flop: float
+    cpu_fwd_bytes: float
+    cpu_upd_flop: float
+    cpu_upd_bytes: float
+    stage_of_cold: Stage  # where the cold-row gather and the id upload run
+
+
+def _hit_rate(table: Table, pol: TablePolicy) -> float:
+    if pol.placement is Placement.GPU:
+        return 1.0
+    if pol.placement is not Placement.CACHE:
+        return 0.0
+    return float(table.access.hit_rate(int(pol.cache_rows), pol.cache_kind))
+
+
+def table_traffic(wl: EmbWorkload, table: Table, pol: TablePolicy) -> TableTraffic:
+    """Rows and bytes one table moves per iteration (``L = B P`` lookups, ``U``, ``h``, ``M`` as in
+    :class:`TableTraffic`; ``r`` row bytes, ``s`` optimizer-state bytes per row, ``g = B D 4`` the
+    table's pooled fp32 vectors).
+
+    * ids up (H2D, pinned): ``8 L`` for tables the GPU pools (TorchRec's int64 KJT ids); none for ``cpu``.
+    * cold rows up (UVM rate): ``M r`` -- FBGEMM's UVM caching fetches each missed row
+      (``lru_cache_populate``/``direct_mapped_lru_cache_populate`` copy missed rows into the cache);
+      for ``uvm`` every distinct row (h = 0). Stage ``fetch``, or ``compute`` with ``prefetch``.
+    * HBM gathers: ``U h r`` (hits and GPU rows), plus ``M r`` read back from the prefetch buffer or
+      from the LRU cache once inserted.
+    * cache maintenance (HBM): LRU: ``M r`` misses written into the cache + ``8 U`` timestamps;
+      a prefetch writes its ``M r`` into the buffer (static cache, uvm).
+    * update on the GPU: HBM ``2 U h r`` for HBM rows, plus ``2 M r`` for cold rows held in the
+      LRU cache or the prefetch buffer; state on the GPU ``2 U s`` HBM; on the host ``U s`` up and
+      ``U s`` down. Cold rows written back down: ``M r`` (an LRU eviction per insert in steady state;
+      static and uvm rows written in place).
+    * update on the CPU (``uvm``/``cpu``): gradients of the pooled vectors down ``g``; CPU reads and
+      writes the touched rows and their state, and reads the gradients: ``2 U (r + s) + g`` bytes,
+      ``L D`` FLOPs (the scatter-add), on the host memory roof.
+    * ``cpu`` forward: ``L D`` FLOPs, ``L r + g`` bytes on the host (gather, pool in fp32, write),
+      pooled vectors up ``g``.
+    """
+    if not isinstance(pol, TablePolicy):
+        raise WorkloadError(f"table {table.name!r}: the policy must be a TablePolicy, got {type(pol).__name__}")
+    if pol.placement is Placement.CACHE and pol.cache_rows > table.rows:
+        raise WorkloadError(f"table {table.name!r}: cache_rows must be at most the table's {table.rows:,} rows, "
+                            f"got {pol.cache_rows:,}")
+    b = wl.batch
+    lookups = b * float(table.pooling)
+    u = float(table.access.expected_distinct_rows(lookups))
+    h = _hit_rate(table, pol)
+    m = u * (1.0 - h)
+    r, d = float(table.row_bytes), table.dim
+    s = float(wl.model.optimizer_state_bytes_per_row(table))
+    g = float(b * d * FP32_BYTES)
+    pre = pol.prefetched(wl)
+    lru = pol.placement is Placement.CACHE and pol.cache_kind is CurveKind.LRU
+    held = lru or pre  # cold rows sit in HBM (cache or buffer) while the step uses them
+    gpu_b = uvm_b = h2d = d2h = 0.0
+    cpu_fwd_f = cpu_fwd_b = cpu_upd_f = cpu_upd_b = 0.0
+    if pol.placement is Placement.CPU:
+        cpu_fwd_f, cpu_fwd_b = lookups * d, lookups * r + g
+        h2d += g
+    else:
+        h2d += INDEX_BYTES * lookups
+        uvm_b = m * r
+        gpu_b += u * h * r + (m * r if held else 0.0)  # forward gathers
+        if lru:
+            gpu_b += m * r + LRU_STATE_BYTES * u
+        elif pre:
+            gpu_b += m * r
+    if pol.update_on is UpdateOn.GPU:
+        gpu_b += 2 * u * h * r + (2 * m * r if held else 0.0)
+        d2h += m * r
+        if pol.state_tier is StateTier.GPU:
+            gpu_b += 2 * u * s
+        else:
+            uvm_b += u * s
+            d2h += u * s
+    else:
+        d2h += g
+        cpu_upd_f, cpu_upd_b = lookups * d, 2 * u * (r + s) + g
+    return TableTraffic(name=table.name, placement=pol.placement, lookups=lookups, distinct_rows=u, hit_rate=h,
+                        cold_rows=m, gpu_bytes=gpu_b, uvm_h2d_bytes=uvm_b, h2d_bytes=h2d, d2h_bytes=d2h,
+                        cpu_fwd_flop=cpu_fwd_f, cpu_fwd_bytes=cpu_fwd_b, cpu_upd_flop=cpu_upd_f, cpu_upd_bytes=cpu_upd_b,
+                        stage_of_cold=Stage.COMPUTE if pre else Stage.FETCH)
+
+
+# ---------------------------------------------------------------------------------------------
+# Dense part
+# ---------------------------------------------------------------------------------------------
+
+
+def activation_bytes(wl: EmbWorkload) -> float:
+    """Activations kept for the backward: ``B dt (dense_features + sum(bottom_mlp) + F D + X + top_in +
+    sum(top_mlp))``, with ``X = F^2`` (the dot interaction's ``Z = X X^T``) or ``layers (F D + rank)``
+    (DCN-v2's cross-layer outputs and low-rank projections)."""
+    m = wl.model
+    f, d = m.n_features, m.embedding_dim
+    inter = f * f if m.interaction == "dot" else m.dcn_layers * (f * d + m.dcn_rank)
+    widths = m.dense_features + sum(m.bottom_mlp) + f * d + inter + m.top_mlp_in_features + sum(m.top_mlp)
+    return float(wl.batch * wl.dense_dtype_bytes * widths)
+
+
+def _gpu(wl: EmbWorkload, system: System) -> Processor:
+    proc = Processor.gpu(system.gpu)
+    if wl.dense_dtype_bytes >= 4:  # fp32 math: no fp16 tensor-core peak
+        proc = replace(proc, peak_flop_per_s=system.gpu.fp32_flop_per_s)
+    return proc
+
+
+def dense_gpu_s(wl: EmbWorkload, system: System) -> float:
+    """MLPs and interaction forward and backward, then the dense optimizer, on the GPU.
+
+    Matmuls: ``B (fwd + bwd)`` FLOPs per sample (:meth:`RecModel.forward_flop_per_sample`, backward 2x)
+    on the GEMM roof, reading ``3 W`` (weights forward and backward, weight gradients written) and
+    ``2 A`` (activations written and read back, :func:`activation_bytes`), one launch per layer and pass.
+    Optimizer: ``W_params (3 dt_w + 2 s_w)`` bytes (read weight and gradient, write weight; read and
+    write the state) on the memory roof, one launch.
+    """
+    m, gpu = wl.model, _gpu(wl, system)
+    flop = wl.batch * (m.forward_flop_per_sample() + m.backward_flop_per_sample())
+    w = float(m.dense_param_bytes())
+    launches = 3 * len(m.mlp_layers()) + 2
+    mlp = roofline_time_s(flop, 3 * w + 2 * activation_bytes(wl), OpClass.GEMM, gpu, launches=launches)
+    params = float(m.dense_params())
+    opt_bytes = params * (3 * m.dense_dtype_bytes + 2 * dense_optimizer_state_bytes_per_param(m.dense_optimizer))
+    opt = roofline_time_s(2.0 * params, opt_bytes, OpClass.ELEMENTWISE, gpu)
+    return float(mlp + opt)
+
+
+# ---------------------------------------------------------------------------------------------
+# Memory
+# ---------------------------------------------------------------------------------------------
+
+
+def memory_use(wl: EmbWorkload, policies: Sequence[TablePolicy], traffic: Sequence[TableTraffic] | None = None
+               ) -> Memory:
+    """Bytes per tier of a placement, term by term (``N`` rows, ``C`` cache rows, ``r``, ``s``, ``M``,
+    ``g`` as in :func:`table_traffic`; ``T_g`` tables the GPU pools).
+
+    GPU: ``tables`` (``N r`` of ``gpu`` tables), ``cache_rows`` (``C r``), ``table_state`` (``N s``
+    where the state is on the GPU), ``dense`` (weights + gradients + dense optimizer state:
+    ``W (2 dt_w + s_w)``), ``activations`` (:func:`activation_bytes`), ``index_pooled`` (ids ``8 L``
+    of ``T_g`` tables, pooled vectors and their gradients ``2 g`` of every table), ``prefetch_buffers``
+    (``2 M r`` per prefetched table: this batch's cold rows and the next batch's).
+    Host: ``tables`` (``N r`` of ``cache``, ``uvm``, ``cpu`` tables: the backing store keeps every row),
+    ``table_state`` (``N s`` on the host), ``batch_buffers`` (ids ``8 L`` of every table, pooled
+    vectors and gradients ``2 g`` of ``cpu``-pooled or CPU-updated tables).
+    """
+    m = wl.model
+    traffic = traffic or [table_traffic(wl, t, p) for t, p in zip(m.tables, policies)]
+    gpu = dict.fromkeys(("tables", "cache_rows", "table_state", "dense", "activations", "index_pooled",
+                         "prefetch_buffers"), 0.0)
+    host = dict.fromkeys(("tables", "table_state", "batch_buffers"), 0.0)
+    for t, p, tr in zip(m.tables, policies, traffic):
+        rows, r = float(t.rows), float(t.row_bytes)
+        state = rows * m.optimizer_state_bytes_per_row(t)
+        g = float(wl.batch * t.dim * FP32_BYTES)
+        if p.placement is Placement.GPU:
+            gpu["tables"] += rows * r
+        else:
+            host["tables"] += rows * r
+        if p.placement is Placement.CACHE:
+            gpu["cache_rows"] += p.cache_rows * r
+        if p.state_tier is StateTier.GPU:
+            gpu["table_state"] += state
+        else:
+            host["table_state"] += state
+        gpu["index_pooled"] += 2 * g + (0.0 if p.placement is Placement.CPU else INDEX_BYTES * tr.lookups)
+        host["batch_buffers"] += INDEX_BYTES * tr.lookups + (2 * g if p.update_on is UpdateOn.CPU else 0.0)
+        if p.prefetched(wl):
+            gpu["prefetch_buffers"] += 2 * tr.cold_rows * r
+    params = float(m.dense_params())
+    gpu["dense"] = params * (2 * m.dense_dtype_bytes + dense_optimizer_state_bytes_per_param(m.dense_optimizer))
+    gpu["activations"] = activation_bytes(wl)
+    g_total, h_total = sum(gpu.values()), sum(host.values())
+    return Memory(gpu_bytes=g_total, host_bytes=h_total, disk_bytes=0.0, gpu_breakdown=tuple(gpu.items()),
+                  host_breakdown=tuple(host.items()), gpu_prefill_bytes=g_total, gpu_decode_bytes=g_total)
+
+
+def explain_shortfall(memory: Memory, cap: dict[str, float]) -> str:
+    """Each short tier with its need, its usable bytes and every term of the need ('' when it fits)."""
+    parts = []
+    for key, missing in shortfalls(memory, cap).items():
+        tier = key.removesuffix("_bytes")
+        terms = {"gpu": memory.gpu_breakdown, "host": memory.host_breakdown}.get(tier, ())
+        listed = ", ".join(f"{k.replace('_', ' ')} {format_bytes(v)}" for k, v in terms if v > 0)
+        parts.append(f"{tier} memory short by {format_bytes(missing)}: needs {format_bytes(missing + cap[key])} of "
+                     f"{format_bytes(cap[key])} usable" + (f" ({listed})" if listed else ""))
+    return "; ".join(parts)
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EmbCost:
+    """Predicted time and memory of one training iteration.
+
+    ``stages``: (stage, ((resource, seconds), ...)) for fetch, compute and host_update;
+    ``stage_s``: each stage's time; ``iteration_s`` their sum.
+    """
+
+    iteration_s: float
+    stage_s: tuple[tuple[Stage, float], ...]
+    stages: tuple[tuple[Stage, tuple[tuple[Resource, float], ...]], ...]
+    tables: tuple[TableTraffic, ...]
+    dense_gpu_s: float
+    memory: Memory
+    capacity: dict[str, float]
+    batch: int
+
+    @property
+    def samples_per_s(self) -> float:
+        return self.batch / self.iteration_s if self.iteration_s > 0 else math.inf
+
+    def resource_s(self) -> dict[Resource, float]:
+        """Seconds per resource over the whole iteration (summed over stages)."""
+        out: dict[Resource, float] = {}
+        for _, times in self.stages:
+            for r, t in times:
+                out[r] = out.get(r, 0.0) + t
+        return out
+
+    def shortfalls(self) -> dict[str, float]:
+        return shortfalls(self.memory, self.capacity)
+
+    @property
+    def feasible(self) -> bool:
+        return not self.shortfalls()
+
+    def explain_shortfall(self) -> str:
+        return explain_shortfall(self.memory, self.capacity)
+
+
+def _policies(wl: EmbWorkload, policies: Sequence[TablePolicy] | Mapping[str, TablePolicy]) -> tuple[TablePolicy, ...]:
+    tables = wl.model.tables
+    if isinstance(policies, Mapping):
+        names = {t.name for t in tables}
+        extra = sorted(set(policies) - names)
+        if extra:
+            raise WorkloadError(f"policies name tables the model {wl.model.name!r} lacks: {', '.join(map(str, extra[:8]))}")
+        missing = [t.name for t in tables if t.name not in policies]
+        if missing:
+            raise WorkloadError(f"policies must give every table a policy; missing {', '.join(missing[:8])}")
+        return tuple(policies[t.name] for t in tables)
+    if not isinstance(policies, (list, tuple)) or len(policies) != len(tables):
+        n = len(policies) if isinstance(policies, (list, tuple)) else type(policies).__name__
+        raise WorkloadError(f"policies must be one TablePolicy per table ({len(tables)}), got {n}")
+    return tuple(policies)
+
+
+def evaluate_embeddings(wl: EmbWorkload, system: System,
+                        policies: Sequence[TablePolicy] | Mapping[str, TablePolicy]) -> EmbCost:
+    """Predict one iteration's time per stage and resource, and memory per tier, of a placement.
+
+    Rates: pinned copies at ``link.h2d``/``link.d2h``; GPU gathers of host rows (UVM, and optimizer
+    state on the host) at ``link.h2d x pageable_factor`` -- zero-copy reads of scattered rows reach
+    about the pageable rate, not the pinned bulk rate (an assumption of this model) -- plus one
+    ``link.latency`` per table per direction that gathers; HBM bytes on the GPU memory roof; CPU work
+    on the host roofline (ELEMENTWISE class). Copies in both directions in one stage pay the link's
+    ``bidirectional_factor`` on their common bytes, as in :mod:`costmodel.kv`.
+
+    Stages (each takes its slowest resource; a chain is a sum):
+    ``fetch = max(H2D, CPU_fwd + pooled H2D)`` with H2D the ids and cold rows not prefetched;
+    ``compute = max(GPU, H2D, D2H)`` with GPU = HBM bytes / bandwidth + :func:`dense_gpu_s`, H2D the
+    prefetched ids and cold rows and host-state reads, D2H the write-backs;
+    ``host_update = D2H(gradients) + CPU_update``.
+    """
+    pols = _policies(wl, policies)
+    link = system.link
+    gpu, cpu = _gpu(wl, system), Processor.cpu(system.host)
+    uvm_rate = link.h2d_bytes_per_s * link.pageable_factor
+    traffic = [table_traffic(wl, t, p) for t, p in zip(wl.model.tables, pols)]
+    h2d = {Stage.FETCH: 0.0, Stage.COMPUTE: 0.0}
+    h2d_lat = {Stage.FETCH: 0.0, Stage.COMPUTE: 0.0}
+    gpu_bytes = d2h_c = d2h_u = 0.0
+    n_d2h_c = n_d2h_u = 0
+    cpu_fwd = pooled_up = cpu_upd = 0.0
+    for tr in traffic:
+        st = tr.stage_of_cold
+        gpu_bytes += tr.gpu_bytes
+        if tr.placement is Placement.CPU:
+            cpu_fwd += float(roofline_time_s(tr.cpu_fwd_flop, tr.cpu_fwd_bytes, OpClass.ELEMENTWISE, cpu))
+            pooled_up += link.latency_s + tr.h2d_bytes / link.h2d_bytes_per_s
+        else:
+            h2d[st] += tr.h2d_bytes / link.h2d_bytes_per_s + tr.uvm_h2d_bytes / uvm_rate
+            h2d_lat[st] += link.latency_s * (1 + (tr.uvm_h2d_bytes > 0))
+        if tr.cpu_upd_bytes:
+            cpu_upd += float(roofline_time_s(tr.cpu_upd_flop, tr.cpu_upd_bytes, OpClass.ELEMENTWISE, cpu))
+            d2h_u += tr.d2h_bytes
+            n_d2h_u += 1
+        elif tr.d2h_bytes:
+            d2h_c += tr.d2h_bytes
+            n_d2h_c += 1
+    dense = dense_gpu_s(wl, system)
+    emb_gpu = float(roofline_time_s(0.0, gpu_bytes, OpClass.ELEMENTWISE, gpu, launches=3)) if gpu_bytes else 0.0
+    # bidirectional penalty on the compute stage's common bytes (both directions run beside the GPU)
+    h2d_c_bytes = h2d[Stage.COMPUTE] * link.h2d_bytes_per_s
+    penalty = min(h2d_c_bytes, d2h_c) * (1.0 / link.bidirectional_factor - 1.0)
+    fetch = {Resource.H2D: h2d_lat[Stage.FETCH] + h2d[Stage.FETCH], Resource.CPU: cpu_fwd + pooled_up}
+    compute = {Resource.GPU: dense + emb_gpu,
+               Resource.H2D: h2d_lat[Stage.COMPUTE] + h2d[Stage.COMPUTE] + penalty / link.h2d_bytes_per_s,
+               Resource.D2H: n_d2h_c * link.latency_s + (d2h_c + penalty) / link.d2h_bytes_per_s}
+    host_update = {Resource.D2H: n_d2h_u * link.latency_s + d2h_u / link.d2h_bytes_per_s, Resource.CPU: cpu_upd}
+    stage_s = ((Stage.FETCH, max(fetch.values())), (Stage.COMPUTE, max(compute.values())),
+               (Stage.HOST_UPDATE, sum(host_update.values())))
+    return EmbCost(
+        iteration_s=float(sum(t for _, t in stage_s)), stage_s=stage_s,
+        stages=((Stage.FETCH, tuple(fetch.items())), (Stage.COMPUTE, tuple(compute.items())),
+                (Stage.HOST_UPDATE, tuple(host_update.items()))),
+        tables=tuple(traffic), dense_gpu_s=dense, memory=memory_use(wl, pols, traffic), capacity=capacity(system),
+        batch=wl.batch)
+
+
+# ---------------------------------------------------------------------------------------------
+# Baselines
+# ---------------------------------------------------------------------------------------------
+
+
+def all_gpu(wl: EmbWorkload, system: System | None = None) -> tuple[TablePolicy, ...]:
+    """Every table whole in HBM (TorchRec's ``FUSED`` kernel)."""
+    return tuple(TablePolicy(placement=Placement.GPU) for _ in wl.model.tables)
+
+
+def cpu_hybrid(wl: EmbWorkload, system: System | None = None) -> tuple[TablePolicy, ...]:
+    """Every table on the CPU, pooled there, pooled vectors sent to the GPU (DLRM's hybrid)."""
+    return tuple(TablePolicy(placement=Placement.CPU) for _ in wl.model.tables)
+
+
+def uvm_all(wl: EmbWorkload, system: System | None = None) -> tuple[TablePolicy, ...]:
+    """Every table in host memory, gathered over the link (FBGEMM ``EmbeddingLocation.MANAGED``)."""
+    return tuple(TablePolicy(placement=Placement.UVM) for _ in wl.model.tables)
+
+
+def torchrec_uvm_cache(wl: EmbWorkload, system: System | None = None,
+                       load_factor: float = DEFAULT_CACHE_LOAD_FACTOR) -> tuple[TablePolicy, ...]:
+    """Every table ``cache`` (LRU) with ``ceil(load_factor x rows)`` cache rows: TorchRec's
+    ``FUSED_UVM_CACHING`` sized by ``CacheParams.load_factor`` (default 0.2, TorchRec planner
+    ``CACHING_RATIO``)."""
+    if (isinstance(load_factor, bool) or not isinstance(load_factor, numbers.Real)
+            or not math.isfinite(load_factor) or not 0 < load_factor <= 1):
+        raise WorkloadError(f"cache_load_factor must be in (0, 1], got {load_factor!r}")
+    return tuple(TablePolicy(placement=Placement.CACHE, cache_rows=min(t.rows, math.ceil(load_factor * t.rows)),
+                             cache_kind=CurveKind.LRU) for t in wl.model.tables)
+
+
+def _free_gpu_bytes(wl: EmbWorkload, system: System) -> float:
+    """Usable HBM less what every placement needs on the GPU: what an all-``cpu`` placement keeps
+    there, plus the ids ``8 L`` of every table (a table the GPU pools has them on the GPU)."""
+    mem = memory_use(wl, cpu_hybrid(wl))
+    ids = INDEX_BYTES * wl.batch * wl.model.lookups_per_sample()
+    return capacity(system)["gpu_bytes"] - mem.gpu_bytes - ids
+
+
+def largest_to_cpu(wl: EmbWorkload, system: System, threshold_bytes: float | None = None) -> tuple[TablePolicy, ...]:
+    """NVIDIA's rule: tables sorted smallest first stay on the GPU while their cumulative size is at
+    most the threshold; the rest (the largest) go to the CPU (DeepLearningExamples
+    TensorFlow2/Recommendation/DLRM_and_DCNv2 ``DualEmbeddingGroup._find_first_gpu_index``, threshold
+    ``--cpu_offloading_threshold_gb``, 75 GB for an 80 GB A100). Default threshold: 75/80 of the
+    usable HBM."""
+    if threshold_bytes is None:
+        threshold_bytes = NVIDIA_THRESHOLD_SHARE * capacity(system)["gpu_bytes"]
+    if isinstance(threshold_bytes, bool) or not isinstance(threshold_bytes, numbers.Real) or threshold_bytes < 0:
+        raise WorkloadError(f"the largest-to-cpu threshold must be a non-negative number of bytes, got {threshold_bytes!r}")
+    tables = wl.model.tables
+    order = sorted(range(len(tables)), key=lambda i: (tables[i].bytes, i))
+    on_gpu, total = set(), 0
+    for i in order:
+        total += tables[i].bytes
+        if total > threshold_bytes:
+            break
+        on_gpu.add(i)
+    return tuple(TablePolicy(placement=Placement.GPU if i in on_gpu else Placement.CPU) for i in range(len(tables)))
+
+
+def fae(wl: EmbWorkload, system: System, budget_bytes: float | None = None) -> tuple[TablePolicy, ...]:
+    """FAE (Adnan et al., VLDB 2022): the ``budget / (4 D)`` rows with the most accesses over all
+    tables are hot and live in HBM, the rest on the host: each table is a static ``cache`` of its
+    hot rows (``gpu`` when all are hot). A row's accesses per sample are ``pooling x p(row)``.
+    Default budget: the free HBM (:func:`_free_gpu_bytes`) shared by hot rows and their optimizer
+    state: ``free x 4 D / (4 D + s)`` with ``s`` the largest state bytes per row."""
+    m = wl.model
+    d = m.embedding_dim
+    if budget_bytes is None:
+        s = max(m.optimizer_state_bytes_per_row(t) for t in m.tables)
+        budget_bytes = max(0.0, _free_gpu_bytes(wl, system)) * 4 * d / (4 * d + s)
+    if isinstance(budget_bytes, bool) or not isinstance(budget_bytes, numbers.Real) or budget_bytes < 0:
+        raise WorkloadError(f"the FAE budget must be a non-negative number of bytes, got {budget_bytes!r}")
+    hot = budget_bytes / (FP32_BYTES * d)
+    groups = []  # (accesses per sample of one row, rows in the group, table index)
+    for i, t in enumerate(m.tables):
+        bk = t.access._buckets()  # rows grouped by probability, hottest first (costmodel.embeddings)
+        groups.append(np.stack([bk.p * float(t.pooling), bk.m, np.full(len(bk.m), i, dtype=float)], axis=1))
+    allg = np.concatenate(groups)
+    allg = allg[np.argsort(-allg[:, 0], kind="stable")]
+    before = np.concatenate(([0.0], np.cumsum(allg[:, 1])[:-1]))
+    take = np.clip(hot - before, 0.0, allg[:, 1])
+    rows = np.bincount(allg[:, 2].astype(np.int64), weights=take, minlength=len(m.tables))
+    out = []
+    for t, k in zip(m.tables, rows):
+        k = min(t.rows, int(math.floor(k + 1e-9)))
+        out.append(TablePolicy(placement=Placement.GPU) if k >= t.rows
+                   else TablePolicy(placement=Placement.CACHE, cache_rows=k, cache_kind=CurveKind.STATIC))
+    return tuple(out)
+
+
+BASELINES = ("all-gpu", "cpu-hybrid", "uvm", "torchrec-uvm-cache", "largest-to-cpu", "fae")
+
+
+def baseline_policies(name: str, wl: EmbWorkload, system: System) -> tuple[TablePolicy, ...]:
+    """Per-table policies of a named baseline: one of :data:`BASELINES`, with an optional ``:VALUE``
+    for ``torchrec-uvm-cache`` (the cache load factor), ``largest-to-cpu`` (the threshold in GB,
+    10^9 bytes) and ``fae`` (the budget in GB)."""
+    if not isinstance(name, str):
+        raise WorkloadError(f"a baseline must be named by text, got {name!r}")
+    base, sep, arg = name.partition(":")
+    if base not in BASELINES:
+        raise WorkloadError(f"baseline must be one of {', '.join(BASELINES)}, got {name!r}")
+    value = None
+    if sep:
+        if base not in ("torchrec-uvm-cache", "largest-to-cpu", "fae"):
+            raise WorkloadError(f"baseline {base!r} takes no value, got {name!r}")
+        try:
+            value = float(arg)
+        except ValueError:
+            raise WorkloadError(f"baseline {base!r} needs a number after ':', got {arg!r}") from None
+        if not math.isfinite(value):
+            raise WorkloadError(f"baseline {base!r} needs a finite number after ':', got {arg!r}")
+    if base == "all-gpu":
+        return all_gpu(wl)
+    if base == "cpu-hybrid":
+        return cpu_hybrid(wl)
+    if base == "uvm":
+        return uvm_all(wl)
+    if base == "torchrec-uvm-cache":
+        return torchrec_uvm_cache(wl, system, DEFAULT_CACHE_LOAD_FACTOR if value is None else value)
+    if base == "largest-to-cpu":
+        return largest_to_cpu(wl, system, None if value is None else value * 1e9)
+    return fae(wl, system, None if value is None else value * 1e9)
+
+
+def torchrec_estimated_hit_rate(policy: TablePolicy, table: Table) -> float:
+    """The hit rate TorchRec's planner assumes for a cached table: its cache load factor
+    ``cache_rows / rows`` (``kernel_bw_lookup`` blends HBM and DDR bandwidth by ``caching_ratio``).
+    Compare with :meth:`~costmodel.embeddings.ZipfAccess.lru_hit_rate` to see where it misleads."""
+    if policy.placement is Placement.GPU:
+        return 1.0
+    if policy.placement is not Placement.CACHE:
+        return 0.0
+    return policy.cache_rows / table.rows
+
+
+__all__ = [
+    "BASELINES", "DEFAULT_CACHE_LOAD_FACTOR", "EmbCost", "EmbWorkload", "Placement", "Stage", "StateTier",
+    "TablePolicy", "TableTraffic", "UpdateOn", "activation_bytes", "all_gpu", "baseline_policies", "cpu_hybrid",
+    "dense_gpu_s", "evaluate_embeddings", "explain_shortfall", "fae", "largest_to_cpu", "memory_use",
+    "table_traffic", "torchrec_estimated_hit_rate", "torchrec_uvm_cache", "uvm_all",
+]

@@ -1,0 +1,279 @@
+"""Per-iteration cost of embedding placements (costmodel.embeddings_cost).
+
+Toy system (tests/data/toy-system.yaml): GPU 16 GiB (1 GiB reserved), 1 TB/s HBM, 10 TFLOP/s fp32;
+host 128 GiB, 100 GB/s; link 10 GB/s both ways, 0 latency, pageable 50 % (so UVM gathers run at
+5 GB/s), bidirectional 100 %; flat 100 % efficiency curves, no launch overhead.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from costmodel.embeddings import HistogramAccess, RecModel, Table, ZipfAccess, load_rec_model
+from costmodel.embeddings_cost import (
+    BASELINES,
+    EmbWorkload,
+    Placement,
+    Stage,
+    TablePolicy,
+    baseline_policies,
+    dense_gpu_s,
+    evaluate_embeddings,
+    fae,
+    largest_to_cpu,
+    torchrec_estimated_hit_rate,
+    torchrec_uvm_cache,
+)
+from costmodel.errors import WorkloadError
+from costmodel.kv import Resource
+from hwprofiles import load_system
+
+TOY = Path(__file__).resolve().parents[1] / "data" / "toy-system.yaml"
+
+
+def _uniform(rows: int) -> HistogramAccess:
+    return HistogramAccess(rows=rows, counts=np.ones(rows))
+
+
+def _two_tables(access=None) -> RecModel:
+    """Two 1000-row tables of width 4 (fp32 rows of 16 B), SGD; dense 4 -> [8, 4], top [4, 1]."""
+    tables = tuple(Table(name=f"t{i}", rows=1000, dim=4, access=access or _uniform(1000)) for i in range(2))
+    return RecModel(name="toy-rec", tables=tables, dense_features=4, bottom_mlp=(8, 4), top_mlp=(4, 1))
+
+
+@pytest.fixture(scope="module")
+def rec():
+    return _two_tables()
+
+
+def test_dense_time_by_hand(toy, rec):
+    wl = EmbWorkload(model=rec, batch=1000)
+    # FLOPs per sample: bottom 2(4*8 + 8*4) = 128, dot 2 F^2 D = 2*9*4 = 72, top (in 4 + 3 = 7)
+    # 2(7*4 + 4*1) = 64 -> 264 forward, x3 with the backward = 792; x1000 = 7.92e5 FLOP / 10 TFLOP/s = 79.2 ns.
+    # Bytes: params (4*8+8)+(8*4+4)+(7*4+4)+(4*1+1) = 113 -> W = 452 B; activations
+    # 1000 * 4 B * (4 + 12 + 3*4 + 9 + 7 + 5) = 196,000 B; 3W + 2A = 393,356 B / 1 TB/s = 393.356 ns (binds).
+    # Optimizer (SGD): 113 * 3 * 4 = 1356 B -> 1.356 ns.
+    assert dense_gpu_s(wl, toy) == pytest.approx(393.356e-9 + 1.356e-9, rel=1e-12)
+
+
+def test_gpu_and_static_cache_tables_by_hand(toy, rec):
+    wl = EmbWorkload(model=rec, batch=1000)
+    pols = (TablePolicy(placement="gpu"), TablePolicy(placement="cache", cache_rows=250, cache_kind="static"))
+    cost = evaluate_embeddings(wl, toy, pols)
+    u = 1000 * (1 - 0.999**1000)  # uniform rows: E[distinct] = N (1 - (1 - 1/N)^L) = 632.3 of L = 1000
+    m = 0.75 * u  # a static cache of 250 of 1000 uniform rows hits 25 %
+    g, c = cost.tables
+    assert g.distinct_rows == pytest.approx(u, rel=1e-9) and c.hit_rate == pytest.approx(0.25, rel=1e-12)
+    # gpu table: forward U r + update 2 U r in HBM; cache table: hits U h r + 2 U h r.
+    assert g.gpu_bytes == pytest.approx(3 * u * 16, rel=1e-9)
+    assert c.gpu_bytes == pytest.approx(3 * 0.25 * u * 16, rel=1e-9)
+    assert c.uvm_h2d_bytes == pytest.approx(m * 16, rel=1e-9) and c.d2h_bytes == pytest.approx(m * 16, rel=1e-9)
+    stages = dict(cost.stages)
+    fetch, compute = dict(stages[Stage.FETCH]), dict(stages[Stage.COMPUTE])
+    # fetch: ids 2 x 8 B x 1000 at 10 GB/s + the misses M x 16 B at 5 GB/s (UVM: pinned x pageable factor)
+    assert fetch[Resource.H2D] == pytest.approx(16000 / 10e9 + m * 16 / 5e9, rel=1e-9)
+    # compute: GPU = dense + (3 U + 0.75 U) 16 B / 1 TB/s; D2H = write-back M x 16 B / 10 GB/s
+    assert compute[Resource.GPU] == pytest.approx(dense_gpu_s(wl, toy) + 3.75 * u * 16 / 1e12, rel=1e-9)
+    assert compute[Resource.D2H] == pytest.approx(m * 16 / 10e9, rel=1e-9)
+    # the write-back (474 rows x 16 B / 10 GB/s = 0.76 us) outlasts the GPU's 0.43 us: D2H binds the compute stage
+    assert compute[Resource.D2H] > compute[Resource.GPU]
+    assert cost.iteration_s == pytest.approx(fetch[Resource.H2D] + compute[Resource.D2H], rel=1e-9)
+    gpu_mem, host_mem = dict(cost.memory.gpu_breakdown), dict(cost.memory.host_breakdown)
+    # GPU: table 1000 x 16, cache 250 x 16, dense 113 x (4 + 4), activations 196,000,
+    # ids 8000 + pooled vectors and gradients 2 x 1000 x 4 x 4 per table.
+    assert gpu_mem == pytest.approx({"tables": 16000, "cache_rows": 4000, "table_state": 0, "dense": 904,
+                                     "activations": 196000, "index_pooled": 2 * (8000 + 32000), "prefetch_buffers": 0})
+    assert host_mem == pytest.approx({"tables": 16000, "table_state": 0, "batch_buffers": 16000})
+    assert cost.feasible and cost.explain_shortfall() == ""
+
+
+def test_cpu_table_by_hand(toy, rec):
+    wl = EmbWorkload(model=rec, batch=1000)
+    cost = evaluate_embeddings(wl, toy, (TablePolicy(placement="gpu"), TablePolicy(placement="cpu")))
+    u = 1000 * (1 - 0.999**1000)
+    stages = dict(cost.stages)
+    # fetch: CPU gathers L r + writes g = 16,000 + 16,000 B at 100 GB/s (320 ns; 4000 FLOP at 2 TFLOP/s is 2 ns),
+    # then the pooled vectors 16,000 B up at 10 GB/s (1.6 us); the gpu table's ids 8000 B (0.8 us).
+    fetch = dict(stages[Stage.FETCH])
+    assert fetch[Resource.CPU] == pytest.approx(32000 / 100e9 + 16000 / 10e9, rel=1e-9)
+    assert fetch[Resource.H2D] == pytest.approx(8000 / 10e9, rel=1e-9)
+    # host update: gradients 16,000 B down, then the CPU reads and writes U rows (2 U 16) and the gradients.
+    upd = dict(stages[Stage.HOST_UPDATE])
+    assert upd[Resource.D2H] == pytest.approx(16000 / 10e9, rel=1e-9)
+    assert upd[Resource.CPU] == pytest.approx((2 * u * 16 + 16000) / 100e9, rel=1e-9)
+    assert dict(cost.stage_s)[Stage.HOST_UPDATE] == pytest.approx(upd[Resource.D2H] + upd[Resource.CPU])
+
+
+def test_prefetch_moves_cold_rows_beside_compute_and_costs_a_buffer(toy, rec):
+    wl = EmbWorkload(model=rec, batch=1000)
+    plain = (TablePolicy(placement="uvm"),) * 2
+    pre = (TablePolicy(placement="uvm", prefetch=True),) * 2
+    a, b = evaluate_embeddings(wl, toy, plain), evaluate_embeddings(wl, toy, pre)
+    u = 1000 * (1 - 0.999**1000)
+    assert dict(dict(b.stages)[Stage.FETCH])[Resource.H2D] == 0.0
+    assert dict(b.memory.gpu_breakdown)["prefetch_buffers"] == pytest.approx(2 * 2 * u * 16, rel=1e-9)
+    assert b.iteration_s < a.iteration_s
+    # the workload's default applies where a policy leaves it open
+    assert evaluate_embeddings(EmbWorkload(model=rec, batch=1000, prefetch=True), toy, plain).iteration_s == b.iteration_s
+
+
+def test_shortfall_names_the_terms(toy):
+    big = RecModel(name="big", tables=(Table(name="huge", rows=2 * 10**9, dim=4, access=ZipfAccess(rows=2 * 10**9,
+                                                                                                    alpha=1.1)),),
+                   dense_features=4, bottom_mlp=(4,), top_mlp=(1,))
+    cost = evaluate_embeddings(EmbWorkload(model=big, batch=64), toy, (TablePolicy(placement="gpu"),))
+    assert not cost.feasible
+    text = cost.explain_shortfall()
+    assert text.startswith("gpu memory short by") and "tables 29.80 GiB" in text
+
+
+def test_torchrec_estimate_is_the_load_factor(rec):
+    wl = EmbWorkload(model=rec, batch=10)
+    pols = torchrec_uvm_cache(wl, None, 0.2)
+    assert [p.cache_rows for p in pols] == [200, 200]
+    assert torchrec_estimated_hit_rate(pols[0], rec.tables[0]) == 0.2
+    skew = ZipfAccess(rows=10**6, alpha=1.05)
+    assert skew.lru_hit_rate(200_000) > 0.8  # a skewed table hits far more than the load factor says
+
+
+def test_largest_to_cpu_follows_nvidia_cumulative_rule(toy):
+    tables = tuple(Table(name=f"t{i}", rows=n, dim=4, access=_uniform(n)) for i, n in enumerate((300, 100, 200)))
+    m = RecModel(name="three", tables=tables, dense_features=4, bottom_mlp=(4,), top_mlp=(1,))
+    wl = EmbWorkload(model=m, batch=8)
+    # sizes 4800, 1600, 3200 B; smallest first: 1600, 4800 (<= 5000), 9600 (> 5000) -> t0 to the CPU
+    assert [p.placement for p in largest_to_cpu(wl, toy, 5000)] == [Placement.CPU, Placement.GPU, Placement.GPU]
+
+
+def test_fae_takes_the_globally_hottest_rows(toy, rec):
+    wl = EmbWorkload(model=rec, batch=8)
+    pols = fae(wl, toy, budget_bytes=4 * 4 * 600)  # budget / (4 D) = 600 rows over two uniform tables
+    assert sum(p.cache_rows for p in pols) == 600 and all(p.cache_kind == "static" for p in pols)
+
+
+# ---------------------------------------------------------------------------------------------
+# Properties
+# ---------------------------------------------------------------------------------------------
+
+PLACEMENTS = st.sampled_from(["gpu", "cache", "uvm", "cpu"])
+
+
+@st.composite
+def policies(draw, rows: int = 1000):
+    out = []
+    for _ in range(2):
+        p = draw(PLACEMENTS)
+        kw = {}
+        if p == "cache":
+            kw = {"cache_rows": draw(st.integers(0, rows)), "cache_kind": draw(st.sampled_from(["static", "lru"]))}
+        if p in ("cache", "uvm"):
+            kw["prefetch"] = draw(st.booleans())
+        if p == "uvm" and draw(st.booleans()):
+            kw["update_on"] = "cpu"
+        out.append(TablePolicy(placement=p, **kw))
+    return tuple(out)
+
+
+ZIPF = _two_tables(ZipfAccess(rows=1000, alpha=1.2))
+
+
+@settings(max_examples=25, deadline=None)
+@given(pols=policies(), bw=st.floats(1.0, 100.0), factor=st.floats(1.0, 8.0), batch=st.integers(1, 4096))
+def test_more_link_bandwidth_is_never_slower(pols, bw, factor, batch):
+    wl = EmbWorkload(model=ZIPF, batch=batch)
+
+    def t(gbps):
+        return evaluate_embeddings(wl, load_system(TOY, [f"link.h2d={gbps}GB/s", f"link.d2h={gbps}GB/s"]),
+                                   pols).iteration_s
+
+    assert t(bw * factor) <= t(bw) * (1 + 1e-12)  # the same sums of smaller terms; only rounding differs
+
+
+@settings(max_examples=15, deadline=None)
+@given(pols=policies(), gib=st.integers(1, 64), extra=st.integers(0, 64))
+def test_more_hbm_is_never_less_feasible(pols, gib, extra):
+    wl = EmbWorkload(model=ZIPF, batch=256)
+    small = evaluate_embeddings(wl, load_system(TOY, [f"gpu.memory={gib + 1}GiB"]), pols)
+    large = evaluate_embeddings(wl, load_system(TOY, [f"gpu.memory={gib + 1 + extra}GiB"]), pols)
+    assert large.feasible or not small.feasible
+    assert large.iteration_s == small.iteration_s
+
+
+@settings(max_examples=25, deadline=None)
+@given(kind=st.sampled_from(["static", "lru"]), prefetch=st.booleans(), c1=st.integers(0, 1000),
+       c2=st.integers(0, 1000), batch=st.integers(1, 4096), other=st.sampled_from(["gpu", "cache", "uvm"]))
+def test_a_bigger_cache_is_never_slower(kind, prefetch, c1, c2, batch, other):
+    # Holds while the link is slower than HBM (a static cache's hits read HBM instead of the link).
+    small, big = sorted((c1, c2))
+    wl = EmbWorkload(model=ZIPF, batch=batch)
+    fixed = TablePolicy(placement=other, cache_rows=100 if other == "cache" else 0)
+    toy = load_system(TOY)
+
+    def t(c):
+        pol = TablePolicy(placement="cache", cache_rows=c, cache_kind=kind, prefetch=prefetch)
+        return evaluate_embeddings(wl, toy, (pol, fixed)).iteration_s
+
+    assert t(big) <= t(small) * (1 + 1e-12)
+
+
+# ---------------------------------------------------------------------------------------------
+# Baselines on the bundled models
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("model", ["criteo-kaggle", "criteo-terabyte"])
+@pytest.mark.parametrize("name", list(BASELINES) + ["torchrec-uvm-cache:0.5", "largest-to-cpu:40", "fae:10"])
+def test_every_baseline_evaluates_on_a100(model, name):
+    system = load_system("a100-80gb")
+    m = load_rec_model(model)
+    wl = EmbWorkload(model=m, batch=m.reference_batch_size)
+    cost = evaluate_embeddings(wl, system, baseline_policies(name, wl, system))
+    assert math.isfinite(cost.iteration_s) and cost.iteration_s > 0
+    assert cost.feasible or cost.explain_shortfall().startswith(("gpu memory short", "host memory short"))
+    if model == "criteo-kaggle" or name in ("cpu-hybrid", "uvm", "torchrec-uvm-cache", "largest-to-cpu", "fae"):
+        assert cost.feasible, cost.explain_shortfall()  # 2.2 GB of Kaggle tables fit; these rules fit 91 GB
+    if model == "criteo-terabyte" and name == "all-gpu":
+        assert "tables 84.85 GiB" in cost.explain_shortfall()
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad inputs
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kw", [{"batch": 0}, {"batch": 1.5}, {"batch": True}, {"batch": (1 << 24) + 1},
+                                {"dtype_bytes": 3}, {"prefetch": "yes"}])
+def test_bad_workloads_raise(rec, kw):
+    with pytest.raises(WorkloadError):
+        EmbWorkload(model=rec, **{"batch": 8, **kw})
+
+
+@pytest.mark.parametrize("kw", [{"placement": "disk"}, {"placement": "gpu", "cache_rows": 5},
+                                {"placement": "cache", "cache_rows": -1}, {"placement": "cache", "cache_kind": "fifo"},
+                                {"placement": "gpu", "state_tier": "host"}, {"placement": "cpu", "state_tier": "gpu"},
+                                {"placement": "cache", "update_on": "cpu"}, {"placement": "cpu", "update_on": "gpu"},
+                                {"placement": "uvm", "update_on": "cpu", "state_tier": "gpu"},
+                                {"placement": "gpu", "prefetch": True}, {"placement": "uvm", "prefetch": 1}])
+def test_bad_policies_raise(kw):
+    with pytest.raises(WorkloadError):
+        TablePolicy(**kw)
+
+
+def test_bad_evaluations_raise(toy, rec):
+    wl = EmbWorkload(model=rec, batch=8)
+    with pytest.raises(WorkloadError, match="one TablePolicy per table"):
+        evaluate_embeddings(wl, toy, (TablePolicy(placement="gpu"),))
+    with pytest.raises(WorkloadError, match="at most the table's"):
+        evaluate_embeddings(wl, toy, (TablePolicy(placement="cache", cache_rows=1001), TablePolicy(placement="gpu")))
+    with pytest.raises(WorkloadError, match="missing t1"):
+        evaluate_embeddings(wl, toy, {"t0": TablePolicy(placement="gpu")})
+    with pytest.raises(WorkloadError, match="must be a TablePolicy"):
+        evaluate_embeddings(wl, toy, ("gpu", "gpu"))
+    for bad in ("nope", "all-gpu:3", "fae:x", "torchrec-uvm-cache:1.5", "largest-to-cpu:-1", "fae:inf"):
+        with pytest.raises(WorkloadError):
+            baseline_policies(bad, wl, toy)
