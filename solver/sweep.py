@@ -296,7 +296,8 @@ def _check_writable(path: Path, what: str) -> None:
         raise PlanError(f"{what} {str(path)!r} is not writable by this user")
 
 
-def check_output(path: str | Path, *, suffixes: Sequence[str] = OUTPUT_SUFFIXES, what: str = "sweep output") -> Path:
+def check_output(path: str | Path, *, suffixes: Sequence[str] | None = OUTPUT_SUFFIXES,
+                 what: str = "sweep output") -> Path:
     """Refuse an output that could not be written, before any work: an unknown suffix, a folder that
     does not exist, a path that is a folder, or one this user cannot write.
 
@@ -304,8 +305,9 @@ def check_output(path: str | Path, *, suffixes: Sequence[str] = OUTPUT_SUFFIXES,
     ----------
     path : path
         The file to be written.
-    suffixes : sequence of str
-        The accepted suffixes, lower case (default ``.parquet`` and ``.csv``; pass ``(".png",)`` for a plot).
+    suffixes : sequence of str or None
+        The accepted suffixes, lower case (default ``.parquet`` and ``.csv``; pass ``(".png",)`` for a
+        plot; None accepts any).
     what : str
         How the message names the file (``"--plot"``).
 
@@ -321,7 +323,7 @@ def check_output(path: str | Path, *, suffixes: Sequence[str] = OUTPUT_SUFFIXES,
     solver.errors.PlanError: sweep output must end in .parquet or .csv, got 'study.xlsx'
     """
     path = Path(path)
-    if path.suffix.lower() not in suffixes:
+    if suffixes is not None and path.suffix.lower() not in suffixes:
         raise PlanError(f"{what} must end in {' or '.join(suffixes)}, got {str(path)!r}")
     _check_writable(path, what)
     return path

@@ -765,30 +765,30 @@ def _internal(err: BaseException, debug: bool) -> int:
     return 3
 
 
-# Flags that name an output, by command: each is checked writable before any work starts.
-_OUTPUTS = ("output", "plot", "report")
+# Outputs checked writable before any work starts: (command, flag) -> accepted suffixes (None: any);
+# a sweep's -o and --plot are checked by cmd_sweep with their own suffixes.
+_FILE_OUTPUTS = {("plan", "output"): (".json", ".yaml", ".yml"), ("profile", "output"): (".yaml", ".yml")}
+_FOLDER_OUTPUTS = {("replay", "report"), ("validate", "output")}
 
 
 def _check_outputs(args: argparse.Namespace) -> None:
-    """Refuse an output path that cannot be written, before the work (not after a sweep has run)."""
+    """Refuse an output path that cannot be written, before the work (not after a plan or a profile
+    has run): files through the sweep's own check, a folder by its existing, writable parent."""
     import os
 
-    for name in _OUTPUTS:
-        value = getattr(args, name, None)
+    from solver.sweep import check_output
+
+    for (command, name), suffixes in _FILE_OUTPUTS.items():
+        if args.command == command and getattr(args, name, None):
+            check_output(getattr(args, name), suffixes=suffixes, what=f"--{name}")
+    for command, name in _FOLDER_OUTPUTS:
+        value = getattr(args, name, None) if args.command == command else None
         if not value:
             continue
         path = Path(value)
-        if name == "report" or (name == "output" and args.command == "validate"):
-            target = path if path.exists() else path.parent  # a folder, made if its parent exists
-        else:
-            target = path.parent
-            if path.is_dir():
-                raise PlanError(f"--{name} must be a file, got the folder {value!r}")
-        target = target if str(target) else Path(".")
-        if not target.is_dir():
-            raise PlanError(f"--{name} {value!r}: the folder {str(target)!r} does not exist")
-        if not os.access(target, os.W_OK):
-            raise PlanError(f"--{name} {value!r}: the folder {str(target)!r} is not writable")
+        target = path if path.exists() else (path.parent if str(path.parent) else Path("."))
+        if not target.is_dir() or not os.access(target, os.W_OK):
+            raise PlanError(f"--{name} {value!r}: the folder {str(target)!r} does not exist or is not writable")
 
 
 if __name__ == "__main__":
