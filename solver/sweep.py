@@ -543,8 +543,10 @@ def _load(output: Path, *, skip_corrupt: bool, notes: list[str]) -> tuple[list[d
 
 
 class _Progress:
-    def __init__(self, total: int, done: int, stream=sys.stderr) -> None:
-        self.total, self.done, self.stream = total, done, stream
+    def __init__(self, total: int, done: int, stream=None) -> None:
+        # sys.stderr as it is now, not as it was when this module was first imported (a default
+        # argument would keep a stream that a test or notebook has since closed).
+        self.total, self.done, self.stream = total, done, stream or sys.stderr
         self.start = time.perf_counter()
         self.new = 0
 

@@ -17,8 +17,9 @@ BLOCKS = update_readme.blocks((ROOT / "README.md").read_text())
 
 
 def _stable(text: str) -> list[str]:
-    # The solver line reports its own wall time, which varies run to run; compare it without numbers.
-    return [re.sub(r"[\d.]+ s\b", "<t> s", line) if line.startswith("solver:") else line.rstrip()
+    # The solver and status lines report the solver's own wall time, which varies run to run; compare
+    # them without numbers.
+    return [re.sub(r"[\d.]+ s\b", "<t> s", line) if line.startswith(("solver:", "status:")) else line.rstrip()
             for line in text.strip().splitlines()]
 
 

@@ -320,6 +320,21 @@ def _plan_model(workload: dict):
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    if args.target == "embeddings":
+        from tierplan import cli_embeddings
+
+        kv_only = [f"--{f.replace('_', '-')}" for f in _WORKLOAD_FLAGS if f != "batch" and getattr(args, f) not in (None, False)]
+        if kv_only:
+            raise PlanError(f"{', '.join(kv_only)} are KV options; evaluate embeddings takes --model, --hw, --set, "
+                            "--batch, --optimizer, --prefetch and --policy")
+        if not args.policy:
+            raise PlanError("evaluate embeddings needs --policy NAME (" + ", ".join(cli_embeddings.EMB_BASELINES) + ")")
+        for name, default in cli_embeddings.DEFAULTS.items():
+            if getattr(args, name) is None:
+                setattr(args, name, default)
+        return cli_embeddings.cmd_evaluate(args)
+    if args.optimizer or args.prefetch:
+        raise PlanError("--optimizer and --prefetch are options of evaluate embeddings")
     if args.target == "kv":
         if not args.policy:
             raise PlanError("evaluate kv needs --policy NAME (" + ", ".join(BASELINES) + ", flexgen:wg,wc,cg,cc,hg,hc)")
@@ -620,12 +635,20 @@ def build_parser() -> argparse.ArgumentParser:
     kv.add_argument("--time-limit", type=float, default=10.0, help="seconds per MIP solve")
     kv.add_argument("-o", "--output", help="also write the plan to this .json or .yaml file")
     kv.set_defaults(func=cmd_plan_kv)
+    from tierplan import cli_embeddings
+
+    emb = plan.add_parser("embeddings", help="embedding tables for recommendation-model training (DLRM)")
+    cli_embeddings.add_arguments(emb, policy=False)
+    emb.set_defaults(func=cli_embeddings.cmd_plan)
 
     ev = sub.add_parser("evaluate", help="cost a named policy, or re-cost a plan file on other hardware")
-    ev.add_argument("target", help="'kv' with --policy, or a plan .json/.yaml file")
+    ev.add_argument("target", help="'kv' or 'embeddings' with --policy, or a plan .json/.yaml file")
     ev.add_argument("--policy", help=f"{', '.join(BASELINES)} or flexgen:wg,wc,cg,cc,hg,hc")
     ev.add_argument("--hw", default=None, help="system (default: a100-40gb, or the plan's own)")
     _workload_args(ev, required_model=True)  # no default model: a plan file names its own
+    ev.add_argument("--optimizer", choices=("sgd", "rowwise-adagrad", "adagrad", "adam"),
+                    help="evaluate embeddings: the tables' optimizer (default: the spec's)")
+    ev.add_argument("--prefetch", action="store_true", help="evaluate embeddings: prefetch the next batch's cold rows")
     ev.set_defaults(func=cmd_evaluate)
 
     sw = sub.add_parser("sweep", help="what-if grids over models, hardware and overrides")

@@ -84,7 +84,8 @@ def check(argv: list[str], *, expect: tuple[int, ...] = (0, 1, 2)) -> tuple[int,
 SMALL = ["--model", "gpt2", "--hw", "t4", "--prompt", "64", "--gen", "8", "--batch", "4"]
 COMMANDS = [["plan", "kv"], ["evaluate", "kv", "--policy", "kv-offload"], ["evaluate", "kv", "--policy", "gpu-only"],
             ["evaluate", "kv", "--policy", "flexgen:50,50,0,100,100,0"], ["models", "show", "gpt2"],
-            ["hw", "show", "t4"]]
+            ["hw", "show", "t4"], ["plan", "embeddings", "--model", "criteo-kaggle", "--batch", "1024"],
+            ["evaluate", "embeddings", "--policy", "torchrec-uvm-cache:0.2", "--model", "criteo-kaggle"]]
 INTS = st.one_of(st.integers(-5, 300), st.sampled_from([0, -1, 2**31, 2**63, 10**9, 10**12]))
 TEXT = st.one_of(st.text(max_size=12), st.sampled_from(["", "nan", "inf", "-0", "1e9", "1.5", "0x10", "12GB/s",
                                                         "llama-9", "a100-41gb", "gpt2,", ",", "ü", "\x00"]))

@@ -200,3 +200,33 @@ def test_validate_published_prints_the_error_table_without_torch(capsys):
     code, out, _ = run(capsys, "validate", "--published")
     assert code == 0
     assert "flexgen-t4-opt-30b-p512" in out and "mean |error|" in out
+
+
+# ---------------------------------------------------------------------------------------------- embeddings
+
+
+def test_plan_embeddings_places_every_table_and_beats_or_ties_each_baseline(capsys):
+    code, out, _ = run(capsys, "plan", "embeddings", "--model", "criteo-terabyte", "--hw", "a100-40gb",
+                       "--batch", "16384", "--json")
+    data = json.loads(out)
+    assert code == 0 and data["kind"] == "embeddings" and len(data["tables"]) == 26
+    assert data["memory"]["gpu_bytes"] <= data["memory"]["capacity"]["gpu_bytes"] * (1 + 1e-9)
+    for b in data["baselines"]:
+        if b["feasible"]:
+            assert data["predicted"]["samples_per_s"] >= b["samples_per_s"] * (1 - 1e-9), b["name"]
+    # 84.85 GiB of tables cannot all sit on a 40 GB card: all-gpu is refused with its terms.
+    all_gpu = next(b for b in data["baselines"] if b["name"] == "all-gpu")
+    assert not all_gpu["feasible"] and "tables" in all_gpu["reason"]
+
+
+def test_evaluate_embeddings_costs_a_named_placement(capsys):
+    code, out, _ = run(capsys, "evaluate", "embeddings", "--policy", "torchrec-uvm-cache:0.2", "--model",
+                       "criteo-kaggle", "--hw", "a100-80gb", "--batch", "4096", "--optimizer", "rowwise-adagrad",
+                       "--json")
+    data = json.loads(out)
+    assert code == 0 and data["status"] == "feasible" and data["batch"] == 4096
+    assert {t["placement"] for t in data["tables"]} == {"cache"}
+    code, _, err = run(capsys, "evaluate", "embeddings", "--policy", "nope")
+    assert code == 2 and "--policy must be one of" in err
+    code, _, err = run(capsys, "evaluate", "kv", "--policy", "gpu-only", "--prefetch")
+    assert code == 2 and "evaluate embeddings" in err
