@@ -33,7 +33,6 @@ import hashlib
 import io
 import math
 import numbers
-import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +41,7 @@ from typing import Any, Union
 import numpy as np
 
 from costmodel.errors import WorkloadError
-from hwprofiles.safe_io import CONFIG_MAX_BYTES, load_yaml, read_text
+from hwprofiles.safe_io import CONFIG_MAX_BYTES, load_yaml, read_bytes, read_text
 
 RECMODELS_DIR = Path(__file__).parent / "recmodels"
 
@@ -51,8 +50,8 @@ MiB = 2**20
 FP32_BYTES = 4
 TABLE_DTYPE_BYTES = (1, 2, 4, 8)  # int8, fp16/bf16, fp32, fp64 rows
 
-# Bounds on a model and its data, so that no input makes the planner work for minutes or gigabytes
-# before it answers.
+# Bounds on a model and its data, so that no input makes the planner use more than about 1 GiB or a
+# minute before it answers (the project's limits, stated in the README).
 MAX_TABLES = 4096
 MAX_ROWS = 1 << 40
 MAX_DIM = 1 << 16
@@ -60,11 +59,11 @@ MAX_POOLING = 1 << 20
 MAX_MLP_LAYERS = 64
 MAX_MLP_WIDTH = 1 << 20
 MAX_DCN_LAYERS = 64
-DATA_MAX_BYTES = 1 << 30  # .npy / .parquet histogram or trace: a 134M-value int64 array
-CSV_MAX_BYTES = 256 * MiB  # text is parsed in memory at several bytes per byte
-MAX_VALUES = 1 << 27  # values in one histogram or trace file (checked before a parquet file is decoded)
-EXACT_LRU_MAX_IDS = 1 << 24  # exact stack distances: ~n log^2 n in numpy, ~30 s at this length
-MAX_SAMPLE = 1 << 26  # ids of one sample() call: ~1.5 GB at the peak
+DATA_MAX_BYTES = 256 * MiB  # .npy / .parquet histogram or trace: a 33M-value int64 array
+CSV_MAX_BYTES = 64 * MiB  # text is parsed in memory at several bytes per byte
+MAX_VALUES = 1 << 25  # values in one histogram or trace file (checked before a parquet file is decoded)
+EXACT_LRU_MAX_IDS = 1 << 22  # exact stack distances: ~n log^2 n in numpy (1.35 s for 10^6 ids)
+MAX_SAMPLE = 1 << 24  # ids of one sample() call: ~0.4 GB at the peak
 MAX_CURVE_POINTS = 4096
 
 # Zipf numerics: ranks up to ZIPF_HEAD_ROWS are kept one by one; beyond it, rows are grouped by rank
@@ -868,28 +867,6 @@ def _column(values: Any, name: str, *, where: str, file: str) -> np.ndarray:
 DATA_SUFFIXES = (".npy", ".csv", ".parquet")
 
 
-def _read_bytes(path: Path, *, what: str, max_bytes: int) -> bytes:
-    """The bytes of a regular file of at most ``max_bytes``, refused by its size before it is read."""
-    try:
-        info = path.stat()
-    except FileNotFoundError:
-        raise WorkloadError(f"{what} not found: {path}") from None
-    except OSError as err:
-        raise WorkloadError(f"cannot read {what} {path}: {err.strerror}") from None
-    if not stat.S_ISREG(info.st_mode):
-        raise WorkloadError(f"{what} {path} is not a regular file; a .npy, .csv or .parquet file is needed here")
-    if info.st_size > max_bytes:
-        raise WorkloadError(f"{what} {path} is {info.st_size / MiB:.3g} MiB; the limit is {max_bytes / MiB:.3g} MiB")
-    try:
-        with open(path, "rb") as fh:
-            data = fh.read(max_bytes + 1)
-    except OSError as err:
-        raise WorkloadError(f"cannot read {what} {path}: {err.strerror}") from None
-    if len(data) > max_bytes:
-        raise WorkloadError(f"{what} {path} is over {max_bytes / MiB:.3g} MiB, the limit")
-    return data
-
-
 def _parse_csv(text: str, *, integer: bool, what: str, path: Path) -> np.ndarray:
     """One value per line; blank lines skipped; the first line may be a header (not a number)."""
     lines = [(i + 1, ln.strip()) for i, ln in enumerate(text.splitlines())]
@@ -929,7 +906,7 @@ def _read_values(path: str | Path, *, integer: bool, what: str) -> tuple[np.ndar
     if suffix == ".csv":
         text = read_text(path, what=what, max_bytes=CSV_MAX_BYTES, error=WorkloadError)
         return _parse_csv(text, integer=integer, what=what, path=path), hashlib.sha256(text.encode()).hexdigest()
-    data = _read_bytes(path, what=what, max_bytes=DATA_MAX_BYTES)
+    data = read_bytes(path, what=what, max_bytes=DATA_MAX_BYTES, error=WorkloadError)
     digest = hashlib.sha256(data).hexdigest()
     if suffix == ".npy":
         if not data.startswith(b"\x93NUMPY"):

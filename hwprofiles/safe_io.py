@@ -40,6 +40,35 @@ def _size(n_bytes: float) -> str:
     return f"{n_bytes / MiB:.3g} MiB" if n_bytes >= MiB else f"{n_bytes:.0f} bytes"
 
 
+def read_bytes(path: str | Path, *, what: str, max_bytes: int, error: ErrorClass) -> bytes:
+    """The bytes of a regular file of at most ``max_bytes``, refused by its size before it is read
+    (a missing file, a directory, a device or pipe, an oversize file each raise ``error`` naming the
+    file and the rule). :func:`read_text` adds the text checks; binary inputs (``.npy``, ``.parquet``)
+    use this directly."""
+    path = Path(path)
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise error(f"{what} not found: {path}") from None
+    except OSError as err:
+        raise error(f"cannot read {what} {path}: {err.strerror}") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise error(f"{what} {path} is a directory; a file is needed here")
+    if not stat.S_ISREG(info.st_mode):
+        raise error(f"{what} {path} is not a regular file (a device, pipe or socket); a file is needed here")
+    limit = f"the limit for a {what} is {_size(max_bytes)}"
+    if info.st_size > max_bytes:
+        raise error(f"{what} {path} is {_size(info.st_size)}; {limit}")
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(max_bytes + 1)  # the file may have grown since stat
+    except OSError as err:
+        raise error(f"cannot read {what} {path}: {err.strerror}") from None
+    if len(data) > max_bytes:
+        raise error(f"{what} {path} is over {_size(max_bytes)}; {limit}")
+    return data
+
+
 def read_text(path: str | Path, *, what: str, max_bytes: int, error: ErrorClass) -> str:
     """The text of a file, read only if it is a regular UTF-8 text file of at most ``max_bytes``.
 
@@ -72,27 +101,8 @@ def read_text(path: str | Path, *, what: str, max_bytes: int, error: ErrorClass)
     ...
     ValueError: profile file not found: /nonexistent.yaml
     """
+    data = read_bytes(path, what=what, max_bytes=max_bytes, error=error)
     path = Path(path)
-    try:
-        info = path.stat()
-    except FileNotFoundError:
-        raise error(f"{what} not found: {path}") from None
-    except OSError as err:
-        raise error(f"cannot read {what} {path}: {err.strerror}") from None
-    if stat.S_ISDIR(info.st_mode):
-        raise error(f"{what} {path} is a directory; a file is needed here")
-    if not stat.S_ISREG(info.st_mode):
-        raise error(f"{what} {path} is not a regular file (a device, pipe or socket); a text file is needed here")
-    limit = f"the limit for a {what} is {_size(max_bytes)}"
-    if info.st_size > max_bytes:
-        raise error(f"{what} {path} is {_size(info.st_size)}; {limit}")
-    try:
-        with open(path, "rb") as fh:
-            data = fh.read(max_bytes + 1)  # the file may have grown since stat
-    except OSError as err:
-        raise error(f"cannot read {what} {path}: {err.strerror}") from None
-    if len(data) > max_bytes:
-        raise error(f"{what} {path} is over {_size(max_bytes)}; {limit}")
     nul = data.find(b"\0")
     if nul >= 0:
         raise error(f"{what} {path} is binary (a NUL byte at offset {nul}); it must be UTF-8 text")
@@ -250,5 +260,5 @@ def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-__all__ = ["CONFIG_MAX_BYTES", "DEFAULT_MAX_DEPTH", "DEFAULT_MAX_NODES", "PLAN_MAX_BYTES", "PROFILE_MAX_BYTES",
+__all__ = ["read_bytes", "CONFIG_MAX_BYTES", "DEFAULT_MAX_DEPTH", "DEFAULT_MAX_NODES", "PLAN_MAX_BYTES", "PROFILE_MAX_BYTES",
            "load_json", "load_yaml", "read_text", "sha256_text"]
