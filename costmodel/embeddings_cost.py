@@ -27,7 +27,15 @@ from typing import Any
 
 import numpy as np
 
-from costmodel.embeddings import FP32_BYTES, CurveKind, RecModel, Table, dense_optimizer_state_bytes_per_param
+from costmodel.embeddings import (
+    FP32_BYTES,
+    CurveKind,
+    RecModel,
+    Table,
+    _enum,
+    _is_int,
+    dense_optimizer_state_bytes_per_param,
+)
 from costmodel.errors import WorkloadError
 from costmodel.kv import Memory, Resource, capacity, shortfalls
 from costmodel.roofline import Processor, roofline_time_s
@@ -68,17 +76,6 @@ class Stage(enum.StrEnum):
     FETCH = "fetch"
     COMPUTE = "compute"
     HOST_UPDATE = "host_update"
-
-
-def _enum(cls: type[enum.StrEnum], value: Any, name: str, where: str) -> Any:
-    try:
-        return cls(value)
-    except ValueError:
-        raise WorkloadError(f"{where}{name} must be one of {', '.join(m.value for m in cls)}, got {value!r}") from None
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -146,16 +143,16 @@ class TablePolicy:
 
     def __post_init__(self) -> None:
         where = "table policy: "
-        p = _enum(Placement, self.placement, "placement", where)
+        p = _enum(Placement, self.placement, "placement", where=where)
         object.__setattr__(self, "placement", p)
-        object.__setattr__(self, "cache_kind", _enum(CurveKind, self.cache_kind, "cache_kind", where))
+        object.__setattr__(self, "cache_kind", _enum(CurveKind, self.cache_kind, "cache_kind", where=where))
         if not _is_int(self.cache_rows) or self.cache_rows < 0:
             raise WorkloadError(f"{where}cache_rows must be 0 or a positive integer, got {self.cache_rows!r}")
         if self.cache_rows and p is not Placement.CACHE:
             raise WorkloadError(f"{where}cache_rows is for placement cache, got cache_rows={self.cache_rows} with "
                                 f"placement {p.value!r}")
         default_state = StateTier.GPU if p is Placement.GPU else StateTier.HOST
-        state = default_state if self.state_tier is None else _enum(StateTier, self.state_tier, "state_tier", where)
+        state = default_state if self.state_tier is None else _enum(StateTier, self.state_tier, "state_tier", where=where)
         if p is Placement.GPU and state is not StateTier.GPU:
             raise WorkloadError(f"{where}state_tier must be gpu for placement gpu (rows on the GPU keep their "
                                 f"optimizer state there), got {state.value!r}")
@@ -164,7 +161,7 @@ class TablePolicy:
                                 f"{state.value!r}")
         object.__setattr__(self, "state_tier", state)
         default_update = UpdateOn.CPU if p is Placement.CPU else UpdateOn.GPU
-        upd = default_update if self.update_on is None else _enum(UpdateOn, self.update_on, "update_on", where)
+        upd = default_update if self.update_on is None else _enum(UpdateOn, self.update_on, "update_on", where=where)
         if upd is UpdateOn.CPU and p in (Placement.GPU, Placement.CACHE):
             raise WorkloadError(f"{where}update_on cpu is for host-resident rows (placement uvm or cpu), got "
                                 f"placement {p.value!r}")
