@@ -288,6 +288,13 @@ def flexgen_policies(wl: KvWorkload, values: tuple[float, ...], n_ranges: int,
     return (pol,) * wl.model.n_layers
 
 
+# How FlexGen's engine runs a policy (FlexLLMGen flex_opt.py): a GPU batch's whole prompt prefilled at
+# once, attention and MLP as separate layers (sep_layer), batched-matmul attention, and CPU attention
+# over an fp32 copy of the KV it reads (mha_gen on the CPU). KvWorkload fields, for a FlexGen policy.
+FLEXGEN_ENGINE = {"prefill_chunk_tokens": 0, "stream_granularity": "sublayer", "fused_attention": False,
+                  "cpu_attention_upcast": True}
+
+
 def flexgen_head_on_gpu(wl: KvWorkload, values: tuple[float, ...]) -> float:
     """The GPU share of the embeddings and LM head under FlexGen's tensor placement."""
     _, _, embed = flexgen_weight_tensors(wl.model)

@@ -14,7 +14,7 @@ from hwprofiles.loader import SCHEMA
 from solver import BASELINES, OBJECTIVES, Plan, PlanError, available_backends, evaluate_plan, evaluate_policy, plan_kv
 from costmodel import capacity
 from costmodel.kv import KV_DTYPES, explain_shortfall
-from solver.kv import memory_record, metrics
+from solver.kv import FLEXGEN_ENGINE, memory_record, metrics
 
 DEFAULTS = {"model": "llama-2-7b", "hw": "a100-40gb", "batch": 64, "prompt": 512, "gen": 128}
 
@@ -171,14 +171,15 @@ def _workload(args: argparse.Namespace, *, flexgen: bool = False) -> KvWorkload:
             raise WorkloadError(f"--batch {batch} must equal --gpu-batch {gb} x --gpu-batches {k} = {gb * k}")
         batch = gb * k
     batch = DEFAULTS["batch"] if batch is None else batch
-    chunk = args.prefill_chunk if args.prefill_chunk is not None else (0 if flexgen else 4096)
+    engine = dict(FLEXGEN_ENGINE) if flexgen else {}
+    if args.prefill_chunk is not None:
+        engine["prefill_chunk_tokens"] = args.prefill_chunk
     prompt = DEFAULTS["prompt"] if args.prompt is None else args.prompt
     gen = DEFAULTS["gen"] if args.gen is None else args.gen
     return KvWorkload(model=load_model(args.model), batch=batch, prompt_len=prompt, gen_len=gen,
-                      dtype_bytes=args.dtype_bytes or 2, gpu_batch=gb or 0, prefill_chunk_tokens=chunk,
-                      kv_dtype=args.kv_dtype or "", kv_keep=1.0 if args.kv_keep is None else args.kv_keep, allow_long_context=args.allow_long_context,
-                      stream_granularity="sublayer" if flexgen else "layer", fused_attention=not flexgen,
-                      cpu_attention_upcast=flexgen)
+                      dtype_bytes=args.dtype_bytes or 2, gpu_batch=gb or 0, kv_dtype=args.kv_dtype or "",
+                      kv_keep=1.0 if args.kv_keep is None else args.kv_keep,
+                      allow_long_context=args.allow_long_context, **engine)
 
 
 def _layer_rows(plan: Plan) -> list[list[str]]:

@@ -21,6 +21,7 @@ import yaml
 from costmodel import KvWorkload, WorkloadError, list_models, load_model
 from hwprofiles import ProfileError, load_system
 from solver import evaluate_policy
+from solver.kv import FLEXGEN_ENGINE
 from validate.errors import ReplayError
 
 PUBLISHED_KV = Path(__file__).resolve().parent / "data" / "published_kv.yaml"
@@ -95,11 +96,12 @@ def workload_of(row: dict) -> KvWorkload:
     # FlexGen with --overlap False runs its serial loop; ZeRO-3 prefetches and FlexGen overlaps.
     accelerate = "accelerate" in str(row.get("system_measured", "")).lower()
     pinned = policy.get("pin_weight", policy.get("pin_weights", True))
+    engine = dict(FLEXGEN_ENGINE) if flexgen else {"prefill_chunk_tokens": 0, "fused_attention": False}
+    if flexgen and not policy.get("sep_layer", True):
+        engine["stream_granularity"] = "layer"
     return KvWorkload(model=load_model(row["model"]), batch=batch, prompt_len=int(w["prompt"]), gen_len=int(w["gen"]),
-                      gpu_batch=gpu_batch if gpu_batch != batch else 0, prefill_chunk_tokens=0,
-                      stream_granularity="sublayer" if flexgen and policy.get("sep_layer", True) else "layer",
-                      fused_attention=False, overlap=bool(policy.get("overlap", not accelerate)),
-                      pinned_weights=bool(pinned), cpu_attention_upcast=flexgen)
+                      gpu_batch=gpu_batch if gpu_batch != batch else 0, overlap=bool(policy.get("overlap", not accelerate)),
+                      pinned_weights=bool(pinned), **engine)
 
 
 def _describe_workload(row: dict) -> str:
