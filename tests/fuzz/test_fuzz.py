@@ -299,3 +299,26 @@ def test_mutated_recommendation_model_specs(tmp_path, seed):
     rng = random.Random(seed)
     path = _write(tmp_path / "my-dlrm.yaml", _mutate_text(REC_YAML.read_text(), rng))
     check(["models", "show", str(path)])
+
+
+@FUZZ
+@given(seed=st.integers(0, 2**32 - 1), suffix=st.sampled_from([".npy", ".csv", ".parquet"]))
+def test_corrupted_access_distribution_files(tmp_path, seed, suffix):
+    # A spec's tables may read their access counts (histogram) or ids (trace) from a file.
+    import numpy as np
+
+    rng = random.Random(seed)
+    data = tmp_path / f"data{suffix}"
+    values = np.array([rng.randrange(-2, 50) for _ in range(rng.randrange(0, 8))])
+    if suffix == ".npy":
+        np.save(data, values)
+        raw = data.read_bytes()
+        _write(data, raw[: rng.randrange(len(raw) + 1)] if rng.random() < 0.5 else raw)
+    elif suffix == ".csv":
+        _write(data, _mutate_text("\n".join(map(str, values)) + "\n", rng) if len(values) else "")
+    else:
+        _write(data, bytes(rng.randrange(256) for _ in range(rng.randrange(64))))
+    kind = rng.choice(["histogram", "trace"])
+    spec = REC_YAML.read_text().split("\ntables:\n")[0] + (
+        f"\ntables:\n  - {{name: t, rows: 40, access: {{kind: {kind}, file: {data.name}}}}}\n")
+    check(["models", "show", str(_write(tmp_path / "spec.yaml", spec))])
