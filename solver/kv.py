@@ -673,10 +673,10 @@ def plan_kv(wl: KvWorkload, system: System, *, objective: str = "throughput", n_
         kind="kv", status=status.value, objective=objective,
         workload={**best.workload.summary(), "max_batch": wl.batch},
         hardware=hw, predicted=pred, memory=memory_record(mem),
-        capacity=best.cost.capacity, layers=tuple(_layer_entries(best)),
-        head={"on_gpu": best.head_on_gpu, "step_s": best.cost.head_step_s},
-        activations={"prefill_hidden_on_gpu": best.hidden_on_gpu},
-        context_ranges=tuple({"steps": [a, b]} for a, b in range_bounds(wl.gen_len, n_ranges)),
+        capacity=best.cost.capacity, units=tuple(_layer_entries(best)),
+        extras={"head": {"on_gpu": best.head_on_gpu, "step_s": best.cost.head_step_s},
+                "activations": {"prefill_hidden_on_gpu": best.hidden_on_gpu},
+                "context_ranges": [{"steps": [a, b]} for a, b in range_bounds(wl.gen_len, n_ranges)]},
         baselines=base, solver=solver_info,
     )
 

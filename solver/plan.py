@@ -1,6 +1,33 @@
-"""The Plan: the one artifact shared by the CLI, notebooks and validate. Versioned, JSON/YAML on disk.
+"""The Plan: the one artifact shared by the CLI, notebooks and validate, for every family. Versioned,
+JSON/YAML on disk.
 
-Field names are stable (later tools read them); see ``Plan.to_dict`` for the layout.
+A plan is an envelope that names no family's fields (schema version 2):
+
+``kind``
+    The family: ``"kv"`` (KV cache and weights for LLM inference) or ``"embeddings"`` (embedding
+    tables for DLRM training); :func:`plan_kinds`. Every other field's contents are checked by
+    that family's checker (:func:`register_kind`).
+``status``, ``objective``, ``explanation``
+    The solve's status (``optimal``, ``feasible``, ``infeasible``, ``time_limit``), what was
+    optimised, and for an infeasible plan what is short and what would fix it.
+``workload``
+    Enough to rebuild the family's workload (its ``summary()``): model name and file, batch, ...
+``hardware``
+    The system's name, source, overrides and every resolved value (:func:`plan_system`).
+``predicted``
+    The plan's predicted figures (family keys, e.g. ``tokens_per_s`` or ``samples_per_s``), or null.
+``memory``, ``capacity``
+    Bytes per tier (``gpu_bytes``, ``host_bytes``, ``disk_bytes``) with each tier's
+    ``<tier>_breakdown`` by component; the capacities they were checked against.
+``units``
+    The per-unit decisions: one entry per layer (KV) or per table (embeddings), in model order.
+``extras``
+    The family's plan-wide decisions (KV: ``head``, ``activations``, ``context_ranges``).
+``baselines``, ``solver``
+    Every baseline costed on the same model, by name; the solver's statistics.
+
+Version 1 files (KV only: ``layers``, ``head``, ``activations``, ``context_ranges`` at the top) are
+read and migrated to version 2 (:func:`migrate_v1`).
 """
 
 from __future__ import annotations
@@ -8,7 +35,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,15 +48,19 @@ from hwprofiles.loader import system_from_dict
 from hwprofiles.safe_io import PLAN_MAX_BYTES, PROFILE_MAX_BYTES, load_json, load_yaml, read_text, sha256_text
 from solver.errors import PlanError
 
-SCHEMA_VERSION = 1
-PLAN_FIELDS = ("kind", "status", "objective", "workload", "hardware", "predicted", "memory", "capacity", "layers",
-               "head", "activations", "context_ranges", "baselines", "solver", "explanation")
-PLAN_KINDS = ("kv",)  # the kinds this tierplan can cost; a plan of another kind is refused, never re-costed as KV
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+PLAN_FIELDS = ("kind", "status", "objective", "workload", "hardware", "predicted", "memory", "capacity", "units",
+               "extras", "baselines", "solver", "explanation")
+V1_FIELDS = ("kind", "status", "objective", "workload", "hardware", "predicted", "memory", "capacity", "layers",
+             "head", "activations", "context_ranges", "baselines", "solver", "explanation")
+KV_EXTRAS = ("head", "activations", "context_ranges")
 # A YAML plan of an 80-layer model with 4 context ranges has ~10,000 nodes: 50x that is ample.
 PLAN_MAX_NODES = 500_000
 # Tier shares and token splits are LP solutions: they sum to one within the solver's feasibility
 # tolerance (the same 1e-6 as costmodel's Fractions and TokenSplit).
 SHARE_TOLERANCE = 1e-6
+OBJECTIVES_BY_KIND = {"kv": ("throughput", "latency"), "embeddings": ("throughput",)}
 
 
 class _NoAliasDumper(yaml.SafeDumper):
@@ -41,6 +72,12 @@ class _NoAliasDumper(yaml.SafeDumper):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Plan:
+    """A plan of any family; the fields are described in this module's docstring.
+
+    ``layers``, ``head``, ``activations`` and ``context_ranges`` are the KV family's names for
+    ``units`` and the ``extras`` entries (read-only views, kept for KV code and notebooks).
+    """
+
     kind: str
     status: str
     objective: str
@@ -49,14 +86,29 @@ class Plan:
     predicted: dict[str, float] | None = None
     memory: dict[str, Any] = field(default_factory=dict)
     capacity: dict[str, float] = field(default_factory=dict)
-    layers: tuple[dict[str, Any], ...] = ()
-    head: dict[str, Any] = field(default_factory=dict)
-    activations: dict[str, Any] = field(default_factory=dict)  # prefill_hidden_on_gpu: share of layer inputs
-    context_ranges: tuple[dict[str, int], ...] = ()
+    units: tuple[dict[str, Any], ...] = ()
+    extras: dict[str, Any] = field(default_factory=dict)
     baselines: dict[str, dict[str, Any]] = field(default_factory=dict)
     solver: dict[str, Any] = field(default_factory=dict)
     explanation: str = ""
     file: str = field(default="", compare=False)  # where it was loaded from (for messages); not saved
+
+    @property
+    def layers(self) -> tuple[dict[str, Any], ...]:
+        """A KV plan's per-layer decisions (its ``units``)."""
+        return self.units
+
+    @property
+    def head(self) -> dict[str, Any]:
+        return self.extras.get("head", {})
+
+    @property
+    def activations(self) -> dict[str, Any]:
+        return self.extras.get("activations", {})
+
+    @property
+    def context_ranges(self) -> tuple[dict[str, int], ...]:
+        return tuple(self.extras.get("context_ranges", ()))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -69,10 +121,8 @@ class Plan:
             "predicted": self.predicted,
             "memory": self.memory,
             "capacity": self.capacity,
-            "layers": list(self.layers),
-            "head": self.head,
-            "activations": self.activations,
-            "context_ranges": list(self.context_ranges),
+            "units": list(self.units),
+            "extras": self.extras,
             "baselines": self.baselines,
             "solver": self.solver,
             "explanation": self.explanation,
@@ -80,33 +130,36 @@ class Plan:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, file: str = "") -> Plan:
-        """A plan from its dict (:meth:`to_dict`), every field later code reads checked first.
+        """A plan from its dict (:meth:`to_dict`, or a version-1 KV plan), every field later code reads
+        checked first.
 
         Raises
         ------
         PlanError
             A field is missing or of the wrong type or value; the message names its path
-            (``layers[3].kv.gpu``) and ``file``. A plan of a kind other than ``"kv"`` is refused.
+            (``units[3].kv.gpu``) and ``file``. A plan of a kind this tierplan does not plan is refused.
         """
         where = f" ({file})" if file else ""
         if not isinstance(data, dict):
             raise PlanError(f"a plan must be a mapping, got {type(data).__name__}{where}")
         version = data.get("schema_version")
-        if version != SCHEMA_VERSION:
-            raise PlanError(f"schema_version must be {SCHEMA_VERSION}, got {version!r}{where}")
+        if isinstance(version, bool) or version not in READABLE_VERSIONS:
+            raise PlanError(f"schema_version must be one of {', '.join(map(str, READABLE_VERSIONS))} "
+                            f"(this tierplan writes {SCHEMA_VERSION}), got {version!r}{where}")
         # Plan.save writes every field: one missing means a truncated or hand-cut file (a YAML file
         # cut at a line boundary still parses), so none is taken as its default.
-        for key in PLAN_FIELDS:
+        for key in (V1_FIELDS if version == 1 else PLAN_FIELDS):
             if key not in data:
                 raise PlanError(f"plan field {key!r} is missing{where}")
+        if version == 1:
+            data = migrate_v1(data, where)
         _check_plan(data, where)
         return cls(
-            kind=data["kind"], status=data["status"], objective=data.get("objective", "throughput"),
-            workload=data["workload"], hardware=data["hardware"], predicted=data.get("predicted"),
-            memory=data.get("memory", {}), capacity=data.get("capacity", {}), layers=tuple(data["layers"]),
-            head=data.get("head", {}), activations=data.get("activations", {}), context_ranges=tuple(data.get("context_ranges", ())),
-            baselines=data.get("baselines", {}), solver=data.get("solver", {}),
-            explanation=data.get("explanation", ""), file=file,
+            kind=data["kind"], status=data["status"], objective=data["objective"],
+            workload=data["workload"], hardware=data["hardware"], predicted=data["predicted"],
+            memory=data["memory"], capacity=data["capacity"], units=tuple(data["units"]),
+            extras=data["extras"], baselines=data["baselines"], solver=data["solver"],
+            explanation=data["explanation"], file=file,
         )
 
     def save(self, path: str | Path) -> None:
@@ -128,21 +181,43 @@ class Plan:
         return cls.from_dict(data, file=str(path))
 
     def policies(self) -> tuple[tuple[LayerPolicy, ...], bool]:
-        """The per-layer policies and head placement this plan decided (for re-costing or replay)."""
-        if not self.layers:
-            raise PlanError(f"plan has no layer decisions (status {self.status!r}): nothing to evaluate")
+        """A KV plan's per-layer policies and head placement (for re-costing or replay)."""
+        where = f" ({self.file})" if self.file else ""
+        if self.kind != "kv":
+            raise PlanError(f"plan kind {self.kind!r} has no KV layer policies{where}")
+        if not self.units:
+            raise PlanError(f"plan has no layer decisions (status {self.status!r}): nothing to evaluate{where}")
         pols = []
         try:
-            for entry in self.layers:
+            for entry in self.units:
                 splits = tuple(TokenSplit(transfer=a["transfer"], recompute=a["recompute"], cpu=a["cpu"])
                                for a in entry["kv_actions"])
                 pols.append(LayerPolicy(weights=Fractions(**entry["weights"]), kv=Fractions(**entry["kv"]),
                                         activations_on_host=bool(entry["activations_on_host"]), splits=splits))
         except (KeyError, TypeError, WorkloadError) as err:
-            where = f" ({self.file})" if self.file else ""
             raise PlanError(f"layer entry is malformed: missing or bad field {err}{where}") from None
         head = self.head.get("on_gpu", True)
         return tuple(pols), head if isinstance(head, bool) else float(head)
+
+
+def migrate_v1(data: Mapping[str, Any], where: str = "") -> dict[str, Any]:
+    """A version-1 plan (KV only) as version 2: ``layers`` become ``units``; ``head``,
+    ``activations`` and ``context_ranges`` move into ``extras``.
+
+    Examples
+    --------
+    >>> v1 = {"kind": "kv", "layers": [{"weights": {}}], "head": {"on_gpu": True}, "activations": {},
+    ...       "context_ranges": [], "schema_version": 1}
+    >>> v2 = migrate_v1(v1)
+    >>> v2["schema_version"], v2["units"], v2["extras"]["head"]
+    (2, [{'weights': {}}], {'on_gpu': True})
+    """
+    if data.get("kind") != "kv":
+        raise PlanError(f"a schema_version 1 plan must be of kind 'kv' (the only kind version 1 had), "
+                        f"got {data.get('kind')!r}{where}")
+    out = {k: v for k, v in data.items() if k not in ("layers", *KV_EXTRAS)}
+    out.update(schema_version=2, units=data["layers"], extras={k: data[k] for k in KV_EXTRAS})
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -223,26 +298,66 @@ class _Checker:
         return out
 
 
+# The families' checkers of their workload, units and extras, by kind (register_kind).
+_KIND_CHECKERS: dict[str, Callable[[_Checker, Mapping[str, Any]], None]] = {}
+
+
+def register_kind(kind: str, checker: Callable[[_Checker, Mapping[str, Any]], None]) -> None:
+    """Make plans of ``kind`` readable: ``checker(c, data)`` checks the family's ``workload``,
+    ``units`` and ``extras`` with the :class:`_Checker` ``c`` (which raises the PlanError)."""
+    _KIND_CHECKERS[kind] = checker
+
+
+def plan_kinds() -> tuple[str, ...]:
+    """The kinds of plan this tierplan reads, costs and replays."""
+    return tuple(_KIND_CHECKERS)
+
+
 def _check_plan(data: Mapping[str, Any], where: str) -> None:
-    """Every field that evaluate, replay and ``Plan.policies`` read, with its type and range."""
+    """The envelope's fields, then the family's (its registered checker)."""
     c = _Checker(where)
     kind = c.string(data["kind"], "kind")
-    if kind not in PLAN_KINDS:
-        raise PlanError(f"plan kind {kind!r} is not supported yet; this tierplan plans "
-                        f"{', '.join(repr(k) for k in PLAN_KINDS)}{where}")
+    if kind not in _KIND_CHECKERS:
+        raise PlanError(f"plan kind {kind!r} is not supported; this tierplan plans "
+                        f"{', '.join(repr(k) for k in _KIND_CHECKERS)}{where}")
     c.string(data["status"], "status")
-    objective = data.get("objective", "throughput")
-    if objective not in ("throughput", "latency"):
-        raise c.fail("objective", "must be 'throughput' or 'latency'", objective)
-    if not isinstance(data.get("explanation", ""), str):
-        raise c.fail("explanation", "must be a string", data["explanation"])
-
+    objectives = OBJECTIVES_BY_KIND.get(kind, ("throughput",))
+    if data["objective"] not in objectives:
+        raise c.fail("objective", f"must be {' or '.join(repr(o) for o in objectives)} for a plan of kind {kind!r}",
+                     data["objective"])
+    c.string(data["explanation"], "explanation")
     w = c.mapping(data["workload"], "workload")
     if "model" not in w:
         raise c.missing("workload.model")
     c.string(w["model"], "workload.model", empty=False)
     if w.get("model_file") is not None:
         c.string(w["model_file"], "workload.model_file")
+    h = c.mapping(data["hardware"], "hardware")
+    if "system" not in h:
+        raise c.missing("hardware.system")
+    c.string(h["system"], "hardware.system", empty=False)
+    for key in ("source", "file", "gpu", "host", "link"):
+        if h.get(key) is not None:
+            c.string(h[key], f"hardware.{key}")
+    if h.get("content_sha256") is not None:
+        c.string(h["content_sha256"], "hardware.content_sha256")
+    for i, text in enumerate(c.sequence(h.get("overrides", []), "hardware.overrides")):
+        c.string(text, f"hardware.overrides[{i}]")
+    if h.get("resolved") is not None:
+        c.mapping(h["resolved"], "hardware.resolved")  # its contents: system_from_dict, when it is used
+    if data["predicted"] is not None:
+        c.mapping(data["predicted"], "predicted")
+    for key in ("memory", "capacity", "baselines", "solver", "extras"):
+        c.mapping(data[key], key)
+    for i, entry in enumerate(c.sequence(data["units"], "units")):
+        c.mapping(entry, f"units[{i}]")
+    _KIND_CHECKERS[kind](c, data)
+
+
+def _check_kv(c: _Checker, data: Mapping[str, Any]) -> None:
+    """A KV plan's workload, layer units and extras (every field evaluate, replay and
+    ``Plan.policies`` read), with its type and range."""
+    w = data["workload"]
     for key, minimum in _INT_FIELDS.items():
         if key not in w:
             raise c.missing(f"workload.{key}")
@@ -261,24 +376,9 @@ def _check_plan(data: Mapping[str, Any], where: str) -> None:
     if "kv_keep" in w:
         c.number(w["kv_keep"], "workload.kv_keep", 0.0, 1.0)
 
-    h = c.mapping(data["hardware"], "hardware")
-    if "system" not in h:
-        raise c.missing("hardware.system")
-    c.string(h["system"], "hardware.system", empty=False)
-    for key in ("source", "file", "gpu", "host", "link"):
-        if h.get(key) is not None:
-            c.string(h[key], f"hardware.{key}")
-    if h.get("content_sha256") is not None:
-        c.string(h["content_sha256"], "hardware.content_sha256")
-    for i, text in enumerate(c.sequence(h.get("overrides", []), "hardware.overrides")):
-        c.string(text, f"hardware.overrides[{i}]")
-    if h.get("resolved") is not None:
-        c.mapping(h["resolved"], "hardware.resolved")  # its contents: system_from_dict, when it is used
-
     n_ranges = None
-    for i, entry in enumerate(c.sequence(data["layers"], "layers")):
-        at = f"layers[{i}]"
-        entry = c.mapping(entry, at)
+    for i, entry in enumerate(data["units"]):
+        at = f"units[{i}]"
         for key in ("weights", "kv", "activations_on_host", "kv_actions"):
             if key not in entry:
                 raise c.missing(f"{at}.{key}")
@@ -291,7 +391,7 @@ def _check_plan(data: Mapping[str, Any], where: str) -> None:
         if n_ranges is None:
             n_ranges = len(actions)
         elif len(actions) != n_ranges:
-            raise c.fail(f"{at}.kv_actions", f"must hold {n_ranges} token splits, as layers[0] does",
+            raise c.fail(f"{at}.kv_actions", f"must hold {n_ranges} token splits, as units[0] does",
                          f"{len(actions)} splits")
         for j, action in enumerate(actions):
             action = c.mapping(action, f"{at}.kv_actions[{j}]")
@@ -303,22 +403,25 @@ def _check_plan(data: Mapping[str, Any], where: str) -> None:
                              split["recompute"])
 
     # A plan with layer decisions placed its head and prefill's layer inputs too: no silent defaults.
-    decided = bool(data["layers"])
-    head = c.mapping(data.get("head", {}), "head")
+    extras = data["extras"]
+    unknown = sorted(map(str, set(extras) - set(KV_EXTRAS)))
+    if unknown:
+        raise c.fail("extras", f"of a kv plan may hold only {', '.join(KV_EXTRAS)}", unknown)
+    decided = bool(data["units"])
+    head = c.mapping(extras.get("head", {}), "extras.head")
     if decided and "on_gpu" not in head:
-        raise c.missing("head.on_gpu")
+        raise c.missing("extras.head.on_gpu")
     if "on_gpu" in head and not isinstance(head["on_gpu"], bool):
-        c.number(head["on_gpu"], "head.on_gpu", 0.0, 1.0)
-    activations = c.mapping(data.get("activations", {}), "activations")
+        c.number(head["on_gpu"], "extras.head.on_gpu", 0.0, 1.0)
+    activations = c.mapping(extras.get("activations", {}), "extras.activations")
     if decided and "prefill_hidden_on_gpu" not in activations:
-        raise c.missing("activations.prefill_hidden_on_gpu")
+        raise c.missing("extras.activations.prefill_hidden_on_gpu")
     if "prefill_hidden_on_gpu" in activations:
-        c.number(activations["prefill_hidden_on_gpu"], "activations.prefill_hidden_on_gpu", 0.0, 1.0)
-    if data.get("predicted") is not None:
-        c.mapping(data["predicted"], "predicted")
-    for key in ("memory", "capacity", "baselines", "solver"):
-        c.mapping(data.get(key, {}), key)
-    c.sequence(data.get("context_ranges", []), "context_ranges")
+        c.number(activations["prefill_hidden_on_gpu"], "extras.activations.prefill_hidden_on_gpu", 0.0, 1.0)
+    c.sequence(extras.get("context_ranges", []), "extras.context_ranges")
+
+
+register_kind("kv", _check_kv)
 
 
 # ---------------------------------------------------------------------------------------------

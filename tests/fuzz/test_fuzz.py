@@ -208,9 +208,9 @@ def test_truncated_and_corrupted_plans(tmp_path, plan_file, seed):
     text = plan_file.read_text()
     if rng.random() < 0.5:
         data = json.loads(text)
-        target = rng.choice(["workload", "layers", "head", "hardware", "kind", "schema_version", "layer"])
+        target = rng.choice(["workload", "units", "extras", "hardware", "kind", "schema_version", "layer"])
         if target == "layer":
-            entry = data["layers"][rng.randrange(len(data["layers"]))]
+            entry = data["units"][rng.randrange(len(data["units"]))]
             entry[rng.choice(sorted(entry))] = rng.choice([None, "x", -1, {}, []])
         elif target == "kind":
             data["kind"] = rng.choice(["training", "embeddings", 3, None])

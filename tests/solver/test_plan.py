@@ -29,18 +29,18 @@ def plan(toy, workload):
 
 def test_plan_dict_has_the_documented_layout(plan):
     d = plan.to_dict()
-    assert d["schema_version"] == SCHEMA_VERSION == 1
+    assert d["schema_version"] == SCHEMA_VERSION == 2
     assert d["kind"] == "kv" and d["status"] == "optimal" and d["objective"] == "latency"
     assert d["workload"]["model"] == "llama-2-7b" and d["workload"]["batch"] == 8
     assert d["hardware"]["system"] == "toy"
-    assert len(d["layers"]) == 32
+    assert len(d["units"]) == 32
     for key in ("prefill_s", "step_time_s", "decode_s", "tokens_per_s", "decode_tokens_per_s", "batch"):
         assert key in d["predicted"]
     for key in ("gpu_bytes", "host_bytes", "disk_bytes"):
         assert key in d["memory"] and key in d["capacity"]
-    layer = d["layers"][0]
+    layer = d["units"][0]
     assert set(layer["weights"]) == set(layer["kv"]) == {"gpu", "host", "disk"}
-    assert len(layer["kv_actions"]) == len(d["context_ranges"]) == 4
+    assert len(layer["kv_actions"]) == len(d["extras"]["context_ranges"]) == 4
     assert d["baselines"]["gpu-only"]["status"] == "infeasible"
     assert d["baselines"]["kvpr"]["status"] == "feasible"
     assert "simulated" in d["solver"] and d["solver"]["backend"] in ("highs", "cbc")
@@ -62,7 +62,7 @@ def test_file_round_trip(plan, tmp_path, suffix):
     if suffix == ".json":
         json.loads(text)
     else:
-        assert text.startswith("schema_version: 1")  # YAML, keys in layout order
+        assert text.startswith("schema_version: 2")  # YAML, keys in layout order
     loaded = Plan.load(path)
     assert loaded.to_dict() == plan.to_dict()
 
@@ -91,16 +91,48 @@ def test_policies_reflect_the_layer_entries(plan):
             {k: a[k] for k in ("transfer", "recompute", "cpu")} for a in entry["kv_actions"]]
 
 
-def test_wrong_schema_version_is_refused(plan):
+@pytest.mark.parametrize("version", [3, 0, "2", True, None])
+def test_wrong_schema_version_is_refused(plan, version):
     d = copy.deepcopy(plan.to_dict())
-    d["schema_version"] = 2
-    with pytest.raises(PlanError, match="schema_version must be 1, got 2"):
+    d["schema_version"] = version
+    with pytest.raises(PlanError) as err:
         Plan.from_dict(d, file="p.json")
+    assert str(err.value) == (f"schema_version must be one of 1, 2 (this tierplan writes 2), got {version!r} "
+                              "(p.json)")
+
+
+def _as_v1(d):
+    """A version-2 KV plan dict as tierplan 0.x wrote it (schema version 1)."""
+    v1 = {k: v for k, v in d.items() if k not in ("units", "extras")}
+    v1.update(schema_version=1, layers=d["units"], **d["extras"])
+    return v1
+
+
+def test_a_version_1_plan_still_loads_and_recosts_the_same(plan, toy, workload, tmp_path):
+    v1 = _as_v1(copy.deepcopy(plan.to_dict()))
+    assert "layers" in v1 and "head" in v1 and "units" not in v1
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(v1))
+    old = Plan.load(path)
+    assert old == plan and old.to_dict()["schema_version"] == 2
+    assert old.policies() == plan.policies()
+    _, again = evaluate_plan(old, workload.with_batch(plan.predicted["batch"]), toy)
+    assert again["tokens_per_s"] == plan.predicted["tokens_per_s"]
+
+
+def test_a_version_1_plan_must_be_kv_and_complete(plan):
+    v1 = _as_v1(copy.deepcopy(plan.to_dict()))
+    del v1["head"]
+    with pytest.raises(PlanError, match="plan field 'head' is missing"):
+        Plan.from_dict(v1)
+    v1 = _as_v1(copy.deepcopy(plan.to_dict()))
+    v1["kind"] = "embeddings"
+    with pytest.raises(PlanError, match="a schema_version 1 plan must be of kind 'kv'"):
+        Plan.from_dict(v1)
 
 
 @pytest.mark.parametrize("key", ["kind", "status", "objective", "workload", "hardware", "predicted", "memory",
-                                 "capacity", "layers", "head", "activations", "context_ranges", "baselines", "solver",
-                                 "explanation"])
+                                 "capacity", "units", "extras", "baselines", "solver", "explanation"])
 def test_missing_field_is_refused(plan, key):
     d = copy.deepcopy(plan.to_dict())
     del d[key]
@@ -129,8 +161,8 @@ def test_missing_and_malformed_files_are_plan_errors(tmp_path):
 
 def test_malformed_layer_entry_is_a_plan_error(plan):
     d = copy.deepcopy(plan.to_dict())  # to_dict shares the plan's own dicts
-    del d["layers"][3]["kv_actions"]
-    with pytest.raises(PlanError, match=r"plan field layers\[3\]\.kv_actions is missing \(p\.json\)"):
+    del d["units"][3]["kv_actions"]
+    with pytest.raises(PlanError, match=r"plan field units\[3\]\.kv_actions is missing \(p\.json\)"):
         Plan.from_dict(d, file="p.json")
 
 
@@ -144,13 +176,20 @@ def test_the_plan_is_immutable(plan):
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["training", "embeddings"])
-def test_a_plan_of_another_kind_is_refused_not_costed_as_kv(plan, kind):
+@pytest.mark.parametrize("kind", ["training", "inference"])
+def test_a_plan_of_an_unknown_kind_is_refused_not_costed_as_kv(plan, kind):
     d = copy.deepcopy(plan.to_dict())
     d["kind"] = kind
     with pytest.raises(PlanError) as err:
         Plan.from_dict(d, file="p.json")
-    assert str(err.value) == f"plan kind '{kind}' is not supported yet; this tierplan plans 'kv' (p.json)"
+    assert str(err.value) == f"plan kind '{kind}' is not supported; this tierplan plans 'kv', 'embeddings' (p.json)"
+
+
+def test_a_kv_plan_relabelled_embeddings_is_refused_by_the_embeddings_checker(plan):
+    d = copy.deepcopy(plan.to_dict())
+    d["kind"], d["objective"] = "embeddings", "throughput"
+    with pytest.raises(PlanError, match=r"plan field (workload|units\[0\])\.\w+ is missing"):
+        Plan.from_dict(d, file="p.json")
 
 
 @pytest.mark.parametrize("key", ["model", "batch", "prompt_len", "gen_len"])
@@ -184,26 +223,30 @@ def _set(d, path, value):
     (("hardware", "system"), 7, "plan field hardware.system must be a non-empty string, got 7"),
     (("hardware", "overrides"), "link.h2d=1GB/s", "plan field hardware.overrides must be a list, got 'link.h2d=1GB/s'"),
     (("hardware", "resolved"), [1], "plan field hardware.resolved must be a mapping, got [1]"),
-    (("layers",), {"0": {}}, "plan field layers must be a list, got {'0': {}}"),
-    (("layers", 3), None, "plan field layers[3] must be a mapping, got None"),
-    (("layers", 3, "kv", "gpu"), "all", "plan field layers[3].kv.gpu must be a finite number, got 'all'"),
-    (("layers", 3, "kv", "gpu"), float("nan"), "plan field layers[3].kv.gpu must be a finite number, got nan"),
-    (("layers", 3, "kv", "gpu"), 5.0, "plan field layers[3].kv.gpu must be in [-1e-06, 1], got 5.0"),
-    (("layers", 3, "kv", "nvme"), 0.0, "plan field layers[3].kv may hold only gpu, host, disk, got ['nvme']"),
-    (("layers", 3, "weights"), {"gpu": 0.5, "host": 0.2, "disk": 0.1},
-     "plan field layers[3].weights must sum to 1 (gpu + host + disk), got {'gpu': 0.5, 'host': 0.2, 'disk': 0.1}"),
-    (("layers", 3, "activations_on_host"), 1, "plan field layers[3].activations_on_host must be true or false, got 1"),
-    (("layers", 3, "kv_actions"), [], "plan field layers[3].kv_actions must hold one token split per context range, got []"),
-    (("layers", 3, "kv_actions"), [{"transfer": 1.0, "recompute": 0.0, "cpu": 0.0}],
-     "plan field layers[3].kv_actions must hold 4 token splits, as layers[0] does, got '1 splits'"),
-    (("layers", 3, "kv_actions", 1, "cpu"), None, "plan field layers[3].kv_actions[1].cpu must be a finite number, got None"),
-    (("head",), None, "plan field head must be a mapping, got None"),
-    (("head",), {}, "plan field head.on_gpu is missing"),
-    (("activations",), {}, "plan field activations.prefill_hidden_on_gpu is missing"),
-    (("head", "on_gpu"), "yes", "plan field head.on_gpu must be a finite number, got 'yes'"),
-    (("activations", "prefill_hidden_on_gpu"), 2, "plan field activations.prefill_hidden_on_gpu must be in [0, 1], got 2"),
+    (("units",), {"0": {}}, "plan field units must be a list, got {'0': {}}"),
+    (("units", 3), None, "plan field units[3] must be a mapping, got None"),
+    (("units", 3, "kv", "gpu"), "all", "plan field units[3].kv.gpu must be a finite number, got 'all'"),
+    (("units", 3, "kv", "gpu"), float("nan"), "plan field units[3].kv.gpu must be a finite number, got nan"),
+    (("units", 3, "kv", "gpu"), 5.0, "plan field units[3].kv.gpu must be in [-1e-06, 1], got 5.0"),
+    (("units", 3, "kv", "nvme"), 0.0, "plan field units[3].kv may hold only gpu, host, disk, got ['nvme']"),
+    (("units", 3, "weights"), {"gpu": 0.5, "host": 0.2, "disk": 0.1},
+     "plan field units[3].weights must sum to 1 (gpu + host + disk), got {'gpu': 0.5, 'host': 0.2, 'disk': 0.1}"),
+    (("units", 3, "activations_on_host"), 1, "plan field units[3].activations_on_host must be true or false, got 1"),
+    (("units", 3, "kv_actions"), [], "plan field units[3].kv_actions must hold one token split per context range, got []"),
+    (("units", 3, "kv_actions"), [{"transfer": 1.0, "recompute": 0.0, "cpu": 0.0}],
+     "plan field units[3].kv_actions must hold 4 token splits, as units[0] does, got '1 splits'"),
+    (("units", 3, "kv_actions", 1, "cpu"), None, "plan field units[3].kv_actions[1].cpu must be a finite number, got None"),
+    (("extras", "head"), None, "plan field extras.head must be a mapping, got None"),
+    (("extras", "head"), {}, "plan field extras.head.on_gpu is missing"),
+    (("extras", "activations"), {}, "plan field extras.activations.prefill_hidden_on_gpu is missing"),
+    (("extras", "head", "on_gpu"), "yes", "plan field extras.head.on_gpu must be a finite number, got 'yes'"),
+    (("extras", "activations", "prefill_hidden_on_gpu"), 2,
+     "plan field extras.activations.prefill_hidden_on_gpu must be in [0, 1], got 2"),
+    (("extras", "tables"), [], "plan field extras of a kv plan may hold only head, activations, context_ranges, "
+                               "got ['tables']"),
+    (("extras",), [], "plan field extras must be a mapping, got []"),
     (("kind",), 3, "plan field kind must be a string, got 3"),
-    (("objective",), "speed", "plan field objective must be 'throughput' or 'latency', got 'speed'"),
+    (("objective",), "speed", "plan field objective must be 'throughput' or 'latency' for a plan of kind 'kv', got 'speed'"),
 ])
 def test_a_bad_field_names_its_path_rule_value_and_file(plan, path, value, message):
     d = copy.deepcopy(plan.to_dict())
@@ -215,24 +258,24 @@ def test_a_bad_field_names_its_path_rule_value_and_file(plan, path, value, messa
 
 def test_a_missing_kv_action_share_is_named(plan):
     d = copy.deepcopy(plan.to_dict())
-    del d["layers"][5]["kv_actions"][2]["recompute"]
-    with pytest.raises(PlanError, match=r"^plan field layers\[5\]\.kv_actions\[2\]\.recompute is missing \(p\.json\)$"):
+    del d["units"][5]["kv_actions"][2]["recompute"]
+    with pytest.raises(PlanError, match=r"^plan field units\[5\]\.kv_actions\[2\]\.recompute is missing \(p\.json\)$"):
         Plan.from_dict(d, file="p.json")
 
 
 def test_recompute_without_layer_inputs_on_the_host_is_refused(plan):
     d = copy.deepcopy(plan.to_dict())
-    d["layers"][2]["activations_on_host"] = False
-    d["layers"][2]["kv_actions"][0].update(transfer=0.5, recompute=0.5, cpu=0.0)
-    with pytest.raises(PlanError, match=r"layers\[2\]\.kv_actions\[0\]\.recompute must be 0 when "
-                                        r"layers\[2\]\.activations_on_host is false"):
+    d["units"][2]["activations_on_host"] = False
+    d["units"][2]["kv_actions"][0].update(transfer=0.5, recompute=0.5, cpu=0.0)
+    with pytest.raises(PlanError, match=r"units\[2\]\.kv_actions\[0\]\.recompute must be 0 when "
+                                        r"units\[2\]\.activations_on_host is false"):
         Plan.from_dict(d, file="p.json")
 
 
 def test_partial_shares_take_the_cost_models_defaults(plan):
     d = copy.deepcopy(plan.to_dict())
-    d["layers"][0]["weights"] = {}  # Fractions(): all on the GPU
-    d["layers"][0]["kv"] = {"host": 1.0, "gpu": 0.0}
+    d["units"][0]["weights"] = {}  # Fractions(): all on the GPU
+    d["units"][0]["kv"] = {"host": 1.0, "gpu": 0.0}
     pols, _ = Plan.from_dict(d).policies()
     assert pols[0].weights.gpu == 1.0 and pols[0].kv.host == 1.0
 
@@ -252,7 +295,7 @@ def test_no_corruption_of_a_read_field_escapes_as_another_exception(plan):
     # Replace each value of the fields evaluate and replay read by values of every other JSON type:
     # from_dict either refuses it as a PlanError or the plan still gives its policies.
     d0 = plan.to_dict()
-    read = ("kind", "status", "objective", "workload", "layers", "head", "activations")
+    read = ("kind", "status", "objective", "workload", "units", "extras")
     paths = [p for p, _ in _walk(d0) if p and p[0] in read]
     for path in paths:
         for bad in (None, "x", -1, 1.5, True, [], {}, [1], {"a": 1}):
@@ -416,7 +459,8 @@ def test_a_bundled_system_is_loaded_by_name_with_its_overrides(workload, tmp_pat
 
 
 def _stub() -> dict:
-    """The smallest plan that passes from_dict: no layer decisions (an infeasible plan)."""
+    """The smallest plan that passes from_dict: no layer decisions (an infeasible plan), as tierplan
+    0.x wrote it (schema version 1)."""
     return {"schema_version": 1, "kind": "kv", "status": "infeasible", "objective": "throughput",
             "workload": {"model": "llama-2-7b", "batch": 1, "prompt_len": 8, "gen_len": 2},
             "hardware": {"system": "a100-40gb"}, "predicted": None, "memory": {}, "capacity": {}, "layers": [],
@@ -452,7 +496,7 @@ def test_a_corrupted_hardware_record_is_a_profile_error_naming_the_plan(own_plan
 def test_a_yaml_plan_with_shared_dicts_is_saved_without_aliases_and_loads(plan, tmp_path):
     shared = {"gpu": 1.0, "host": 0.0, "disk": 0.0}
     d = copy.deepcopy(plan.to_dict())
-    for entry in d["layers"]:
+    for entry in d["units"]:
         entry["weights"] = shared  # one object in many places: PyYAML would write &id001 / *id001
     path = tmp_path / "shared.yaml"
     Plan.from_dict(d).save(path)

@@ -48,11 +48,11 @@ def test_plan_json_has_stable_fields_and_evaluate_recosts_it(capsys, tmp_path):
     assert code == 0
     plan = json.loads(out)
     for key in ("schema_version", "kind", "status", "workload", "hardware", "predicted", "memory", "capacity",
-                "layers", "baselines", "solver"):
+                "units", "extras", "baselines", "solver"):
         assert key in plan
     for key in ("prefill_s", "step_time_s", "decode_s", "tokens_per_s", "decode_tokens_per_s"):
         assert plan["predicted"][key] > 0
-    assert len(plan["layers"]) == 32
+    assert len(plan["units"]) == 32
     for tier in ("gpu_bytes", "host_bytes", "disk_bytes"):
         assert plan["memory"][tier] <= plan["capacity"][tier]
     assert {"backend", "status", "solve_time_s"} <= set(plan["solver"])
