@@ -15,11 +15,16 @@ def _plt():
     return plt
 
 
-def sweep_lines(df, x: str, path: str | Path, *, y: str = "tokens_per_s", title: str = "") -> Path:
-    """One line per (model, hw, prompt, max_batch) of ``y`` against the varied field ``x``.
+def sweep_lines(df, x: str, path: str | Path, *, y: str | None = None, title: str = "") -> Path:
+    """One line per point group of ``y`` against the varied field ``x``: (model, hw, prompt, max_batch)
+    for a KV sweep, (model, hw, batch) for an embeddings sweep.
 
     ``x`` is a varied field such as ``link.h2d``; its SI values (column ``<x>_si``) set the axis.
+    ``y`` defaults to the family's throughput (``tokens_per_s`` or ``samples_per_s``).
     """
+    embeddings = "family" in df.columns and (df["family"] == "embeddings").all()
+    y = y or ("samples_per_s" if embeddings else "tokens_per_s")
+    groups = ["model", "hw", "batch"] if embeddings else ["model", "hw", "prompt", "max_batch"]
     plt = _plt()
     xcol = f"{x}_si" if f"{x}_si" in df.columns else x
     if xcol not in df.columns:
@@ -27,12 +32,13 @@ def sweep_lines(df, x: str, path: str | Path, *, y: str = "tokens_per_s", title:
                         f"{[c[:-3] for c in df.columns if c.endswith('_si')]}")
     fig, ax = plt.subplots(figsize=(7, 4.2))
     ok = df[df["status"].isin(["optimal", "feasible"])]
-    for keys, part in ok.groupby(["model", "hw", "prompt", "max_batch"]):
+    for keys, part in ok.groupby(groups):
         part = part.sort_values(xcol)
         scale = 1e9 if x.endswith(("h2d", "d2h", "bandwidth")) else 1.0
-        ax.plot(part[xcol] / scale, part[y], marker="o", label=f"{keys[0]} {keys[1]} p{keys[2]} b{keys[3]}")
+        label = f"{keys[0]} {keys[1]} b{keys[2]}" if embeddings else f"{keys[0]} {keys[1]} p{keys[2]} b{keys[3]}"
+        ax.plot(part[xcol] / scale, part[y], marker="o", label=label)
     ax.set_xlabel(f"{x} ({'GB/s' if x.endswith(('h2d', 'd2h', 'bandwidth')) else 'SI units'})")
-    ax.set_ylabel(y.replace("_", " ").replace("tokens per s", "tokens/s"))
+    ax.set_ylabel(y.replace("_", " ").replace("tokens per s", "tokens/s").replace("samples per s", "samples/s"))
     ax.set_title(title or f"{y} vs {x} (predicted)", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)

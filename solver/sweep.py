@@ -20,14 +20,16 @@ import re
 import sys
 import time
 import traceback
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from costmodel import KvWorkload, WorkloadError, load_model
+from costmodel import KvWorkload, WorkloadError, load_model, load_rec_model
+from costmodel.embeddings import Optimizer
+from costmodel.embeddings_cost import MAX_BATCH as EMB_MAX_BATCH
 from costmodel.kv import limits
 from hwprofiles import SCHEMA_DIMENSIONS, ProfileError, load_system, parse_quantity
 from solver.errors import PlanError
@@ -41,20 +43,38 @@ MAX_POINTS = 1_000_000
 _LIMIT_OF = {"prompt": "prompt_len", "batch": "batch", "gen": "gen_len"}
 
 
+FAMILIES = ("kv", "embeddings")
+# The options of an embeddings point (``params``), with what each accepts.
+EMBEDDINGS_PARAMS = {"optimizer": tuple(o.value for o in Optimizer), "prefetch": (False, True),
+                     "cache_kind": ("static", "lru")}
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SweepPoint:
+    """One point of a sweep: a family's workload on one system with its overrides.
+
+    ``prompt`` and ``gen`` are the KV family's (0 for others); ``params`` holds a family's other
+    options as sorted ``(name, value)`` pairs (embeddings: :data:`EMBEDDINGS_PARAMS`).
+    """
+
     model: str
     hw: str
     overrides: tuple[str, ...] = ()
-    prompt: int
+    prompt: int = 0
     batch: int
-    gen: int
+    gen: int = 0
     objective: str = "throughput"
     allow_long_context: bool = False
+    family: str = "kv"
+    params: tuple[tuple[str, object], ...] = ()
 
     def key(self) -> str:
-        """A stable identity, used to skip finished points on resume."""
-        return json.dumps(asdict(self), sort_keys=True)
+        """A stable identity, used to skip finished points on resume (a KV point's is what it was
+        before points had a family, so older checkpoints resume)."""
+        d = asdict(self)
+        if self.family == "kv" and not self.params:
+            del d["family"], d["params"]
+        return json.dumps(d, sort_keys=True)
 
 
 _RANGE = re.compile(r"^(?P<a>[\d.eE+-]+)\s*(?P<ua>[A-Za-z/%]+)\.\.(?P<b>[\d.eE+-]+)\s*(?P<ub>[A-Za-z/%]+)(?::(?P<n>\d+))?$")
@@ -193,6 +213,52 @@ def grid(models: Sequence[str], systems: Sequence[str], *, prompts: Sequence[int
     _check_count(gen, "gen")
     if objective not in OBJECTIVES:
         raise PlanError(f"sweep objective must be one of {list(OBJECTIVES)}, got {objective!r}")
+    combos, fields = _override_combos(vary, fixed)
+    size = len(models) * len(systems) * len(prompts) * len(batches) * len(combos)
+    if size > MAX_POINTS:
+        raise PlanError(f"a sweep must have at most {MAX_POINTS:,} points, got {size:,} "
+                        f"({len(models)} models x {len(systems)} systems x {len(prompts)} prompts x "
+                        f"{len(batches)} batches x {' x '.join(str(len(v)) for _, v in vary) or 1} --vary values)")
+    return [SweepPoint(model=m, hw=h, overrides=tuple(fixed) + tuple(f"{f}={v}" for f, v in zip(fields, combo)),
+                       prompt=int(p), batch=int(b), gen=int(gen), objective=objective,
+                       allow_long_context=allow_long_context)
+            for m, h, combo, p, b in itertools.product(models, systems, combos, prompts, batches)]
+
+
+def grid_embeddings(models: Sequence[str], systems: Sequence[str], *, batches: Sequence[int],
+                    vary: Sequence[tuple[str, Sequence[str]]] = (), fixed: Sequence[str] = (),
+                    params: Mapping[str, object] | None = None) -> list[SweepPoint]:
+    """Every combination of recommendation models, systems, batches and ``--vary`` values, as points
+    of the embeddings family; ``params`` (:data:`EMBEDDINGS_PARAMS`) apply to every point.
+
+    Examples
+    --------
+    >>> pts = grid_embeddings(["criteo-kaggle"], ["a100-40gb"], batches=[4096, 16384],
+    ...                       vary=[("gpu.memory", ["16GiB", "40GiB"])], params={"prefetch": True})
+    >>> len(pts), pts[0].family, pts[0].params
+    (4, 'embeddings', (('prefetch', True),))
+    """
+    _check_names(models, "model")
+    _check_names(systems, "system")
+    _check_counts(batches, "batch")
+    params = dict(params or {})
+    for name, value in params.items():
+        if name not in EMBEDDINGS_PARAMS:
+            raise PlanError(f"sweep embeddings option must be one of {', '.join(EMBEDDINGS_PARAMS)}, got {name!r}")
+        if value not in EMBEDDINGS_PARAMS[name] or isinstance(value, bool) != isinstance(EMBEDDINGS_PARAMS[name][0], bool):
+            raise PlanError(f"sweep embeddings {name} must be one of {list(EMBEDDINGS_PARAMS[name])}, got {value!r}")
+    combos, fields = _override_combos(vary, fixed)
+    size = len(models) * len(systems) * len(batches) * len(combos)
+    if size > MAX_POINTS:
+        raise PlanError(f"a sweep must have at most {MAX_POINTS:,} points, got {size:,}")
+    pairs = tuple(sorted(params.items()))
+    return [SweepPoint(model=m, hw=h, overrides=tuple(fixed) + tuple(f"{f}={v}" for f, v in zip(fields, combo)),
+                       batch=int(b), family="embeddings", params=pairs)
+            for m, h, combo, b in itertools.product(models, systems, combos, batches)]
+
+
+def _override_combos(vary: Sequence[tuple[str, Sequence[str]]], fixed: Sequence[str]) -> tuple[list[tuple], list[str]]:
+    """The ``--vary`` value combinations and their fields, once both are checked."""
     for f, vals in vary:
         if not list(vals):
             raise PlanError(f"sweep --vary {f} has no values")
@@ -207,17 +273,10 @@ def grid(models: Sequence[str], systems: Sequence[str], *, prompts: Sequence[int
     if dup is not None:
         raise PlanError(f"sweep sets {dup!r} more than once (--set {list(fixed)!r}, --vary {[f for f, _ in vary]!r}); "
                         "the later would silently win")
-    size = len(models) * len(systems) * len(prompts) * len(batches) * int(np.prod([len(v) for _, v in vary]))
-    if size > MAX_POINTS:
-        raise PlanError(f"a sweep must have at most {MAX_POINTS:,} points, got {size:,} "
-                        f"({len(models)} models x {len(systems)} systems x {len(prompts)} prompts x "
-                        f"{len(batches)} batches x {' x '.join(str(len(v)) for _, v in vary) or 1} --vary values)")
-    fields = [f for f, _ in vary]
-    combos = list(itertools.product(*[vals for _, vals in vary])) or [()]
-    return [SweepPoint(model=m, hw=h, overrides=tuple(fixed) + tuple(f"{f}={v}" for f, v in zip(fields, combo)),
-                       prompt=int(p), batch=int(b), gen=int(gen), objective=objective,
-                       allow_long_context=allow_long_context)
-            for m, h, combo, p, b in itertools.product(models, systems, combos, prompts, batches)]
+    n_combos = int(np.prod([len(v) for _, v in vary]))
+    if n_combos > MAX_POINTS:
+        raise PlanError(f"a sweep must have at most {MAX_POINTS:,} points, got {n_combos:,} --vary combinations")
+    return list(itertools.product(*[vals for _, vals in vary])) or [()], [f for f, _ in vary]
 
 
 def check_points(points: Sequence[SweepPoint]) -> None:
@@ -258,12 +317,30 @@ def check_points(points: Sequence[SweepPoint]) -> None:
             value = getattr(p, what)
             if not isinstance(value, str) or not value.strip():
                 raise PlanError(f"sweep point {i} {what} must be a non-empty name, got {value!r}")
-        for what, limit in _LIMIT_OF.items():
-            value = getattr(p, what)
-            _check_count(value, f"point {i} {what}", numpy=False)
-            if value > bounds[limit]:
-                raise PlanError(f"sweep point {i} {what} must be at most {bounds[limit]:,} (a bound on the "
-                                f"planner's work), got {value:,}; raise it with TIERPLAN_LIMITS=\"{limit}=...\"")
+        if p.family not in FAMILIES:
+            raise PlanError(f"sweep point {i} family must be one of {', '.join(FAMILIES)}, got {p.family!r}")
+        if p.family == "kv":
+            for what, limit in _LIMIT_OF.items():
+                value = getattr(p, what)
+                _check_count(value, f"point {i} {what}", numpy=False)
+                if value > bounds[limit]:
+                    raise PlanError(f"sweep point {i} {what} must be at most {bounds[limit]:,} (a bound on the "
+                                    f"planner's work), got {value:,}; raise it with TIERPLAN_LIMITS=\"{limit}=...\"")
+            if p.params:
+                raise PlanError(f"sweep point {i} is a kv point; params are for other families, got {p.params!r}")
+        else:
+            _check_count(p.batch, f"point {i} batch", numpy=False)
+            if p.batch > EMB_MAX_BATCH:
+                raise PlanError(f"sweep point {i} batch must be at most {EMB_MAX_BATCH:,}, got {p.batch:,}")
+            if p.prompt or p.gen:
+                raise PlanError(f"sweep point {i} is an embeddings point: prompt and gen must be 0, got "
+                                f"{p.prompt} and {p.gen}")
+            if not isinstance(p.params, tuple) or not all(isinstance(kv, tuple) and len(kv) == 2 for kv in p.params):
+                raise PlanError(f"sweep point {i} params must be a tuple of (name, value) pairs, got {p.params!r}")
+            for name, value in p.params:
+                if name not in EMBEDDINGS_PARAMS or value not in EMBEDDINGS_PARAMS[name]:
+                    raise PlanError(f"sweep point {i} option {name}={value!r} is not one of "
+                                    f"{', '.join(f'{k} in {list(v)}' for k, v in EMBEDDINGS_PARAMS.items())}")
         if not isinstance(p.overrides, tuple) or not all(isinstance(o, str) for o in p.overrides):
             raise PlanError(f"sweep point {i} overrides must be a tuple of 'part.field=value' strings, "
                             f"got {p.overrides!r}")
@@ -273,9 +350,9 @@ def check_points(points: Sequence[SweepPoint]) -> None:
         if key in seen:
             raise PlanError(f"sweep points {seen[key]} and {i} are the same point: {key}")
         seen[key] = i
-    for model in dict.fromkeys(p.model for p in points):
+    for family, model in dict.fromkeys((p.family, p.model) for p in points):
         try:
-            load_model(model)
+            (load_model if family == "kv" else load_rec_model)(model)
         except WorkloadError as err:
             raise PlanError(f"sweep model: {err}") from err
     for hw, overrides in dict.fromkeys((p.hw, p.overrides) for p in points):
@@ -330,8 +407,12 @@ def check_output(path: str | Path, *, suffixes: Sequence[str] | None = OUTPUT_SU
 
 
 def _base_row(point: SweepPoint) -> dict:
-    row: dict = {"model": point.model, "hw": point.hw, "prompt": point.prompt, "max_batch": point.batch,
-                 "gen": point.gen, "objective": point.objective, "overrides": ",".join(point.overrides)}
+    if point.family == "kv":
+        row: dict = {"model": point.model, "hw": point.hw, "prompt": point.prompt, "max_batch": point.batch,
+                     "gen": point.gen, "objective": point.objective, "overrides": ",".join(point.overrides)}
+    else:
+        row = {"family": point.family, "model": point.model, "hw": point.hw, "batch": point.batch,
+               **dict(point.params), "overrides": ",".join(point.overrides)}
     for ov in point.overrides:
         field, _, value = ov.partition("=")
         row[field] = value
@@ -369,6 +450,8 @@ def run_point(point: SweepPoint) -> dict:
 
 
 def _plan_columns(point: SweepPoint) -> dict:
+    if point.family == "embeddings":
+        return _embeddings_columns(point)
     system = load_system(point.hw, point.overrides)
     wl = KvWorkload(model=load_model(point.model), batch=point.batch, prompt_len=point.prompt, gen_len=point.gen,
                     allow_long_context=point.allow_long_context)
@@ -397,6 +480,43 @@ def _plan_columns(point: SweepPoint) -> dict:
         b = plan.baselines.get(name, {})
         row[f"speedup_{name}"] = b.get("speedup", float("nan"))
         row[f"{name}_tokens_per_s"] = b["predicted"]["tokens_per_s"] if b.get("status") == "feasible" else float("nan")
+    return row
+
+
+def _embeddings_columns(point: SweepPoint) -> dict:
+    """An embeddings point's plan as columns: the envelope's (status, solver, memory per tier,
+    ``speedup_<baseline>``) and the family's (samples/s, stages, placement counts, cached rows)."""
+    import dataclasses as _dc
+
+    from costmodel.embeddings_cost import BASELINES as EMB_BASELINES, EmbWorkload
+    from solver.embeddings import plan_embeddings
+    from solver.embeddings_plan import to_plan
+
+    params = dict(point.params)
+    system = load_system(point.hw, point.overrides)
+    model = load_rec_model(point.model)
+    if "optimizer" in params:
+        model = _dc.replace(model, table_optimizer=Optimizer(params["optimizer"]))
+    wl = EmbWorkload(model=model, batch=point.batch, prefetch=bool(params.get("prefetch", False)))
+    kind = params.get("cache_kind", "static")
+    plan = to_plan(wl, system, plan_embeddings(wl, system, cache_kind=kind), cache_kind=kind)
+    row: dict = {"status": plan.status, "selected_from": plan.solver["selected_from"],
+                 "solve_time_s": plan.solver["solve_time_s"], "explanation": plan.explanation}
+    if plan.predicted:
+        p = plan.predicted
+        row.update({"samples_per_s": p["samples_per_s"], "iteration_s": p["iteration_s"],
+                    **{f"{k}_s": v for k, v in p["stage_s"].items()}})
+        row.update({k: plan.memory[k] for k in ("gpu_bytes", "host_bytes", "disk_bytes")})
+        for placement in ("gpu", "cache", "uvm", "cpu"):
+            row[f"tables_{placement}"] = sum(u["placement"] == placement for u in plan.units)
+        row["cache_rows"] = sum(u["cache_rows"] for u in plan.units)
+        row["cpu_updated_tables"] = sum(u["update_on"] == "cpu" for u in plan.units)
+        row["prefetched_tables"] = sum(bool(u["prefetched"]) for u in plan.units)
+    for name in EMB_BASELINES:
+        b = plan.baselines.get(name, {})
+        row[f"speedup_{name}"] = b.get("speedup", float("nan"))
+        row[f"{name}_samples_per_s"] = (b["predicted"]["samples_per_s"] if b.get("status") == "feasible"
+                                        else float("nan"))
     return row
 
 

@@ -366,6 +366,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                         f"would be ignored (re-plan with 'tierplan plan kv', or cost a policy with 'evaluate kv')")
     plan = Plan.load(args.target)
     system = _plan_system(plan, args)
+    if plan.kind == "embeddings":
+        from tierplan import cli_embeddings
+
+        return cli_embeddings.evaluate_plan_file(plan, system, args)
     wl = plan_workload(plan, model=load_model(args.model) if args.model else None)
     cost, pred = evaluate_plan(plan, wl, system)
     out = {"policy": f"plan {args.target}", "hardware": system.name,
@@ -430,14 +434,39 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     vary = [parse_vary(v) for v in (args.vary or [])]
     if args.plot and not vary:
         raise PlanError("--plot needs a --vary field for its x axis")
-    points = grid(split_names(args.model, option="--model"), split_names(args.hw, option="--hw"),
-                  prompts=[int(p) for p in args.prompt.split(",")], batches=[int(b) for b in args.batch.split(",")],
-                  gen=args.gen, vary=vary, fixed=args.set or [], objective=args.objective,
-                  allow_long_context=args.allow_long_context)
+    if args.family == "embeddings":
+        from solver.sweep import grid_embeddings
+
+        kv_only = [f"--{n.replace('_', '-')}" for n in ("prompt", "gen", "objective") if getattr(args, n) is not None]
+        kv_only += ["--allow-long-context"] if args.allow_long_context else []
+        if kv_only:
+            raise PlanError(f"{', '.join(kv_only)} are options of sweep kv, not sweep embeddings")
+        params = {"prefetch": True} if args.prefetch else {}
+        if args.optimizer:
+            params["optimizer"] = args.optimizer
+        if args.cache_kind:
+            params["cache_kind"] = args.cache_kind
+        points = grid_embeddings(split_names(args.model or "criteo-kaggle", option="--model"),
+                                 split_names(args.hw, option="--hw"),
+                                 batches=[int(b) for b in (args.batch or "16384").split(",")], vary=vary,
+                                 fixed=args.set or [], params=params)
+        shown = ("model", "hw", *[f for f, _ in vary], "batch", "status", "samples_per_s", "tables_gpu",
+                 "tables_cache", "tables_uvm", "tables_cpu", "speedup_torchrec-uvm-cache", "speedup_cpu-hybrid")
+    else:
+        emb_only = [f"--{n.replace('_', '-')}" for n in ("optimizer", "cache_kind") if getattr(args, n)]
+        emb_only += ["--prefetch"] if args.prefetch else []
+        if emb_only:
+            raise PlanError(f"{', '.join(emb_only)} are options of sweep embeddings, not sweep kv")
+        points = grid(split_names(args.model or DEFAULTS["model"], option="--model"),
+                      split_names(args.hw, option="--hw"),
+                      prompts=[int(p) for p in (args.prompt or str(DEFAULTS["prompt"])).split(",")],
+                      batches=[int(b) for b in (args.batch or str(DEFAULTS["batch"])).split(",")],
+                      gen=DEFAULTS["gen"] if args.gen is None else args.gen, vary=vary, fixed=args.set or [],
+                      objective=args.objective or "throughput", allow_long_context=args.allow_long_context)
+        shown = ("model", "hw", *[f for f, _ in vary], "prompt", "max_batch", "status", "batch", "tokens_per_s",
+                 "kv_gpu_share", "offloaded_recompute_share", "offloaded_cpu_share", "speedup_flexgen")
     df = sweep(points, output=output, resume=bool(args.resume), workers=args.workers, skip_corrupt=args.skip_corrupt)
-    cols = [c for c in ("model", "hw", *[f for f, _ in vary], "prompt", "max_batch", "status", "batch",
-                        "tokens_per_s", "kv_gpu_share", "offloaded_recompute_share", "offloaded_cpu_share",
-                        "speedup_flexgen") if c in df.columns]
+    cols = [c for c in shown if c in df.columns]
     print(df[cols].to_string(index=False, float_format=lambda v: f"{v:,.3g}"))
     if output:
         print(f"wrote {output} ({len(df)} points)", file=sys.stderr)
@@ -653,16 +682,22 @@ def build_parser() -> argparse.ArgumentParser:
     ev.set_defaults(func=cmd_evaluate)
 
     sw = sub.add_parser("sweep", help="what-if grids over models, hardware and overrides")
-    sw.add_argument("family", choices=("kv",))
-    sw.add_argument("--model", default=DEFAULTS["model"], help="comma-separated models")
+    sw.add_argument("family", choices=("kv", "embeddings"))
+    sw.add_argument("--model", default=None,
+                    help=f"comma-separated models (default: {DEFAULTS['model']}; embeddings: criteo-kaggle)")
     sw.add_argument("--hw", default=DEFAULTS["hw"], help="comma-separated systems")
     sw.add_argument("--vary", action="append", metavar="PART.FIELD=A..B:N",
                     help="a profile field to sweep: 'link.h2d=8GB/s..64GB/s:8' or 'host.memory=64GiB,208GiB'")
     sw.add_argument("--set", action="append", metavar="PART.FIELD=VALUE", help="an override for every point")
-    sw.add_argument("--prompt", default=str(DEFAULTS["prompt"]), help="comma-separated prompt lengths")
-    sw.add_argument("--batch", default=str(DEFAULTS["batch"]), help="comma-separated (largest) batches")
-    sw.add_argument("--gen", type=int, default=DEFAULTS["gen"])
-    sw.add_argument("--objective", choices=OBJECTIVES, default="throughput")
+    sw.add_argument("--prompt", default=None, help=f"kv: comma-separated prompt lengths (default: {DEFAULTS['prompt']})")
+    sw.add_argument("--batch", default=None,
+                    help=f"comma-separated (largest) batches (default: kv {DEFAULTS['batch']}, embeddings 16384)")
+    sw.add_argument("--gen", type=int, default=None, help=f"kv: generated tokens (default: {DEFAULTS['gen']})")
+    sw.add_argument("--objective", choices=OBJECTIVES, default=None, help="kv: what to optimise (default: throughput)")
+    sw.add_argument("--optimizer", choices=("sgd", "rowwise-adagrad", "adagrad", "adam"),
+                    help="embeddings: the tables' optimizer (default: the spec's)")
+    sw.add_argument("--prefetch", action="store_true", help="embeddings: prefetch the next batch's cold rows")
+    sw.add_argument("--cache-kind", choices=("static", "lru"), default=None, help="embeddings: the caches' hit curve")
     sw.add_argument("--allow-long-context", action="store_true",
                     help="plan contexts longer than a model's max_position_embeddings")
     sw.add_argument("-o", "--output", help="results .parquet or .csv (written incrementally beside it)")

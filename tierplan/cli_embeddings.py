@@ -1,9 +1,9 @@
-"""``tierplan plan embeddings`` and ``tierplan evaluate embeddings``: argument parsing and output only.
+"""The embeddings family's commands: ``plan embeddings``, ``evaluate embeddings``, and the embeddings side
+of ``evaluate PLAN``, ``sweep embeddings`` and ``export torchrec``. Argument parsing and output only.
 
-The embeddings family's planner (``solver.embeddings``) and cost model (``costmodel.embeddings_cost``)
-do the work; this module turns flags into an :class:`~costmodel.embeddings_cost.EmbWorkload`, runs
-them and prints a table (or ``--json``). Its results are not yet a :class:`solver.Plan` envelope, so
-``evaluate PLAN``, ``sweep`` and ``replay`` do not take them yet.
+The planner (``solver.embeddings``), the envelope (``solver.embeddings_plan``) and the cost model
+(``costmodel.embeddings_cost``) do the work; this module turns flags into an
+:class:`~costmodel.embeddings_cost.EmbWorkload`, runs them and prints a table (or ``--json``).
 """
 
 from __future__ import annotations
@@ -11,11 +11,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import textwrap
 from collections import Counter
 
 from costmodel import EMB_BASELINES, EmbWorkload, baseline_policies, evaluate_embeddings, load_rec_model
 from costmodel.embeddings import Optimizer
 from hwprofiles import format_bytes, load_system
+from solver import Plan
+from solver import embeddings_plan as ep
 from solver.errors import PlanError
 
 DEFAULTS = {"model": "criteo-kaggle", "hw": "a100-40gb", "batch": 16384}
@@ -38,74 +41,107 @@ def add_arguments(p: argparse.ArgumentParser, *, policy: bool) -> None:
         p.add_argument("--cache-kind", choices=("static", "lru"), default="static",
                        help="hit curve of the cached tables: the hottest rows, or an LRU cache (default: static)")
         p.add_argument("--time-limit", type=float, default=10.0, help="seconds per MIP solve")
+        p.add_argument("-o", "--output", help="also write the plan to this .json or .yaml file")
     p.add_argument("--backend", choices=("highs", "cbc"), default=None)
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
 
 
-def _workload(args: argparse.Namespace) -> EmbWorkload:
+def workload(args: argparse.Namespace) -> EmbWorkload:
     model = load_rec_model(args.model)
     if args.optimizer:
         model = dataclasses.replace(model, table_optimizer=Optimizer(args.optimizer))
     return EmbWorkload(model=model, batch=args.batch, prefetch=args.prefetch)
 
 
-def _placements(wl: EmbWorkload, policies) -> list[dict]:
-    return [{"table": t.name, "rows": t.rows, "placement": p.placement.value, "cache_rows": p.cache_rows,
-             "state": p.state_tier.value, "update_on": p.update_on.value, "prefetch": p.prefetch}
-            for t, p in zip(wl.model.tables, policies)]
+# ---------------------------------------------------------------------------------------------- output
 
 
-def _memory(cost) -> dict:
-    return {**cost.memory.as_dict(), "gpu_breakdown": dict(cost.memory.gpu_breakdown),
-            "host_breakdown": dict(cost.memory.host_breakdown), "capacity": cost.capacity}
-
-
-def _summary_lines(wl: EmbWorkload, policies) -> list[str]:
-    counts = Counter(p.placement.value for p in policies)
-    cached = [(t, p) for t, p in zip(wl.model.tables, policies) if p.placement.value == "cache"]
+def _summary_lines(units: list[dict]) -> list[str]:
+    counts = Counter(u["placement"] for u in units)
+    cached = [u for u in units if u["placement"] == "cache"]
     lines = [f"tables: {', '.join(f'{n} {k}' for k, n in sorted(counts.items()))}"]
     if cached:
-        rows = sum(p.cache_rows for _, p in cached)
-        lines.append(f"cached tables hold {rows:,} of their {sum(t.rows for t, _ in cached):,} rows on the GPU")
+        rows = sum(u["cache_rows"] for u in cached)
+        lines.append(f"cached tables hold {rows:,} of their {sum(u['rows'] for u in cached):,} rows on the GPU")
+    moved = Counter((u["state_tier"], u["update_on"]) for u in units if u["placement"] != "gpu")
+    if moved:
+        lines.append("host-resident tables: " + ", ".join(f"{n} with state on the {s}, updated on the {w}"
+                                                          for (s, w), n in sorted(moved.items())))
+    pre = sum(bool(u.get("prefetched")) for u in units)
+    if pre:
+        lines.append(f"{pre} tables prefetch the next batch's cold rows")
     return lines
 
 
-def _cost_lines(cost) -> list[str]:
-    mem = cost.memory
-    gpu = ", ".join(f"{k.replace('_', ' ')} {format_bytes(v)}" for k, v in mem.gpu_breakdown if v)
-    return [f"predicted  {cost.samples_per_s:,.0f} samples/s, iteration {cost.iteration_s * 1e3:.3f} ms",
-            f"gpu {format_bytes(mem.gpu_bytes)} of {format_bytes(cost.capacity['gpu_bytes'])}: {gpu}",
-            f"host {format_bytes(mem.host_bytes)} of {format_bytes(cost.capacity['host_bytes'])}"]
+def _cost_lines(predicted: dict, memory: dict, cap: dict) -> list[str]:
+    gpu = ", ".join(f"{k.replace('_', ' ')} {format_bytes(v)}" for k, v in memory["gpu_breakdown"].items() if v)
+    stages = ", ".join(f"{k.replace('_', ' ')} {v * 1e3:.3f}" for k, v in predicted["stage_s"].items())
+    return [f"predicted  {predicted['samples_per_s']:,.0f} samples/s, iteration {predicted['iteration_s'] * 1e3:.3f} ms"
+            f" ({stages} ms)",
+            f"gpu {format_bytes(memory['gpu_bytes'])} of {format_bytes(cap['gpu_bytes'])}: {gpu}",
+            f"host {format_bytes(memory['host_bytes'])} of {format_bytes(cap['host_bytes'])}"]
+
+
+def render_plan(plan: Plan) -> str:
+    """The text ``tierplan plan embeddings`` prints."""
+    w, s = plan.workload, plan.solver
+    lines = [f"tierplan embeddings plan: {w['model']} on {plan.hardware['system']}, batch {w['batch']}, "
+             f"table optimizer {w['table_optimizer']}{', prefetch' if w['prefetch'] else ''}",
+             f"status: {plan.status} (from {s['selected_from'] or 'nothing'}; MIP in {s['solve_time_s']:.2f} s)"]
+    for note in plan.extras.get("access_assumptions", []):
+        lines.append(f"assumption: {note}")
+    if plan.predicted is None:
+        lines.append("\n".join(textwrap.wrap(plan.explanation, width=110)))
+        return "\n".join(lines)
+    lines += _summary_lines(list(plan.units)) + _cost_lines(plan.predicted, plan.memory, plan.capacity)
+    lines.append("\nbaselines (same cost model, same batch)")
+    for name, b in plan.baselines.items():
+        lines.append(f"  {name:22s} " + (f"{b['predicted']['samples_per_s']:>14,.0f} samples/s   plan speed-up "
+                                         f"{b['speedup']:.2f}x" if b["status"] == "feasible"
+                                         else f"infeasible: {b['reason']}"))
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------- commands
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
     from solver.embeddings import plan_embeddings
 
     system = load_system(args.hw, args.set or [])
-    wl = _workload(args)
-    plan = plan_embeddings(wl, system, backend=args.backend, time_limit_s=args.time_limit, cache_kind=args.cache_kind)
-    if args.json:
-        out = {"kind": "embeddings", "status": plan.status.value, "selected": plan.selected, "model": wl.model.name,
-               "hardware": system.summary(), "batch": wl.batch, "lp_estimate_s": plan.lp_estimate_s,
-               "solve_time_s": plan.solve_time_s,
-               "baselines": [dataclasses.asdict(b) for b in plan.baselines]}
-        if plan.cost is not None:
-            out.update({"predicted": {"samples_per_s": plan.cost.samples_per_s, "iteration_s": plan.cost.iteration_s},
-                        "memory": _memory(plan.cost), "tables": _placements(wl, plan.policies)})
+    wl = workload(args)
+    emb = plan_embeddings(wl, system, backend=args.backend, time_limit_s=args.time_limit, cache_kind=args.cache_kind)
+    plan = ep.to_plan(wl, system, emb, cache_kind=args.cache_kind)
+    if args.output:
+        plan.save(args.output)
+    print(json.dumps(plan.to_dict(), indent=1) if args.json else render_plan(plan))
+    return 0 if plan.predicted is not None else 1
+
+
+def _eval_record(label: str, wl: EmbWorkload, policies, cost, system) -> dict:
+    out = {"policy": label, "kind": ep.KIND, "status": "feasible" if cost.feasible else "infeasible",
+           "hardware": system.name, "workload": ep.workload_record(wl), "memory": ep.memory_record(cost),
+           "capacity": dict(cost.capacity), "tables": ep.unit_entries(wl, policies, cost)}
+    if cost.feasible:
+        out["predicted"] = ep.predicted_record(cost)
+    else:
+        out["reason"] = cost.explain_shortfall()
+        out["shortfall_bytes"] = {k.removesuffix("_bytes"): v for k, v in cost.shortfalls().items()}
+    return out
+
+
+def _print_eval(out: dict, as_json: bool) -> None:
+    if as_json:
         print(json.dumps(out, indent=1, default=str))
-        return 0 if plan.cost is not None else 1
-    print(f"tierplan embeddings plan: {wl.model.name} on {system.name}, batch {wl.batch}, "
-          f"table optimizer {wl.model.table_optimizer.value}{', prefetch' if wl.prefetch else ''}")
-    print(f"status: {plan.status.value} (from {plan.selected}; MIP in {plan.solve_time_s:.2f} s)")
-    if plan.cost is None:
-        print("no placement fits: " + "; ".join(f"{b.name}: {b.reason}" for b in plan.baselines if b.reason)[:2000])
-        return 1
-    print("\n".join(_summary_lines(wl, plan.policies) + _cost_lines(plan.cost)))
-    print("\nbaselines (same cost model, same batch)")
-    for b in plan.baselines:
-        print(f"  {b.name:22s} " + (f"{b.samples_per_s:>14,.0f} samples/s   plan speed-up {b.speedup:.2f}x"
-                                    if b.feasible else f"infeasible: {b.reason}"))
-    return 0
+        return
+    w = out["workload"]
+    print(f"{out['policy']}: {out['status']} ({w['model']} on {out['hardware']}, batch {w['batch']})")
+    if "reason" in out:
+        print("  " + "\n  ".join(textwrap.wrap(out["reason"], width=110)))
+    lines = _summary_lines(out["tables"])
+    if "predicted" in out:
+        lines += _cost_lines(out["predicted"], out["memory"], out["capacity"])
+    print("  " + "\n  ".join(lines))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -113,20 +149,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if name not in EMB_BASELINES:
         raise PlanError(f"--policy must be one of {', '.join(EMB_BASELINES)}, got {args.policy!r}")
     system = load_system(args.hw, args.set or [])
-    wl = _workload(args)
+    wl = workload(args)
     policies = baseline_policies(args.policy, wl, system)
     cost = evaluate_embeddings(wl, system, policies)
-    out = {"policy": args.policy, "status": "feasible" if cost.feasible else "infeasible", "model": wl.model.name,
-           "batch": wl.batch, "memory": _memory(cost), "tables": _placements(wl, policies)}
-    if cost.feasible:
-        out["predicted"] = {"samples_per_s": cost.samples_per_s, "iteration_s": cost.iteration_s}
-    else:
-        out["reason"] = cost.explain_shortfall()
-    if args.json:
-        print(json.dumps(out, indent=1, default=str))
-    else:
-        print(f"{args.policy}: {out['status']} ({wl.model.name} on {system.name}, batch {wl.batch})")
-        if not cost.feasible:
-            print(f"  {out['reason']}")
-        print("  " + "\n  ".join(_summary_lines(wl, policies) + (_cost_lines(cost) if cost.feasible else [])))
+    _print_eval(_eval_record(args.policy, wl, policies, cost, system), args.json)
+    return 0 if cost.feasible else 1
+
+
+def evaluate_plan_file(plan: Plan, system, args: argparse.Namespace) -> int:
+    """``tierplan evaluate PLAN`` for an embeddings plan: its decisions re-costed on ``system``."""
+    model = load_rec_model(args.model) if args.model else None
+    wl, cost = ep.evaluate_plan(plan, system, model)
+    _print_eval(_eval_record(f"plan {args.target}", wl, ep.policies_from_plan(plan, model), cost, system), args.json)
     return 0 if cost.feasible else 1

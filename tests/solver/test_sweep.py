@@ -272,3 +272,62 @@ def test_a_task_the_executor_loses_becomes_error_rows(monkeypatch):
         df = sweep(points(2), executor=pool, progress=False)
     assert df.attrs["errors"] == 2
     assert df["error"].str.startswith("the executor lost this point: MemoryError: worker killed").all()
+
+
+# ---------------------------------------------------------------------------------------------- embeddings
+
+
+def test_an_embeddings_sweep_plans_each_point_with_the_envelope_columns():
+    from solver.sweep import grid_embeddings
+
+    pts = grid_embeddings(["criteo-kaggle"], ["a100-40gb"], batches=[4096],
+                          vary=[parse_vary("link.h2d=4GB/s..32GB/s:2")], fixed=["gpu.memory=2GiB"],
+                          params={"optimizer": "adam"})
+    df = sweep(pts, workers=1, progress=False)
+    assert list(df["status"]) == ["optimal", "optimal"] and set(df["family"]) == {"embeddings"}
+    assert set(df["optimizer"]) == {"adam"} and (df["tables_cache"] + df["tables_gpu"] + df["tables_uvm"]
+                                                 + df["tables_cpu"] == 26).all()
+    slow, fast = df.sort_values("link.h2d_si")["samples_per_s"]
+    assert fast >= slow  # more link bandwidth is never slower
+    for col in ("speedup_cpu-hybrid", "speedup_uvm", "gpu_bytes", "solve_time_s"):
+        assert df[col].notna().all(), col
+
+
+def test_kv_point_keys_are_as_before_families_so_old_checkpoints_resume():
+    p = points(2)[0]
+    assert "family" not in json.loads(p.key()) and "params" not in json.loads(p.key())
+    from solver.sweep import grid_embeddings
+
+    e = grid_embeddings(["criteo-kaggle"], ["a100-40gb"], batches=[4096])[0]
+    assert json.loads(e.key())["family"] == "embeddings"
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"params": {"optimizer": "lamb"}}, "sweep embeddings optimizer must be one of"),
+    ({"params": {"speed": 1}}, "sweep embeddings option must be one of optimizer, prefetch, cache_kind, got 'speed'"),
+    ({"params": {"prefetch": 1}}, "sweep embeddings prefetch must be one of [False, True], got 1"),
+    ({"batches": [0]}, "sweep batch must be a positive integer, got 0"),
+])
+def test_bad_embeddings_sweeps_are_refused(kwargs, message):
+    from solver.sweep import grid_embeddings
+
+    args = {"batches": [4096], **kwargs}
+    with pytest.raises(PlanError) as err:
+        grid_embeddings(["criteo-kaggle"], ["a100-40gb"], **args)
+    assert message in str(err.value)
+
+
+def test_an_unknown_recommendation_model_is_refused_before_any_point_runs():
+    from solver.sweep import grid_embeddings
+
+    with pytest.raises(PlanError, match="sweep model: .*criteo-kaggle"):
+        check_points(grid_embeddings(["criteo-mini"], ["a100-40gb"], batches=[4096]))
+
+
+def test_cli_sweep_embeddings_refuses_kv_options(capsys):
+    from tierplan.cli import main
+
+    assert main(["sweep", "embeddings", "--prompt", "512"]) == 2
+    assert "--prompt are options of sweep kv, not sweep embeddings" in capsys.readouterr().err
+    assert main(["sweep", "kv", "--prefetch"]) == 2
+    assert "--prefetch are options of sweep embeddings" in capsys.readouterr().err

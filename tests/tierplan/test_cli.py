@@ -209,14 +209,57 @@ def test_plan_embeddings_places_every_table_and_beats_or_ties_each_baseline(caps
     code, out, _ = run(capsys, "plan", "embeddings", "--model", "criteo-terabyte", "--hw", "a100-40gb",
                        "--batch", "16384", "--json")
     data = json.loads(out)
-    assert code == 0 and data["kind"] == "embeddings" and len(data["tables"]) == 26
-    assert data["memory"]["gpu_bytes"] <= data["memory"]["capacity"]["gpu_bytes"] * (1 + 1e-9)
-    for b in data["baselines"]:
-        if b["feasible"]:
-            assert data["predicted"]["samples_per_s"] >= b["samples_per_s"] * (1 - 1e-9), b["name"]
+    assert code == 0 and data["kind"] == "embeddings" and data["schema_version"] == 2 and len(data["units"]) == 26
+    assert data["memory"]["gpu_bytes"] <= data["capacity"]["gpu_bytes"] * (1 + 1e-9)
+    assert sum(data["memory"]["gpu_breakdown"].values()) == pytest.approx(data["memory"]["gpu_bytes"], rel=1e-12)
+    for name, b in data["baselines"].items():
+        if b["status"] == "feasible":
+            assert data["predicted"]["samples_per_s"] >= b["predicted"]["samples_per_s"] * (1 - 1e-9), name
+            assert b["speedup"] == pytest.approx(data["predicted"]["samples_per_s"] / b["predicted"]["samples_per_s"])
     # 84.85 GiB of tables cannot all sit on a 40 GB card: all-gpu is refused with its terms.
-    all_gpu = next(b for b in data["baselines"] if b["name"] == "all-gpu")
-    assert not all_gpu["feasible"] and "tables" in all_gpu["reason"]
+    all_gpu = data["baselines"]["all-gpu"]
+    assert all_gpu["status"] == "infeasible" and "tables" in all_gpu["reason"] and all_gpu["shortfall_bytes"]["gpu"] > 0
+    assert any("Zipf" in note for note in data["extras"]["access_assumptions"])  # the assumption travels with it
+
+
+def test_an_embeddings_plan_file_recosts_to_its_prediction_here_and_elsewhere(capsys, tmp_path):
+    path = tmp_path / "plan.json"
+    code, _, _ = run(capsys, "plan", "embeddings", "--model", "criteo-kaggle", "--hw", "a100-40gb", "--batch", "8192",
+                     "--optimizer", "rowwise-adagrad", "--set", "gpu.memory=2GiB", "-o", str(path))
+    assert code == 0
+    plan = json.loads(path.read_text())
+    assert plan["hardware"]["overrides"] == ["gpu.memory=2GiB"] and plan["workload"]["table_optimizer"] == "rowwise-adagrad"
+    code, out, _ = run(capsys, "evaluate", str(path), "--json")
+    again = json.loads(out)
+    assert code == 0 and again["status"] == "feasible"
+    assert again["predicted"]["samples_per_s"] == pytest.approx(plan["predicted"]["samples_per_s"], rel=1e-12)
+    assert [t["placement"] for t in again["tables"]] == [u["placement"] for u in plan["units"]]
+    # the same decisions on a machine with a faster link and more HBM are never slower
+    code, out, _ = run(capsys, "evaluate", str(path), "--hw", "gh200", "--json")
+    there = json.loads(out)
+    assert code == 0 and there["hardware"] == "gh200"
+    assert there["predicted"]["samples_per_s"] > plan["predicted"]["samples_per_s"]
+    # and on a smaller card it answers infeasible with the shortfall, exit 1
+    code, out, _ = run(capsys, "evaluate", str(path), "--set", "gpu.memory=1.7GiB", "--json")
+    short = json.loads(out)
+    assert code == 1 and short["status"] == "infeasible" and short["shortfall_bytes"]["gpu"] > 0
+
+
+def test_an_embeddings_plan_of_another_model_is_refused(capsys, tmp_path):
+    path = tmp_path / "plan.json"
+    assert run(capsys, "plan", "embeddings", "--model", "criteo-kaggle", "--batch", "1024", "-o", str(path))[0] == 0
+    code, _, err = run(capsys, "evaluate", str(path), "--model", "criteo-terabyte")
+    assert code == 2 and "not the model the plan was made for" in err
+    data = json.loads(path.read_text())
+    data["units"][4]["placement"] = "disk"
+    path.write_text(json.dumps(data))
+    code, _, err = run(capsys, "evaluate", str(path))
+    assert code == 2 and err.strip().endswith(f"plan field units[4].placement must be one of gpu, cache, uvm, cpu, got "
+                                              f"'disk' ({path})")
+    data["units"][4].update(placement="cpu", state_tier="host", update_on="gpu")
+    path.write_text(json.dumps(data))
+    code, _, err = run(capsys, "evaluate", str(path))
+    assert code == 2 and "plan field units[4] is not a valid table policy (table policy: update_on must be cpu" in err
 
 
 def test_evaluate_embeddings_costs_a_named_placement(capsys):
@@ -224,7 +267,7 @@ def test_evaluate_embeddings_costs_a_named_placement(capsys):
                        "criteo-kaggle", "--hw", "a100-80gb", "--batch", "4096", "--optimizer", "rowwise-adagrad",
                        "--json")
     data = json.loads(out)
-    assert code == 0 and data["status"] == "feasible" and data["batch"] == 4096
+    assert code == 0 and data["status"] == "feasible" and data["workload"]["batch"] == 4096
     assert {t["placement"] for t in data["tables"]} == {"cache"}
     code, _, err = run(capsys, "evaluate", "embeddings", "--policy", "nope")
     assert code == 2 and "--policy must be one of" in err
