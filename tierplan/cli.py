@@ -16,6 +16,16 @@ from tierplan import cli_kv
 from tierplan._format import _ms, _pct, _table  # noqa: F401  (the modules' shared formatting)
 from tierplan.cli_kv import DEFAULTS, _workload_args, cmd_plan_kv, plan_workload, render_plan  # noqa: F401
 
+
+
+def _family_cli(kind: str):
+    """The command-line module of a family (``solver.families.FAMILIES`` has its solver side): each
+    has ``evaluate_plan_file(plan, system, args)`` and, with torch, ``replay_plan_file``."""
+    from tierplan import cli_embeddings
+
+    return {"kv": cli_kv, "embeddings": cli_embeddings}[kind]
+
+
 # ---------------------------------------------------------------------------------------------- hw
 
 
@@ -159,11 +169,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                         f"would be ignored (re-plan with 'tierplan plan kv', or cost a policy with 'evaluate kv')")
     plan = Plan.load(args.target)
     system = _plan_system(plan, args)
-    if plan.kind == "embeddings":
-        from tierplan import cli_embeddings
-
-        return cli_embeddings.evaluate_plan_file(plan, system, args)
-    return cli_kv.evaluate_plan_file(plan, system, args)
+    return _family_cli(plan.kind).evaluate_plan_file(plan, system, args)
 
 
 # Workload flags that `evaluate PLAN` would ignore (the plan carries its own workload).
