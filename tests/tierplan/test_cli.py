@@ -256,7 +256,7 @@ def test_an_embeddings_plan_of_another_model_is_refused(capsys, tmp_path):
     code, _, err = run(capsys, "evaluate", str(path))
     assert code == 2 and err.strip().endswith(f"plan field units[4].placement must be one of gpu, cache, uvm, cpu, got "
                                               f"'disk' ({path})")
-    data["units"][4].update(placement="cpu", state_tier="host", update_on="gpu")
+    data["units"][4].update(placement="cpu", cache_rows=0, prefetch=None, state_tier="host", update_on="gpu")
     path.write_text(json.dumps(data))
     code, _, err = run(capsys, "evaluate", str(path))
     assert code == 2 and "plan field units[4] is not a valid table policy (table policy: update_on must be cpu" in err
