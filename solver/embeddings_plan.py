@@ -79,6 +79,22 @@ def baseline_record(name: str, cost: EmbCost, plan_samples_per_s: float | None) 
     return entry
 
 
+def torchrec_hit_rates(wl: EmbWorkload, policies: Sequence[TablePolicy], cost: EmbCost) -> dict[str, float]:
+    """What TorchRec's planner assumes of its cached tables beside what tierplan's hit curves give:
+    lookup-weighted hit rates over the ``cache`` tables, ``assumed_by_torchrec`` (the cache load
+    factor, :func:`costmodel.embeddings_cost.torchrec_estimated_hit_rate`) and ``tierplan`` (the
+    table's access distribution through its cache)."""
+    from costmodel.embeddings_cost import torchrec_estimated_hit_rate
+
+    assumed = ours = lookups = 0.0
+    for t, p, tr in zip(wl.model.tables, policies, cost.tables):
+        if p.placement is Placement.CACHE:
+            assumed += tr.lookups * torchrec_estimated_hit_rate(p, t)
+            ours += tr.lookups * tr.hit_rate
+            lookups += tr.lookups
+    return {"assumed_by_torchrec": assumed / lookups, "tierplan": ours / lookups} if lookups else {}
+
+
 def to_plan(wl: EmbWorkload, system: System, emb: Any, *, cache_kind: CurveKind | str = CurveKind.STATIC) -> Plan:
     """The envelope of a :class:`solver.embeddings.EmbPlan` (``plan_embeddings``'s result).
 
@@ -91,8 +107,11 @@ def to_plan(wl: EmbWorkload, system: System, emb: Any, *, cache_kind: CurveKind 
     plan_rate = None if cost is None else cost.samples_per_s
     baselines = {}
     for b in emb.baselines:
-        bcost = evaluate_embeddings(wl, system, baseline_policies(b.name, wl, system))
+        pols = baseline_policies(b.name, wl, system)
+        bcost = evaluate_embeddings(wl, system, pols)
         baselines[b.name] = baseline_record(b.name, bcost, plan_rate)
+        if b.name.startswith("torchrec") and any(p.placement is Placement.CACHE for p in pols):
+            baselines[b.name]["hit_rates"] = torchrec_hit_rates(wl, pols, bcost)
     solver_info = {"status": emb.status.value, "selected_from": emb.selected, "solve_time_s": emb.solve_time_s,
                    "lp_estimate_s": emb.lp_estimate_s,
                    "mip_iteration_s": None if emb.mip_cost is None else emb.mip_cost.iteration_s}

@@ -415,6 +415,16 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--prefetch", action="store_true", help="evaluate embeddings: prefetch the next batch's cold rows")
     ev.set_defaults(func=cmd_evaluate)
 
+    ex = sub.add_parser("export", help="a plan as the config of the engine that runs it").add_subparsers(
+        dest="sub", required=True)
+    tr = ex.add_parser("torchrec", help="an embeddings plan as TorchRec ParameterConstraints / CacheParams")
+    tr.add_argument("plan", help="plan .json/.yaml from `tierplan plan embeddings -o`")
+    tr.add_argument("--python", action="store_true", help="print Python that builds the constraints (default: JSON)")
+    tr.add_argument("--one-tbe-per-table", action="store_true",
+                    help="one FBGEMM kernel (and cache) per table instead of one cache shared by the group")
+    tr.add_argument("-o", "--output", help="write to this file instead of standard output")
+    tr.set_defaults(func=cli_embeddings.cmd_export_torchrec)
+
     sw = sub.add_parser("sweep", help="what-if grids over models, hardware and overrides")
     sw.add_argument("family", choices=("kv", "embeddings"))
     sw.add_argument("--model", default=None,
@@ -560,7 +570,8 @@ def _internal(err: BaseException, debug: bool) -> int:
 
 # Outputs checked writable before any work starts: (command, flag) -> accepted suffixes (None: any);
 # a sweep's -o and --plot are checked by cmd_sweep with their own suffixes.
-_FILE_OUTPUTS = {("plan", "output"): (".json", ".yaml", ".yml"), ("profile", "output"): (".yaml", ".yml")}
+_FILE_OUTPUTS = {("plan", "output"): (".json", ".yaml", ".yml"), ("profile", "output"): (".yaml", ".yml"),
+                 ("export", "output"): None}
 _FOLDER_OUTPUTS = {("replay", "report"), ("validate", "output")}
 
 

@@ -99,6 +99,12 @@ def render_plan(plan: Plan) -> str:
         lines.append(f"  {name:22s} " + (f"{b['predicted']['samples_per_s']:>14,.0f} samples/s   plan speed-up "
                                          f"{b['speedup']:.2f}x" if b["status"] == "feasible"
                                          else f"infeasible: {b['reason']}"))
+    for name, b in plan.baselines.items():
+        h = b.get("hit_rates")
+        if h:
+            lines.append(f"{name}: TorchRec's planner takes its caches' hit rate as the load factor, "
+                         f"{100 * h['assumed_by_torchrec']:.1f} % of lookups; the access distribution gives "
+                         f"{100 * h['tierplan']:.1f} %")
     return "\n".join(lines)
 
 
@@ -162,3 +168,27 @@ def evaluate_plan_file(plan: Plan, system, args: argparse.Namespace) -> int:
     wl, cost = ep.evaluate_plan(plan, system, model)
     _print_eval(_eval_record(f"plan {args.target}", wl, ep.policies_from_plan(plan, model), cost, system), args.json)
     return 0 if cost.feasible else 1
+
+
+def cmd_export_torchrec(args: argparse.Namespace) -> int:
+    """``tierplan export torchrec PLAN``: the plan as TorchRec ``ParameterConstraints`` (JSON, or the
+    Python that builds them with ``--python``), with what TorchRec cannot express listed."""
+    from solver.export_torchrec import export_torchrec
+    from solver.plan import plan_system
+
+    plan = Plan.load(args.plan)
+    if plan.kind != ep.KIND:
+        raise PlanError(f"export torchrec takes an embeddings plan, got a plan of kind {plan.kind!r} ({args.plan})")
+    system, _ = plan_system(plan)
+    ex = export_torchrec(ep.workload_from_plan(plan), ep.policies_from_plan(plan), system=system,
+                         one_tbe_per_table=args.one_tbe_per_table)
+    text = ex.to_python() if args.python else json.dumps(ex.to_dict(), indent=1)
+    if args.output:
+        from pathlib import Path
+
+        Path(args.output).write_text(text + "\n")
+        print(f"wrote {args.output}: {len(ex.tables)} tables, {len(ex.cannot_express)} decisions TorchRec cannot "
+              f"express", file=__import__("sys").stderr)
+    else:
+        print(text)
+    return 0

@@ -273,3 +273,31 @@ def test_evaluate_embeddings_costs_a_named_placement(capsys):
     assert code == 2 and "--policy must be one of" in err
     code, _, err = run(capsys, "evaluate", "kv", "--policy", "gpu-only", "--prefetch")
     assert code == 2 and "evaluate embeddings" in err
+
+
+def test_export_torchrec_writes_constraints_a_torchrec_user_can_load(capsys, tmp_path):
+    import ast
+
+    path = tmp_path / "plan.json"
+    assert run(capsys, "plan", "embeddings", "--model", "criteo-kaggle", "--set", "gpu.memory=2GiB", "--batch", "8192",
+               "-o", str(path))[0] == 0
+    plan = json.loads(path.read_text())
+    code, out, _ = run(capsys, "export", "torchrec", str(path))
+    data = json.loads(out)
+    assert code == 0 and set(data["tables"]) == {u["table"] for u in plan["units"]}
+    for u in plan["units"]:
+        c = data["tables"][u["table"]]
+        kernel = {"gpu": "fused", "cache": "fused_uvm_caching", "uvm": "fused_uvm", "cpu": "fused_uvm"}[u["placement"]]
+        assert c["compute_kernels"] == [kernel], u["table"]
+        if u["placement"] == "cache":
+            assert c["cache_params"]["load_factor"] * u["rows"] >= u["cache_rows"]
+    py = tmp_path / "constraints.py"
+    code, _, err = run(capsys, "export", "torchrec", str(path), "--python", "-o", str(py))
+    assert code == 0 and "wrote" in err
+    ast.parse(py.read_text())
+    # a KV plan is not an embeddings plan
+    kv = tmp_path / "kv.json"
+    assert run(capsys, "plan", "kv", "--model", "opt-6.7b", "--batch", "2", "--prompt", "64", "--gen", "2",
+               "-o", str(kv))[0] == 0
+    code, _, err = run(capsys, "export", "torchrec", str(kv))
+    assert code == 2 and "export torchrec takes an embeddings plan, got a plan of kind 'kv'" in err
