@@ -226,8 +226,46 @@ def test_truncated_and_corrupted_plans(tmp_path, plan_file, seed):
     check(["evaluate", str(path), "--hw", "a100-40gb"])
 
 
+@pytest.fixture(scope="module")
+def embeddings_plan_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("plan") / "emb.json"
+    code, err = run(["plan", "embeddings", "--model", "criteo-kaggle", "--batch", "1024", "--set", "gpu.memory=2GiB",
+                     "-o", str(path)])
+    assert code == 0, err
+    return path
+
+
+@settings(FUZZ, max_examples=120)
+@given(seed=st.integers(0, 2**32 - 1))
+def test_truncated_and_corrupted_embeddings_plans(tmp_path, embeddings_plan_file, seed):
+    rng = random.Random(seed)
+    text = embeddings_plan_file.read_text()
+    if rng.random() < 0.6:
+        data = json.loads(text)
+        target = rng.choice(["workload", "units", "extras", "hardware", "kind", "unit", "unit"])
+        if target == "unit":
+            entry = data["units"][rng.randrange(len(data["units"]))]
+            entry[rng.choice(sorted(entry))] = rng.choice([None, "x", -1, 2**70, {}, [], True, "cpu", 0.5])
+        elif target == "kind":
+            data["kind"] = rng.choice(["kv", "training", 3, None])
+        elif isinstance(data[target], dict) and data[target]:
+            key = rng.choice(sorted(data[target]))
+            if rng.random() < 0.5:
+                data[target].pop(key)
+            else:
+                data[target][key] = rng.choice([None, "x", -1, 0, 2**70, [], {}, True])
+        else:
+            data[target] = rng.choice([None, "x", [], {}])
+        content: str | bytes = json.dumps(data)
+    else:
+        content = _mutate_text(text, rng)
+    path = _write(tmp_path / "emb.json", content)
+    check(["evaluate", str(path)])
+    check(["export", "torchrec", str(path)])
+
+
 @pytest.mark.parametrize("content", [b"\x00\x01\x02binary", "\udcff".encode("utf-8", "surrogatepass"), b""])
-@pytest.mark.parametrize("command", [["hw", "show"], ["models", "show"], ["evaluate"], ["replay"]])
+@pytest.mark.parametrize("command", [["hw", "show"], ["models", "show"], ["evaluate"], ["replay"], ["export", "torchrec"]])
 def test_binary_empty_and_non_utf8_files_name_the_file(tmp_path, content, command):
     path = _write(tmp_path / ("x.json" if command[0] != "hw" else "x.yaml"), content)
     code, err = check([*command, str(path)], expect=(2,))
