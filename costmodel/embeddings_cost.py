@@ -50,6 +50,15 @@ LRU_STATE_BYTES = 8
 # FBGEMM/TorchRec's default cache_load_factor: TorchRec planner constants CACHING_RATIO = 0.2
 # (torchrec/distributed/planner/constants.py, kernel_bw_lookup for FUSED_UVM_CACHING).
 DEFAULT_CACHE_LOAD_FACTOR = 0.2
+# TorchRec's EmbeddingOffloadScaleupProposer.allocate_budget: it deals the budget out in at most 128
+# passes while more than 1 byte is left, and promotes a table whose load factor passes 0.9999 to HBM
+# (meta-pytorch/torchrec torchrec/distributed/planner/proposers.py at 63ad0325: "while budget > 1 and
+# num_pass < 128", and next_plan: "if clf > 0.9999:  # tolerate float roundoff").
+TORCHREC_SCALEUP_MAX_PASSES = 128
+TORCHREC_PROMOTE_LOAD_FACTOR = 0.9999
+# Cache sizes at which the LRU miss-ratio curve is sampled for TorchRec's cacheability: 0 and this
+# many log-spaced sizes in [1, rows], rounded to whole rows (fewer distinct ones for a small table).
+CACHEABILITY_POINTS = 64
 # NVIDIA DLRM_and_DCNv2 (TensorFlow2): --cpu_offloading_threshold_gb default 75 for an 80 GB A100;
 # the default threshold here scales it to the GPU: 75/80 of the usable HBM.
 NVIDIA_THRESHOLD_SHARE = 75.0 / 80.0
@@ -622,13 +631,166 @@ def fae(wl: EmbWorkload, system: System, budget_bytes: float | None = None) -> t
     return tuple(out)
 
 
-BASELINES = ("all-gpu", "cpu-hybrid", "uvm", "torchrec-uvm-cache", "largest-to-cpu", "fae")
+# Cacheabilities already computed (an LRU curve of a large table costs ~0.3 s), by a small key -- the
+# distribution's kind, rows, Zipf exponent or content digest -- never by the access object, so the memo
+# keeps no histogram or trace alive. Cleared when it reaches CACHEABILITY_MEMO_MAX entries.
+_CACHEABILITY_MEMO: dict[tuple, float] = {}
+CACHEABILITY_MEMO_MAX = 4096
+
+
+def _cacheability(access: Any) -> float:
+    key = (type(access).__name__, int(access.rows), getattr(access, "alpha", None), getattr(access, "digest", None))
+    if key not in _CACHEABILITY_MEMO:
+        if len(_CACHEABILITY_MEMO) >= CACHEABILITY_MEMO_MAX:
+            _CACHEABILITY_MEMO.clear()
+        _CACHEABILITY_MEMO[key] = _lru_miss_area(access)
+    return _CACHEABILITY_MEMO[key]
+
+
+def _lru_miss_area(access: Any) -> float:
+    rows = int(access.rows)
+    xs = np.unique(np.concatenate(([0], np.round(np.geomspace(1, rows, CACHEABILITY_POINTS)).astype(np.int64))))
+    miss = 1.0 - np.asarray(access.lru_hit_rate(xs), dtype=np.float64)
+    return float(np.trapezoid(miss, xs / rows))
+
+
+def torchrec_cacheability(table: Table) -> float:
+    """TorchRec's cacheability of a table: the area under its LRU miss-ratio curve over the cache
+    load factor, ``c = int_0^1 (1 - h_LRU(f N)) df`` (0: very cacheable; 1: impossible to cache).
+
+    TorchRec defines it so: ``CacheStatistics.cacheability`` is a "summarized measure of the
+    difficulty to cache a dataset that is independent of cache size. A score of 0 means the dataset
+    is very cacheable (e.g. high locality between accesses), a score of 1 is very difficult to
+    cache" (``torchrec/distributed/planner/types.py``, class ``CacheStatistics``), and its
+    implementation ``EmbeddingOffloadStats`` documents the argument as "cachebility (float): The
+    area-under-the-curve of miss-ratio curve", over "LRU cache sizes (from load_factor 0 to
+    load_factor 1.0)" (``torchrec/distributed/planner/shard_estimators.py``, class
+    ``EmbeddingOffloadStats``). Here ``h_LRU`` is the table's LRU hit curve
+    (:meth:`~costmodel.embeddings.ZipfAccess.lru_hit_rate`) and the integral is the trapezoidal rule
+    over 0 and :data:`CACHEABILITY_POINTS` log-spaced cache sizes (exact for a curve linear in the
+    cache size; a convex miss curve makes it an over-estimate, the smaller the more points).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from costmodel.embeddings import HistogramAccess
+    >>> uniform = HistogramAccess(rows=1000, counts=np.ones(1000))  # h_LRU(C) = C / N: c = 1/2
+    >>> round(torchrec_cacheability(Table(name="t", rows=1000, dim=4, access=uniform)), 12)
+    0.5
+    """
+    return _cacheability(table.access)
+
+
+def torchrec_proportional(wl: EmbWorkload, system: System | None, budget_bytes: float | None = None
+                          ) -> tuple[TablePolicy, ...]:
+    """TorchRec's scale-up of UVM caches (``EmbeddingOffloadScaleupProposer``): every table is an
+    LRU ``cache`` (``FUSED_UVM_CACHING``) and the HBM budget is dealt out to the caches in proportion
+    to each table's cacheability times its expected lookups, each cache capped at its table.
+
+    The rule, as ``allocate_budget`` runs it (meta-pytorch/torchrec
+    ``torchrec/distributed/planner/proposers.py`` at 63ad0325, class
+    ``EmbeddingOffloadScaleupProposer``): the priority of table ``i`` is
+    ``w_i = cacheability_i x expected_lookups_i`` ("cooked_cacheability", in ``next_plan``), with
+    the cacheability of :func:`torchrec_cacheability` and the expected lookups the distinct rows a
+    batch touches, ``U_i = expected_distinct_rows(B P_i)`` (TorchRec: "the expected number of
+    distinct values in a global training batch", ``CacheStatistics.expected_lookups``). Each pass
+    gives every table not yet full ``budget x w_i / sum_{j not full} w_j`` bytes, clipped at its
+    table's ``N_i r_i`` bytes, and takes what was given from the budget; the next pass deals out
+    what the clipping released, while more than 1 byte is left, at most
+    :data:`TORCHREC_SCALEUP_MAX_PASSES` passes. A table's cache holds
+    ``floor(bytes_i / r_i)`` rows; one whose load factor passes
+    :data:`TORCHREC_PROMOTE_LOAD_FACTOR` is promoted to ``gpu`` (``FUSED``). The caches are LRU, the
+    only kind the proposer supports ("proposer only supports LRU cache algorithm") and FBGEMM's
+    default (``SplitTableBatchedEmbeddingBagsCodegen(cache_algorithm=CacheAlgorithm.LRU)``,
+    ``fbgemm_gpu/split_table_batched_embeddings_ops_training.py``).
+
+    Where this differs from TorchRec, and why:
+
+    * the budget: by default the free HBM after the dense model and every table's batch buffers
+      (:func:`_free_gpu_bytes`), less the prefetch buffers ``2 U_i r_i`` of every cached table when
+      the workload prefetches. TorchRec adds its budget on top of the caches of a starting plan (the
+      user's load factors) and searches the budget in ``[0, free]`` with ``LuusJaakolaSearch`` on
+      its own perf estimate; here the caches start empty and the whole free HBM is dealt out (a
+      starting plan at the default load factor 0.2 does not fit when HBM is short, the case this
+      baseline is for).
+    * promotion: in TorchRec's storage model a full cache is no smaller than the fused table (it
+      counts the cache's optimizer state and 16 B of aux state per slot in HBM); in this cost model
+      a ``gpu`` table also keeps its optimizer state ``N_i s_i`` in HBM, so a table is promoted only
+      where the extra ``N_i (r_i + s_i) - C_i r_i`` bytes fit in what the passes left (tables in
+      priority order); otherwise it stays a cache.
+    * with ``prefetch``, a table whose prefetch buffers ``2 U_i r_i`` are at least its fused bytes
+      ``N_i (r_i + s_i)`` is placed ``gpu`` first (TorchRec's
+      ``promote_high_prefetch_overheaad_table_to_hbm``) and its bytes taken from the budget.
+
+    Parameters
+    ----------
+    system : System or None
+        Needed for the default budget only.
+    budget_bytes : float, optional
+        HBM bytes for the caches, the promoted tables and (with ``prefetch``) the prefetch buffers;
+        default: the free HBM, as above.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from costmodel.embeddings import HistogramAccess
+    >>> tables = tuple(Table(name=f"t{i}", rows=1000, dim=4, access=HistogramAccess(rows=1000, counts=np.ones(1000)))
+    ...                for i in range(2))
+    >>> m = RecModel(name="two", tables=tables, dense_features=4, bottom_mlp=(4,), top_mlp=(1,))
+    >>> [p.cache_rows for p in torchrec_proportional(EmbWorkload(model=m, batch=64), None, budget_bytes=16 * 500)]
+    [250, 250]
+    """
+    m = wl.model
+    tables = m.tables
+    row_b = np.asarray([float(t.row_bytes) for t in tables])
+    fused_b = np.asarray([float(t.rows) * (t.row_bytes + m.optimizer_state_bytes_per_row(t)) for t in tables])
+    max_b = np.asarray([float(t.bytes) for t in tables])
+    distinct = np.asarray([float(t.access.expected_distinct_rows(wl.batch * float(t.pooling))) for t in tables])
+    buffers = 2.0 * distinct * row_b if wl.prefetch else np.zeros(len(tables))
+    promoted = buffers >= fused_b if wl.prefetch else np.zeros(len(tables), dtype=bool)
+    if budget_bytes is None:
+        if system is None:
+            raise WorkloadError("torchrec-proportional needs a system (for the free HBM) or budget_bytes, got neither")
+        budget_bytes = _free_gpu_bytes(wl, system)
+    elif (isinstance(budget_bytes, bool) or not isinstance(budget_bytes, numbers.Real)
+          or not math.isfinite(budget_bytes) or budget_bytes < 0):
+        raise WorkloadError(f"the torchrec-proportional budget must be a finite non-negative number of bytes, "
+                            f"got {budget_bytes!r}")
+    # the prefetch buffers of the cached tables, and the tables promoted for theirs, come first
+    cache_budget = float(budget_bytes) - float(buffers[~promoted].sum()) - float(fused_b[promoted].sum())
+    budget = max(0.0, cache_budget)
+    priority = np.asarray([torchrec_cacheability(t) for t in tables]) * distinct
+    priority[promoted] = 0.0
+    cache_b = np.zeros(len(tables))
+    for _ in range(TORCHREC_SCALEUP_MAX_PASSES):
+        if budget <= 1.0:
+            break
+        share = np.where((cache_b < max_b) & ~promoted, priority, 0.0)
+        if share.sum() <= 0:
+            break
+        new = np.minimum(cache_b + budget * share / share.sum(), max_b)
+        budget -= float((new - cache_b).sum())
+        cache_b = new
+    rows = np.asarray([min(t.rows, int(math.floor(b / r + 1e-9))) for t, b, r in zip(tables, cache_b, row_b)])
+    left = max(0.0, cache_budget - float((rows * row_b).sum()))
+    for i in sorted(np.flatnonzero(cache_b > TORCHREC_PROMOTE_LOAD_FACTOR * max_b), key=lambda i: (-priority[i], i)):
+        extra = fused_b[i] - rows[i] * row_b[i]
+        if extra <= left:
+            promoted[i] = True
+            left -= extra
+    return tuple(TablePolicy(placement=Placement.GPU) if promoted[i]
+                 else TablePolicy(placement=Placement.CACHE, cache_rows=int(rows[i]), cache_kind=CurveKind.LRU)
+                 for i in range(len(tables)))
+
+
+BASELINES = ("all-gpu", "cpu-hybrid", "uvm", "torchrec-uvm-cache", "largest-to-cpu", "fae",
+             "torchrec-proportional")
 
 
 def baseline_policies(name: str, wl: EmbWorkload, system: System) -> tuple[TablePolicy, ...]:
     """Per-table policies of a named baseline: one of :data:`BASELINES`, with an optional ``:VALUE``
     for ``torchrec-uvm-cache`` (the cache load factor), ``largest-to-cpu`` (the threshold in GB,
-    10^9 bytes) and ``fae`` (the budget in GB)."""
+    10^9 bytes), ``fae`` and ``torchrec-proportional`` (the budget in GB)."""
     if not isinstance(name, str):
         raise WorkloadError(f"a baseline must be named by text, got {name!r}")
     base, sep, arg = name.partition(":")
@@ -636,7 +798,7 @@ def baseline_policies(name: str, wl: EmbWorkload, system: System) -> tuple[Table
         raise WorkloadError(f"baseline must be one of {', '.join(BASELINES)}, got {name!r}")
     value = None
     if sep:
-        if base not in ("torchrec-uvm-cache", "largest-to-cpu", "fae"):
+        if base not in ("torchrec-uvm-cache", "largest-to-cpu", "fae", "torchrec-proportional"):
             raise WorkloadError(f"baseline {base!r} takes no value, got {name!r}")
         try:
             value = float(arg)
@@ -654,6 +816,8 @@ def baseline_policies(name: str, wl: EmbWorkload, system: System) -> tuple[Table
         return torchrec_uvm_cache(wl, system, DEFAULT_CACHE_LOAD_FACTOR if value is None else value)
     if base == "largest-to-cpu":
         return largest_to_cpu(wl, system, None if value is None else value * 1e9)
+    if base == "torchrec-proportional":
+        return torchrec_proportional(wl, system, None if value is None else value * 1e9)
     return fae(wl, system, None if value is None else value * 1e9)
 
 
@@ -672,5 +836,6 @@ __all__ = [
     "BASELINES", "DEFAULT_CACHE_LOAD_FACTOR", "EmbCost", "EmbWorkload", "Placement", "Stage", "StateTier",
     "TablePolicy", "TableTraffic", "UpdateOn", "activation_bytes", "all_gpu", "baseline_policies", "cpu_hybrid",
     "dense_gpu_s", "evaluate_embeddings", "explain_shortfall", "fae", "largest_to_cpu", "memory_use",
-    "table_traffic", "torchrec_estimated_hit_rate", "torchrec_uvm_cache", "uvm_all",
+    "table_traffic", "torchrec_cacheability", "torchrec_estimated_hit_rate", "torchrec_proportional",
+    "torchrec_uvm_cache", "uvm_all",
 ]

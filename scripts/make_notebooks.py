@@ -1,7 +1,8 @@
 """Write the notebooks in notebooks/ from the cells below and execute them, so they are committed
 with real outputs. The tests execute them again (tests/test_notebooks.py).
 
-    python scripts/make_notebooks.py
+    python scripts/make_notebooks.py                        # every notebook
+    python scripts/make_notebooks.py 05_embeddings.ipynb    # only the named ones
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ plt.show()"""),
         ("md", "The plan is a versioned JSON document; the CLI, notebooks and `tierplan replay` share it."),
         ("code", """d = plan.to_dict()
 print(sorted(d))
-print(d["layers"][0])"""),
+print(d["units"][0])"""),
     ],
     "02_whatif_pcie_and_gpus.ipynb": [
         ("md", "# What if the link were faster, or the GPU different?\n\nSweep host-to-device bandwidth on "
@@ -155,6 +156,129 @@ pub[["id", "hardware", "workload", "measured", "predicted", "error_pct"]].round(
 }
 
 
+def embeddings_notebook() -> list[tuple[str, str]]:
+    """Cells of notebooks/05_embeddings.ipynb: where DLRM's embedding tables live, and what it buys."""
+    return [
+        ("md", "# Embedding tables: GPU, cache, UVM or CPU\n\nA DLRM's embedding tables can be far larger than "
+               "HBM: criteo-terabyte's 26 tables hold 85 GiB of fp32 rows. tierplan places each table `gpu` (whole "
+               "in HBM), `cache` (its hottest rows in an HBM cache, every row in host memory), `uvm` (gathered over "
+               "the link) or `cpu` (pooled on the host), and sizes each cache from the table's hit-rate curve. "
+               "Every figure below is the cost model's prediction on bundled profiles, not a measurement."),
+        ("code", SETUP),
+        ("md", "## Hit-rate curves\n\nA cache of `C` rows of a table hits a share of its lookups: the mass of the "
+               "`C` hottest rows for a static cache, less for an LRU cache (Che's approximation). The bundled "
+               "presets give every table a Zipf access with exponent 1.45 (an assumption: no per-table skew is "
+               "published), so a cache of a few percent of the rows already serves nearly every lookup. The four "
+               "largest tables of criteo-terabyte:"),
+        ("code", """import numpy as np
+from costmodel.embeddings import load_rec_model
+
+model = load_rec_model("criteo-terabyte")
+largest = sorted(model.tables, key=lambda t: -t.rows)[:4]
+fig, ax = plt.subplots(figsize=(8, 4))
+for t, color in zip(largest, plt.rcParams["axes.prop_cycle"].by_key()["color"]):
+    rows = np.unique(np.round(np.geomspace(1, t.rows, 40)).astype(np.int64))
+    ax.plot(rows / t.rows, t.access.static_hit_rate(rows), color=color, label=f"{t.name} ({t.rows:,} rows), static")
+    ax.plot(rows / t.rows, t.access.lru_hit_rate(rows), color=color, ls="--", label=f"{t.name}, LRU")
+ax.set_xscale("log"); ax.set_xlabel("cache rows / table rows (load factor)"); ax.set_ylabel("hit rate")
+ax.set_title("criteo-terabyte: static and LRU hit rate against cache size", fontsize=10)
+ax.legend(fontsize=7); plt.show()"""),
+        ("md", "## The caches the planner picks against the HBM budget\n\nPlan criteo-terabyte at batch 16384 on an "
+               "A100-80GB whose usable HBM is cut with `gpu.memory` (what `--set gpu.memory=16GiB` does on the "
+               "command line). Each cell is a table's placement: a cache as its share of the table's rows, "
+               "`+prefetch` where its cold rows are copied during the previous step's compute; tables placed "
+               "the same way at every budget are left out. The large tables' caches grow with the budget."),
+        ("code", """from costmodel.embeddings_cost import EmbWorkload
+from hwprofiles import load_system
+from solver.embeddings import plan_embeddings
+
+wl = EmbWorkload(model=model, batch=16384)
+budgets_gib = (4, 8, 16, 32, 64)
+plans = {gib: plan_embeddings(wl, load_system("a100-80gb", [f"gpu.memory={gib}GiB"])) for gib in budgets_gib}
+
+def describe(p, t):
+    text = f"cache {p.cache_rows / t.rows:.1%}" if p.placement == "cache" else p.placement.value
+    return text + (" +prefetch" if p.prefetched(wl) else "")
+
+placement = pd.DataFrame({f"{gib} GiB": [describe(p, t) for p, t in zip(plan.policies, model.tables)]
+                          for gib, plan in plans.items()},
+                         index=[f"{t.name} ({t.rows:,} rows)" for t in model.tables])
+placement[placement.nunique(axis=1) > 1]"""),
+        ("md", "Where the HBM goes at each budget (the cost model's GPU memory terms), and the plan's throughput:"),
+        ("code", """parts = {"gpu tables": ("tables", "table_state"), "cache rows": ("cache_rows",),
+         "dense + activations": ("dense", "activations"), "ids, pooled, buffers": ("index_pooled", "prefetch_buffers")}
+use = pd.DataFrame({gib: {name: sum(dict(plan.cost.memory.gpu_breakdown)[k] for k in keys) / 2**30
+                          for name, keys in parts.items()} for gib, plan in plans.items()}).T
+fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8))
+use.plot.bar(stacked=True, ax=ax1, rot=0)
+ax1.set_xlabel("usable HBM (GiB)"); ax1.set_ylabel("GiB"); ax1.set_title("HBM use of the plan", fontsize=10)
+ax2.plot(list(plans), [plan.samples_per_s / 1e3 for plan in plans.values()], marker="o")
+ax2.set_xscale("log", base=2); ax2.set_xlabel("usable HBM (GiB)"); ax2.set_ylabel("thousand samples/s (predicted)")
+ax2.set_title("plan throughput", fontsize=10)
+plt.tight_layout(); plt.show()
+use.round(2)"""),
+        ("md", "## Speed-up over each baseline\n\nThe plan's samples/s over each baseline's, at each budget (each "
+               "costed with the same model; `infeasible`: the baseline does not fit). `torchrec-uvm-cache` caches "
+               "20 % of every table (TorchRec's default load factor) and needs 17 GiB of caches; "
+               "`torchrec-proportional` deals the free HBM out to LRU caches in proportion to cacheability x "
+               "expected lookups (TorchRec's `EmbeddingOffloadScaleupProposer`); `fae` keeps the globally hottest "
+               "rows; `largest-to-cpu` is NVIDIA's rule. With fp32 MLPs the A100's 19.5 TFLOP/s dense compute "
+               "bounds the step, so placements that keep the link off the critical path all land close together."),
+        ("code", """speedups = pd.DataFrame({f"{gib} GiB": {b.name: (f"{b.speedup:.3f}x" if b.feasible else "infeasible")
+                                        for b in plan.baselines} for gib, plan in plans.items()})
+speedups.loc["plan samples/s"] = [f"{plan.samples_per_s:,.0f}" for plan in plans.values()]
+speedups.loc["selected"] = [plan.selected for plan in plans.values()]
+speedups"""),
+        ("md", "## What if the link were PCIe 5, or NVLink-C2C?\n\nThe same 16 GiB budget on an A100-80GB with its "
+               "PCIe 4 link, with the link swapped for PCIe 5 (`link=pcie5-x16`) or set to 100 GB/s each way "
+               "(`link.h2d=100GB/s`), and on a GH200 (NVLink-C2C and a faster GPU). With fp32 MLPs the dense compute "
+               "binds and the link barely matters; with the MLPs in fp16 (`dtype_bytes=2`) the step is over 10x "
+               "shorter and the link starts to count: the baselines that read rows over it fall further behind "
+               "the plan on PCIe 4 than on a faster link."),
+        ("code", """systems = {"A100, PCIe 4": load_system("a100-80gb", ["gpu.memory=16GiB"]),
+           "A100, PCIe 5": load_system("a100-80gb", ["gpu.memory=16GiB", "link=pcie5-x16"]),
+           "A100, 100 GB/s": load_system("a100-80gb", ["gpu.memory=16GiB", "link.h2d=100GB/s", "link.d2h=100GB/s"]),
+           "GH200, C2C": load_system("gh200", ["gpu.memory=16GiB"])}
+rows = []
+for dtype in (4, 2):
+    for label, system in systems.items():
+        plan = plan_embeddings(EmbWorkload(model=model, batch=16384, dtype_bytes=dtype), system)
+        stage_ms = {f"{stage.value} ms": t * 1e3 for stage, t in plan.cost.stage_s}
+        rows.append({"system": label, "MLP dtype bytes": dtype, "h2d GB/s": system.link.h2d_bytes_per_s / 1e9,
+                     "plan samples/s": round(plan.samples_per_s), **stage_ms,
+                     **{f"x {b.name}": b.speedup for b in plan.baselines if b.feasible}})
+whatif = pd.DataFrame(rows)
+fig, ax = plt.subplots(figsize=(8, 3.5))
+whatif.pivot(index="system", columns="MLP dtype bytes", values="plan samples/s").loc[list(systems)].div(1e6).plot.bar(
+    ax=ax, rot=0)
+ax.set_ylabel("million samples/s (predicted)"); ax.set_title("criteo-terabyte, batch 16384, 16 GiB HBM", fontsize=10)
+plt.show()
+whatif.round(3)"""),
+        ("md", "## TorchRec's hit-rate estimate beside tierplan's\n\nTorchRec's planner takes a cached table's hit "
+               "rate to be its load factor (cache rows / rows: `kernel_bw_lookup` blends HBM and host bandwidth by "
+               "it). Under a skewed access the LRU cache hits far more: for the 20 % caches here TorchRec counts 80 % "
+               "of lookups as misses where the LRU cache misses under 0.2 %, so its own model overrates the link "
+               "traffic of every cached table. `cacheability` is TorchRec's statistic (the area under the LRU "
+               "miss-ratio curve over the load factor; 0 = trivially cacheable). The tables of over a million "
+               "rows under two TorchRec-style placements at 32 GiB (where the 20 % caches fit):"),
+        ("code", """from costmodel.embeddings_cost import baseline_policies, torchrec_cacheability, torchrec_estimated_hit_rate
+
+system = load_system("a100-80gb", ["gpu.memory=32GiB"])
+rows = []
+for name in ("torchrec-uvm-cache", "torchrec-proportional"):
+    for t, p in zip(model.tables, baseline_policies(name, wl, system)):
+        if t.rows > 10**6:
+            rows.append({"baseline": name, "table": t.name, "rows": t.rows, "placement": p.placement.value,
+                         "cache rows": p.cache_rows, "cacheability": torchrec_cacheability(t),
+                         "TorchRec hit rate (load factor)": torchrec_estimated_hit_rate(p, t),
+                         "tierplan LRU hit rate": 1.0 if p.placement == "gpu" else t.access.lru_hit_rate(p.cache_rows)})
+pd.DataFrame(rows).round(4)"""),
+    ]
+
+
+NOTEBOOKS["05_embeddings.ipynb"] = embeddings_notebook()
+
+
 def build(name: str, cells: list[tuple[str, str]]) -> nbformat.NotebookNode:
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_markdown_cell(src) if kind == "md" else nbformat.v4.new_code_cell(src)
@@ -168,9 +292,16 @@ def execute(nb: nbformat.NotebookNode, timeout_s: int = 600) -> nbformat.Noteboo
     return nb
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    names = sys.argv[1:] if argv is None else argv
+    unknown = sorted(set(names) - set(NOTEBOOKS))
+    if unknown:
+        print(f"unknown notebook {', '.join(unknown)}; the notebooks are {', '.join(NOTEBOOKS)}", file=sys.stderr)
+        return 2
     NB.mkdir(exist_ok=True)
     for name, cells in NOTEBOOKS.items():
+        if names and name not in names:
+            continue
         nb = execute(build(name, cells))
         nbformat.write(nb, NB / name)
         print(f"wrote {NB / name}")

@@ -27,9 +27,12 @@ from costmodel.embeddings_cost import (
     evaluate_embeddings,
     fae,
     largest_to_cpu,
+    torchrec_cacheability,
     torchrec_estimated_hit_rate,
+    torchrec_proportional,
     torchrec_uvm_cache,
 )
+from costmodel.kv import capacity
 from costmodel.errors import WorkloadError
 from costmodel.kv import Resource
 from hwprofiles import load_system
@@ -156,6 +159,106 @@ def test_fae_takes_the_globally_hottest_rows(toy, rec):
     assert sum(p.cache_rows for p in pols) == 600 and all(p.cache_kind == "static" for p in pols)
 
 
+def _pooled_pair(pooling=(1, 2), optimizer="sgd", access=None) -> RecModel:
+    """Two 1000-row tables of width 4 (rows of 16 B), uniform access unless given, the given poolings."""
+    tables = tuple(Table(name=f"t{i}", rows=1000, dim=4, pooling=pf, access=(access or {}).get(i, _uniform(1000)))
+                   for i, pf in enumerate(pooling))
+    return RecModel(name="pair", tables=tables, dense_features=4, bottom_mlp=(4,), top_mlp=(1,),
+                    table_optimizer=optimizer)
+
+
+def _hbm_bytes(wl, pols) -> float:
+    """What a placement adds to HBM beyond an all-cpu one: cache rows C r, gpu tables N (r + s)."""
+    m = wl.model
+    return sum(p.cache_rows * t.row_bytes if p.placement == "cache"
+               else t.rows * (t.row_bytes + m.optimizer_state_bytes_per_row(t)) if p.placement == "gpu" else 0
+               for t, p in zip(m.tables, pols))
+
+
+def test_torchrec_cacheability_is_the_area_under_the_lru_miss_curve():
+    uniform = Table(name="u", rows=1000, dim=4, access=_uniform(1000))
+    # uniform rows: Che's LRU hit rate is C / N exactly, so the miss curve is 1 - f and its area 1/2
+    assert torchrec_cacheability(uniform) == pytest.approx(0.5, abs=1e-9)
+    skewed = Table(name="z", rows=1000, dim=4, access=ZipfAccess(rows=1000, alpha=1.2))
+    # a skewed table is easier to cache: its misses fall faster with the load factor
+    assert 0 < torchrec_cacheability(skewed) < 0.25
+
+
+def test_torchrec_proportional_splits_the_budget_by_cacheability_times_lookups():
+    wl = EmbWorkload(model=_pooled_pair(), batch=1000)
+    pols = torchrec_proportional(wl, None, budget_bytes=8000)
+    # expected lookups (distinct rows of the batch): U0 = 1000 (1 - 0.999^1000) = 632.30,
+    # U1 = 1000 (1 - 0.999^2000) = 864.80; cacheability 1/2 each, so the shares are U_i / (U0 + U1):
+    # 8000 x 632.30 / 1497.11 = 3378.8 B -> 211 rows of 16 B; 4621.2 B -> 288 rows.
+    u0, u1 = 1000 * (1 - 0.999**1000), 1000 * (1 - 0.999**2000)
+    assert u0 == pytest.approx(632.30, abs=0.01) and u1 == pytest.approx(864.80, abs=0.01)
+    assert [p.placement for p in pols] == [Placement.CACHE, Placement.CACHE]
+    assert all(p.cache_kind == "lru" for p in pols)
+    assert [p.cache_rows for p in pols] == [math.floor(8000 * u0 / (u0 + u1) / 16),
+                                            math.floor(8000 * u1 / (u0 + u1) / 16)] == [211, 288]
+
+
+def test_torchrec_proportional_weighs_by_cacheability():
+    skew = ZipfAccess(rows=1000, alpha=1.2)
+    wl = EmbWorkload(model=_pooled_pair(pooling=(1, 1), access={1: skew}), batch=1000)
+    c0, c1 = 0.5, torchrec_cacheability(wl.model.tables[1])
+    u0 = 1000 * (1 - 0.999**1000)
+    u1 = skew.expected_distinct_rows(1000)
+    pols = torchrec_proportional(wl, None, budget_bytes=16 * 1000)
+    # 16,000 B shared as c0 U0 : c1 U1; the harder-to-cache uniform table gets the larger share
+    share0 = c0 * u0 / (c0 * u0 + c1 * u1)
+    assert pols[0].cache_rows == math.floor(1000 * share0) and pols[1].cache_rows == math.floor(1000 * (1 - share0))
+    assert pols[0].cache_rows > pols[1].cache_rows
+
+
+def test_torchrec_proportional_caps_at_the_table_and_deals_out_the_rest():
+    wl = EmbWorkload(model=_pooled_pair(), batch=1000)
+    # pass 1: 30,000 B x (0.4224, 0.5776) = 12,671 B and 17,329 B; t1 is clipped at its 16,000 B and the
+    # 1,329 B released go to t0 in pass 2: 14,000 B = 875 rows. t1's load factor is 1 > 0.9999: promoted
+    # to gpu, which costs nothing more under SGD (N (r + s) = 16,000 B = its full cache).
+    pols = torchrec_proportional(wl, None, budget_bytes=30000)
+    assert pols[0] == TablePolicy(placement="cache", cache_rows=875, cache_kind="lru")
+    assert pols[1] == TablePolicy(placement="gpu")
+    # Adagrad keeps 4 x 4 = 16 B of state per row, 16,000 B per table, in HBM once promoted: nothing is
+    # left for it at 30,000 B, so t1 stays a full cache ...
+    ada = EmbWorkload(model=_pooled_pair(optimizer="adagrad"), batch=1000)
+    assert [p.cache_rows for p in torchrec_proportional(ada, None, budget_bytes=30000)] == [875, 1000]
+    # ... and at 50,000 B both caches are full with 18,000 B left: the higher-priority t1 is promoted
+    # (16,000 B more), t0 (16,000 B more than the 2,000 left) stays a full cache.
+    pols = torchrec_proportional(ada, None, budget_bytes=50000)
+    assert [p.placement for p in pols] == [Placement.CACHE, Placement.GPU] and pols[0].cache_rows == 1000
+    # a budget past every fused table promotes them all
+    assert all(p.placement == "gpu" for p in torchrec_proportional(ada, None, budget_bytes=64000))
+
+
+@pytest.mark.parametrize("prefetch", [False, True])
+def test_torchrec_proportional_fills_the_free_hbm_and_fits(prefetch):
+    system = load_system("a100-80gb", ["gpu.memory=16GiB"])
+    m = load_rec_model("criteo-terabyte")
+    wl = EmbWorkload(model=m, batch=16384, prefetch=prefetch)
+    pols = torchrec_proportional(wl, system)
+    cost = evaluate_embeddings(wl, system, pols)
+    assert cost.feasible, cost.explain_shortfall()
+    cap = capacity(system)["gpu_bytes"]
+    assert cost.memory.gpu_bytes <= cap
+    if not prefetch:  # every table's floor(bytes / r) loses under one row: the rest of the HBM is used
+        assert cap - cost.memory.gpu_bytes < sum(t.row_bytes for t in m.tables) + 1
+    assert all(p.cache_rows <= t.rows for p, t in zip(pols, m.tables))
+    big = max(range(len(m.tables)), key=lambda i: m.tables[i].rows)
+    assert pols[big].placement == "cache" and 0 < pols[big].cache_rows < m.tables[big].rows
+
+
+@settings(max_examples=30, deadline=None)
+@given(budget=st.floats(0, 80000), pooling=st.tuples(st.sampled_from([1, 2, 5]), st.sampled_from([1, 3])),
+       optimizer=st.sampled_from(["sgd", "adagrad", "adam"]), alpha=st.floats(0.6, 1.6))
+def test_torchrec_proportional_respects_its_budget_and_the_rows(budget, pooling, optimizer, alpha):
+    model = _pooled_pair(pooling=pooling, optimizer=optimizer, access={1: ZipfAccess(rows=1000, alpha=alpha)})
+    wl = EmbWorkload(model=model, batch=512)
+    pols = torchrec_proportional(wl, None, budget_bytes=budget)
+    assert _hbm_bytes(wl, pols) <= budget
+    assert all(p.placement in ("cache", "gpu") and p.cache_rows <= 1000 for p in pols)
+
+
 # ---------------------------------------------------------------------------------------------
 # Properties
 # ---------------------------------------------------------------------------------------------
@@ -227,7 +330,8 @@ def test_a_bigger_cache_is_never_slower(kind, prefetch, c1, c2, batch, other):
 
 
 @pytest.mark.parametrize("model", ["criteo-kaggle", "criteo-terabyte"])
-@pytest.mark.parametrize("name", list(BASELINES) + ["torchrec-uvm-cache:0.5", "largest-to-cpu:40", "fae:10"])
+@pytest.mark.parametrize("name", list(BASELINES) + ["torchrec-uvm-cache:0.5", "largest-to-cpu:40", "fae:10",
+                                  "torchrec-proportional:10"])
 def test_every_baseline_evaluates_on_a100(model, name):
     system = load_system("a100-80gb")
     m = load_rec_model(model)
@@ -235,7 +339,8 @@ def test_every_baseline_evaluates_on_a100(model, name):
     cost = evaluate_embeddings(wl, system, baseline_policies(name, wl, system))
     assert math.isfinite(cost.iteration_s) and cost.iteration_s > 0
     assert cost.feasible or cost.explain_shortfall().startswith(("gpu memory short", "host memory short"))
-    if model == "criteo-kaggle" or name in ("cpu-hybrid", "uvm", "torchrec-uvm-cache", "largest-to-cpu", "fae"):
+    if model == "criteo-kaggle" or name.partition(":")[0] in ("cpu-hybrid", "uvm", "torchrec-uvm-cache",
+                                                              "largest-to-cpu", "fae", "torchrec-proportional"):
         assert cost.feasible, cost.explain_shortfall()  # 2.2 GB of Kaggle tables fit; these rules fit 91 GB
     if model == "criteo-terabyte" and name == "all-gpu":
         assert "tables 84.85 GiB" in cost.explain_shortfall()
@@ -274,6 +379,9 @@ def test_bad_evaluations_raise(toy, rec):
         evaluate_embeddings(wl, toy, {"t0": TablePolicy(placement="gpu")})
     with pytest.raises(WorkloadError, match="must be a TablePolicy"):
         evaluate_embeddings(wl, toy, ("gpu", "gpu"))
-    for bad in ("nope", "all-gpu:3", "fae:x", "torchrec-uvm-cache:1.5", "largest-to-cpu:-1", "fae:inf"):
+    for bad in ("nope", "all-gpu:3", "fae:x", "torchrec-uvm-cache:1.5", "largest-to-cpu:-1", "fae:inf",
+                "torchrec-proportional:-1", "torchrec-proportional:x", "torchrec-proportional:nan"):
         with pytest.raises(WorkloadError):
             baseline_policies(bad, wl, toy)
+    with pytest.raises(WorkloadError, match="needs a system"):
+        torchrec_proportional(wl, None)
