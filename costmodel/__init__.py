@@ -1,5 +1,6 @@
-"""Cost models: transformer specs, roofline and link times, the KV-inference cost of a policy, and
-recommendation-model specs with their tables' access distributions and hit-rate curves.
+"""Cost models: transformer specs, roofline and link times, the KV-inference cost of a policy,
+recommendation-model specs with their tables' access distributions and hit-rate curves, and the cost
+of a training iteration with model states and activations offloaded.
 
 Pure functions of a workload and a :class:`hwprofiles.System`; no solver and no torch here.
 """
@@ -51,6 +52,32 @@ from costmodel.kv import (
     unit_costs,
     working_bytes,
 )
+from costmodel.training import (
+    BASELINES as TRAIN_BASELINES,
+    ActAction,
+    LayerTrainPolicy,
+    OptimizerKind,
+    Overlap as TrainOverlap,
+    Precision,
+    StateBytes,
+    StepDevice,
+    TrainCost,
+    TrainMemory,
+    TrainResource,
+    TrainUnitCosts,
+    TrainWorkload,
+    activation_bytes,
+    baseline_policies as train_baseline_policies,
+    deepspeed_zero2_estimate,
+    deepspeed_zero3_estimate,
+    evaluate_training,
+    megatron_bytes_per_param,
+    memory_use as train_memory_use,
+    pinned_allocation_bytes,
+    state_bytes,
+    unit_costs as train_unit_costs,
+    zero_paper_model_state_bytes,
+)
 from costmodel.roofline import Op, Processor, Roof, binding_roof, op_time_s, roofline_time_s
 from costmodel.transformer import TransformerSpec, list_models, load_model, model_info, spec_from_hf_config
 
@@ -59,6 +86,11 @@ __all__ = [
     "load_histogram", "load_rec_model", "load_trace", "rec_model_from_dict",
     "EMB_BASELINES", "EmbCost", "EmbWorkload", "TablePolicy", "baseline_policies", "evaluate_embeddings",
     "torchrec_estimated_hit_rate",
+    "TRAIN_BASELINES", "ActAction", "LayerTrainPolicy", "OptimizerKind", "Precision", "StateBytes", "StepDevice",
+    "TrainCost", "TrainMemory", "TrainOverlap", "TrainResource", "TrainUnitCosts", "TrainWorkload",
+    "activation_bytes", "deepspeed_zero2_estimate", "deepspeed_zero3_estimate", "evaluate_training",
+    "megatron_bytes_per_param", "pinned_allocation_bytes", "state_bytes", "train_baseline_policies",
+    "train_memory_use", "train_unit_costs", "zero_paper_model_state_bytes",
     "Fractions", "KvAction", "KvCost", "KvWorkload", "LayerCost", "LayerPolicy", "Memory", "Op",
     "Processor", "Resource", "Roof", "Tier", "TokenSplit", "TransformerSpec", "UnitCosts",
     "WorkloadError", "binding_roof", "capacity", "dense_gpu_s", "evaluate", "head_costs", "list_models",

@@ -1,0 +1,581 @@
+"""Training with offload: activation bytes (Korthikanti), model-state conventions (ZeRO paper, DeepSpeed's
+estimators, Megatron), hand-derived memory and time terms, overlap orderings, baselines and errors.
+
+Toy system (tests/data/toy-system.yaml): GPU 16 GiB (1 GiB reserved), 1 TB/s HBM, 100 TFLOP/s fp16,
+10 TFLOP/s fp32, no launch overhead; host 128 GiB, 100 GB/s, 2 TFLOP/s; link 10 GB/s each way, pageable
+50 %, no latency; every efficiency curve flat at 100 %, so a time is bytes / bandwidth or FLOP / peak.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from costmodel import WorkloadError, load_model, model_info
+from costmodel.kv import capacity
+from costmodel.roofline import Processor, roofline_time_s
+from costmodel.training import (
+    ActAction,
+    LayerTrainPolicy,
+    Overlap,
+    Phase,
+    StepDevice,
+    Tier,
+    TrainResource,
+    TrainWorkload,
+    activation_bytes,
+    baseline_policies,
+    deepspeed_zero2_estimate,
+    deepspeed_zero3_estimate,
+    evaluate_training,
+    flow_shop_s,
+    layer_ops,
+    megatron_bytes_per_param,
+    pinned_allocation_bytes,
+    state_bytes,
+    step_bytes_per_param,
+    unit_costs,
+    unit_phase_times,
+    zero_paper_model_state_bytes,
+)
+from costmodel.transformer import TransformerSpec
+from hwprofiles import OpClass, apply_overrides, load_system
+
+# A two-layer GPT-2-style model: h 64, 4 heads of 16, MLP 256, vocab 1000, 128 learned positions, tied head.
+TINY = TransformerSpec(name="tiny-gpt", family="gpt2", n_layers=2, hidden=64, n_heads=4, n_kv_heads=4, head_dim=16,
+                       intermediate=256, vocab=1000, max_positions=128, gated_mlp=False, layer_norm=True,
+                       linear_bias=True, learned_positions=128, tied_embeddings=True)
+# Per layer: q,k,v,o 4 x 64 x 64 = 16384 + biases 3 x 64 + 64 = 256; MLP 2 x 64 x 256 = 32768 + biases
+# 256 + 64 = 320; two LayerNorms 2 x 128 = 256  ->  49,984.  Head: 1000 x 64 + 128 x 64 + 128 = 72,320.
+P_LAYER, P_HEAD = 49_984, 72_320
+P_ALL = 2 * P_LAYER + P_HEAD  # 172,288
+
+
+def tiny_wl(**kw) -> TrainWorkload:
+    args = dict(model=TINY, seq_len=128, micro_batch=2, fused_attention=False, dropout=True)
+    return TrainWorkload(**{**args, **kw})
+
+
+def test_tiny_parameter_counts():
+    assert TINY.layer_params() == P_LAYER and TINY.head_params() == P_HEAD
+
+
+# ---------------------------------------------------------------------------------------------
+# Activations: Korthikanti et al. 2022 (arXiv:2205.05198) eq. 1 and §4.2
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name,seq,batch", [("gpt2", 1024, 1), ("gpt2", 512, 8), ("gpt2-10b", 1024, 10),
+                                            (TINY, 128, 2)])
+def test_korthikanti_gpt_layer_exactly(name, seq, batch):
+    # GPT layer, unfused attention, 16-bit activations, 1-byte dropout masks, no tensor parallelism:
+    # s b h (34 + 5 a s / h) bytes per layer.
+    model = name if isinstance(name, TransformerSpec) else load_model(name)
+    wl = TrainWorkload(model=model, seq_len=seq, micro_batch=batch, fused_attention=False, dropout=True)
+    s, b, h, a = seq, batch, model.hidden, model.n_heads
+    assert activation_bytes(wl) == s * b * h * (34 + 5 * a * s / h)
+    # Selective recompute keeps the 34 s b h and recomputes the 5 a s^2 b; full recompute keeps 2 s b h.
+    assert activation_bytes(wl, ActAction.SELECTIVE) == 34 * s * b * h
+    assert activation_bytes(wl, ActAction.RECOMPUTE) == 2 * s * b * h
+
+
+def test_korthikanti_terms_by_op():
+    # The split of eq. 1: attention 11 sbh + 5 as^2 b, MLP 19 sbh, two LayerNorms 4 sbh.
+    wl = tiny_wl()
+    s, b, h, a = 128, 2, 64, 4
+    saved = {op.name: op.saved_bytes for op in layer_ops(wl)}
+    sbh = s * b * h
+    attention = sum(saved[k] for k in ("qkv_proj", "qk_matmul", "softmax", "attn_dropout", "pv_matmul", "o_proj",
+                                       "attn_out_dropout"))
+    assert attention == 11 * sbh + 5 * a * s * s * b
+    assert saved["mlp_up"] + saved["mlp_act"] + saved["mlp_down"] + saved["mlp_dropout"] == 19 * sbh
+    assert saved["norm1"] + saved["norm2"] == 4 * sbh
+
+
+def test_fused_attention_keeps_no_scores_only_the_lse():
+    # Flash attention: Q, K, V (6 sbh at d = 2 for MHA, as unfused) and an fp32 LSE per head and row;
+    # no s^2 term, and no dropout mask in the core (flash regenerates it from the RNG state).
+    wl = TrainWorkload(model=TINY, seq_len=128, micro_batch=2, fused_attention=True, dropout=True)
+    s, b, h, a = 128, 2, 64, 4
+    assert activation_bytes(wl) == 34 * s * b * h + 4 * s * b * a
+    assert activation_bytes(wl, "selective") == activation_bytes(wl)  # nothing s^2 to drop
+
+
+def test_swiglu_gqa_layer_by_hand():
+    # llama-3-8b: RMSNorm, GQA (8 of 32 heads), SwiGLU 14336, rotary, fused attention, no dropout, d = 2.
+    m = load_model("llama-3-8b")
+    wl = TrainWorkload(model=m, seq_len=1024, micro_batch=1)
+    t, h, q, kv, f, a, d = 1024, 4096, 4096, 1024, 14336, 32, 2
+    expected = (2 * t * h * d            # two norms' inputs
+                + t * h * d              # QKV input
+                + t * (q + 2 * kv) * d   # Q, K, V (K and V at kv width: GQA)
+                + t * a * 4              # LSE
+                + t * q * d              # o_proj input
+                + t * h * d              # up/gate input
+                + 2 * t * f * d          # gate and up outputs
+                + t * f * d)             # down input
+    assert activation_bytes(wl) == expected
+    gemm = {op.name: op for op in layer_ops(wl)}
+    assert gemm["qkv_proj"].flop == 2 * t * h * (q + 2 * kv)
+    assert gemm["mlp_up"].flop == 2 * t * h * 2 * f and gemm["mlp_up"].bwd_flop == 2 * gemm["mlp_up"].flop
+    assert gemm["attention"].flop == 4 * t * (1024 / 2) * q  # causal half
+    assert gemm["attention"].bwd_flop == 2.5 * gemm["attention"].flop
+
+
+def test_gemm_time_by_hand(toy):
+    # qkv_proj of the tiny layer: 2 x 256 x 64 x 192 = 6,291,456 FLOP (62.9 ns at 100 TFLOP/s) and
+    # (64 x 192 + 256 x (64 + 192)) x 2 = 155,648 B (155.6 ns at 1 TB/s): memory-bound, 155.648 ns.
+    op = {o.name: o for o in layer_ops(tiny_wl())}["qkv_proj"]
+    assert op.flop == 6_291_456 and op.bytes == 155_648
+    assert roofline_time_s(op.flop, op.bytes, op.op_class, Processor.gpu(toy.gpu)) == pytest.approx(155.648e-9)
+
+
+# ---------------------------------------------------------------------------------------------
+# Model-state conventions
+# ---------------------------------------------------------------------------------------------
+
+# A 1.3B GPT (GPT-3 XL shape: 24 layers, h 2048, 16 heads, vocab 50257, 2048 positions):
+# layer 12 x 2048^2 + 13 x 2048 = 50,358,272; x 24 = 1,208,598,528; head 50257 x 2048 + 2048 x 2048 +
+# 2 x 2048 = 107,124,736; total 1,315,723,264. Its largest module is the embedding, 50257 x 2048.
+P13 = 1_315_723_264
+WTE = 102_926_336
+
+
+def test_the_13b_count():
+    spec = dataclasses.replace(TINY, n_layers=24, hidden=2048, n_heads=16, n_kv_heads=16, head_dim=128,
+                               intermediate=8192, vocab=50257, max_positions=2048, learned_positions=2048)
+    assert spec.total_params() == P13
+
+
+def test_deepspeed_zero2_estimator_by_hand():
+    # Offload, 1 GPU: gpu 2P = 2,631,446,528; cpu P x max(4, 16) x 1.5 = 24P = 31,577,358,336.
+    assert deepspeed_zero2_estimate(P13) == (31_577_358_336, 2_631_446_528)
+    # No offload, 1 GPU: gpu 2P + 18P = 26,314,465,280; cpu P x 4 x 1 x 1.5 = 7,894,339,584.
+    assert deepspeed_zero2_estimate(P13, cpu_offload=False) == (7_894_339_584, 26_314_465_280)
+    # No offload, 8 GPUs: gpu 2P + int(18P / 8) = 2,631,446,528 + 2,960,377,344; cpu P x 4 x 8 x 1.5 = 48P.
+    assert deepspeed_zero2_estimate(P13, num_gpus_per_node=8, cpu_offload=False) == (63_154_716_672, 5_591_823_872)
+    # Offload, 8 GPUs: cpu P x max(32, 16) x 1.5 = 48P.
+    assert deepspeed_zero2_estimate(P13, num_gpus_per_node=8)[0] == 63_154_716_672
+
+
+def test_deepspeed_zero3_estimator_by_hand():
+    largest = 4 * WTE  # 411,705,344
+    # Params and optimizer offloaded, zero_init: gpu = largest; cpu = P x 18 x 1 x 1.5 = 27P.
+    assert deepspeed_zero3_estimate(P13, WTE) == (35_524_528_128, largest, largest)
+    # Optimizer only: gpu = largest + 2P = 3,043,151,872; cpu = P x 16 x 1.5 = 24P.
+    assert deepspeed_zero3_estimate(P13, WTE, cpu_offload_params=False) == (31_577_358_336, 3_043_151_872, largest)
+    # No offload: gpu = largest + 18P = 24,094,724,096; cpu (zero_init) = WTE x 4 x 1 x 1.5 = 617,558,016.
+    assert deepspeed_zero3_estimate(P13, WTE, cpu_offload=False) == (617_558_016, 24_094_724_096, largest)
+    # zero_init off, 8 GPUs, params offloaded: cpu = P x max(32, 18) x 1.5 = 48P.
+    assert deepspeed_zero3_estimate(P13, WTE, num_gpus_per_node=8, zero_init=False)[0] == 63_154_716_672
+
+
+def test_conventions_agree_with_state_bytes():
+    mixed = state_bytes("fp16", "adamw")  # 2 + 2 + 4 (fp32 grad) + 4 + 8
+    assert mixed.total == 20 == deepspeed_zero2_estimate(1000, cpu_offload=False)[1] / 1000
+    assert mixed.total == megatron_bytes_per_param("fp16", "fp16")
+    zero = state_bytes("fp16", "adam", fp32_grad_copy=False)
+    assert zero.total == 16 == zero_paper_model_state_bytes(1.0)
+    # ZeRO-Offload's host share is grad32 + master + moments = 16 B/param = the estimator's cpu / 1.5.
+    assert mixed.grad32 + mixed.master + mixed.moments == deepspeed_zero2_estimate(1000)[0] / 1000 / 1.5
+    assert state_bytes("bf16", "adamw", moments_dtype="bf16").moments == 4
+    assert state_bytes("fp32", "sgd-momentum").total == 4 + 4 + 4
+    assert state_bytes("fp32", "sgd").total == 8
+    assert megatron_bytes_per_param("bf16", "fp32") == 18 and megatron_bytes_per_param("fp32", "fp32", 4,
+                                                                                        distributed=True) == 10
+
+
+def test_zero_paper_figure1():
+    # Figure 1 of the ZeRO paper: Ψ = 7.5B, K = 12, N_d = 64: 120, 31.4, 16.6, 1.9 GB.
+    got = [zero_paper_model_state_bytes(7.5e9, 64, stage) / 1e9 for stage in range(4)]
+    assert got == pytest.approx([120, 31.4, 16.6, 1.875], abs=0.05)
+
+
+def test_cpu_adam_bytes():
+    # fp32 Adam in mixed precision: read p, g, m, v (16 B), write p, m, v (12 B), plus the 16-bit copy (2 B).
+    assert step_bytes_per_param(state_bytes("fp16", "adamw")) == (16, 14)
+    assert sum(step_bytes_per_param(state_bytes("fp16", "adamw"), writes_weights_copy=False)) == 28
+
+
+def test_pinned_rounding_is_power_of_two():
+    assert pinned_allocation_bytes(805_519_360) == 2**30  # one 201M-param fp32 layer of gpt2-10b
+    assert pinned_allocation_bytes(1) == 1 and pinned_allocation_bytes(2**20 + 1) == 2**21
+
+
+# ---------------------------------------------------------------------------------------------
+# Hand-derived memory and time of ZeRO-Offload on the toy system
+# ---------------------------------------------------------------------------------------------
+
+
+def test_zero_offload_memory_by_hand(toy):
+    wl = tiny_wl()
+    cost = evaluate_training(wl, toy, baseline_policies("zero-offload", wl, toy))
+    gpu = dict(cost.memory.gpu_breakdown)
+    assert gpu["weights"] == 2 * P_ALL == 344_576
+    assert gpu["master"] == gpu["moments"] == gpu["grads"] == 0
+    # Largest unit (the head): its 16-bit gradients twice (2 x 2 x 72,320) + the fp32 cast 4 x 72,320.
+    assert gpu["grad_buffers"] == 8 * P_HEAD == 578_560
+    # Activations at the start of the backward: two layers' s b h (34 + 5 a s / h) = 1,212,416 each,
+    # the head's kept final-norm and LM-head inputs (2 x 256 x 64 x 2), embedding dropout mask (256 x 64)
+    # and fp32 softmax (256 x 1000 x 4) = 1,105,920, and its dlogits in fp32 and fp16 (256 x 1000 x 6).
+    assert gpu["activations"] == 2 * 1_212_416 + 1_105_920 + 1_536_000
+    assert cost.memory.gpu_bytes == 344_576 + 578_560 + 5_066_752
+    host = dict(cost.memory.host_breakdown)
+    assert (host["grad32"], host["master"], host["moments"]) == (4 * P_ALL, 4 * P_ALL, 8 * P_ALL)
+    assert cost.memory.host_bytes == 16 * P_ALL and cost.memory.host_pinned_bytes == 0
+
+
+def test_zero_offload_pinned_rounding_by_hand(toy):
+    wl = tiny_wl(pin_memory=True)
+    cost = evaluate_training(wl, toy, baseline_policies("zero-offload", wl, toy))
+    # Per layer four fp32 tensors (master, grad, m, v) of 4 x 49,984 = 199,936 B -> 262,144 (+62,208 each);
+    # the head's four of 289,280 B -> 524,288 (+235,008 each).
+    assert dict(cost.memory.host_breakdown)["pinned_rounding"] == 2 * 4 * 62_208 + 4 * 235_008
+    assert cost.memory.host_pinned_bytes == cost.memory.host_bytes == 16 * P_ALL + 1_437_696
+
+
+def test_zero_offload_times_by_hand(toy):
+    wl = tiny_wl()
+    cost = evaluate_training(wl, toy, baseline_policies("zero-offload", wl, toy))
+    link = 10e9 * 0.5  # pageable host buffers: half of 10 GB/s
+    # CPU Adam per unit: 30 B/param at 100 GB/s (14 FLOP/param at 2 TFLOP/s is 43x less).
+    cpu = [30 * p / 100e9 for p in (P_LAYER, P_LAYER, P_HEAD)]
+    up = [2 * p / link for p in (P_LAYER, P_LAYER, P_HEAD)]  # the updated fp16 weights, H2D
+    assert cost.busy_s("cpu") == pytest.approx(sum(cpu), rel=1e-12)
+    assert cost.busy_s("h2d") == pytest.approx(2 * P_ALL / link, rel=1e-12)
+    assert cost.busy_s("d2h") == pytest.approx(4 * P_ALL / link, rel=1e-12)  # fp32 gradients, D2H
+    # DeepSpeed overlap: the step follows the backward, each unit's CPU step then its H2D.
+    assert cost.step_s == pytest.approx(sum(cpu) + sum(up), rel=1e-9)
+    # Backward: the head's GPU backward, then the D2H chain (each unit's backward is far shorter than a D2H).
+    head = unit_costs(wl, toy, head=True)
+    assert head.bwd_gpu_s < 4 * P_LAYER / link
+    assert cost.backward_s == pytest.approx(head.bwd_gpu_s + 4 * P_ALL / link, rel=1e-9)
+    assert cost.tokens_per_s == pytest.approx(256 / cost.iteration_s)
+
+
+def test_grad_accumulation_link_bytes_by_hand(toy):
+    # DeepSpeed stage_1_and_2.py (022f2236): micro-step 0 copies the fp16 gradients D2H, later micro-steps
+    # copy them back H2D, the boundary sends fp32 D2H. With A = 3 per parameter: D2H 2 + 4 B, H2D 2 + 2 B,
+    # plus the 2 B of updated weights; the host keeps a 2 B/param accumulation buffer.
+    wl = tiny_wl(grad_accum=3)
+    cost = evaluate_training(wl, toy, baseline_policies("zero-offload", wl, toy))
+    link = 5e9
+    assert cost.busy_s("d2h") == pytest.approx(6 * P_ALL / link, rel=1e-12)
+    assert cost.busy_s("h2d") == pytest.approx(6 * P_ALL / link, rel=1e-12)
+    assert dict(cost.memory.host_breakdown)["grad_accum_buffer"] == 2 * P_ALL
+    assert cost.tokens_per_s == pytest.approx(3 * 256 / cost.iteration_s)
+
+
+def test_gpu_step_by_hand(toy):
+    wl = tiny_wl()
+    uc = unit_costs(wl, toy)
+    assert uc.gpu_step_s == pytest.approx(30 * P_LAYER / 1e12, rel=1e-12)  # 30 B/param at 1 TB/s
+    cost = evaluate_training(wl, toy, baseline_policies("all-gpu", wl, toy))
+    assert cost.step_s == pytest.approx(30 * P_ALL / 1e12, rel=1e-9)
+    gpu = dict(cost.memory.gpu_breakdown)
+    assert (gpu["weights"], gpu["grads"], gpu["grad32"], gpu["master"], gpu["moments"]) == \
+        (2 * P_ALL, 2 * P_ALL, 4 * P_ALL, 4 * P_ALL, 8 * P_ALL)
+
+
+def test_nvme_disk_traffic_by_hand(toy):
+    system = apply_overrides(toy, ["disk=nvme-gen4", "disk.read_bandwidth=4GB/s", "disk.write_bandwidth=2GB/s",
+                                   "disk.latency=0us"])
+    wl = tiny_wl(zero_stage=3)
+    cost = evaluate_training(wl, system, baseline_policies("zero-infinity-nvme", wl, system))
+    # Weights read in the forward and again in the backward (2 + 2 B), master and moments read (12 B);
+    # master, moments and the updated 16-bit weights written (14 B).
+    assert cost.busy_s("disk") == pytest.approx(16 * P_ALL / 4e9 + 14 * P_ALL / 2e9, rel=1e-12)
+    disk = dict(cost.memory.disk_breakdown)
+    assert (disk["weights"], disk["master"], disk["moments"]) == (2 * P_ALL, 4 * P_ALL, 8 * P_ALL)
+    assert dict(cost.memory.host_breakdown)["grad32"] == 4 * P_ALL
+    # The disk staging double buffer holds the largest unit's master and moments.
+    assert dict(cost.memory.host_breakdown)["disk_staging"] == 2 * 12 * P_HEAD
+
+
+def test_data_parallel_zero2_by_hand(toy):
+    # 2 GPUs at ZeRO-2, 100 GB/s ring: the fp16 gradients are reduce-scattered ((N-1)/N x 2P) and the
+    # updated fp16 weights all-gathered ((N-1)/N x 2P).
+    wl = tiny_wl(gpus=2, interconnect_bytes_per_s=100e9)
+    cost = evaluate_training(wl, toy, baseline_policies("all-gpu", wl, toy))
+    assert cost.busy_s("interconnect") == pytest.approx(2 * 0.5 * 2 * P_ALL / 100e9, rel=1e-12)
+    gpu = dict(cost.memory.gpu_breakdown)
+    assert (gpu["weights"], gpu["grads"], gpu["master"], gpu["moments"]) == \
+        (2 * P_ALL, P_ALL, 2 * P_ALL, 4 * P_ALL)
+    assert cost.tokens_per_s == pytest.approx(2 * 256 / cost.iteration_s)
+
+
+def test_recompute_and_offload_terms(toy):
+    wl = tiny_wl()
+    uc = unit_costs(wl, toy)
+    keep, full = (unit_phase_times(uc, LayerTrainPolicy(activations=a)) for a in ("keep", "recompute"))
+    assert full[Phase.BACKWARD_LAST]["gpu"] == pytest.approx(keep[Phase.BACKWARD_LAST]["gpu"] + uc.fwd_gpu_s)
+    sel = unit_phase_times(uc, LayerTrainPolicy(activations="selective"))
+    core = sum(float(roofline_time_s(op.flop, op.bytes, op.op_class, Processor.gpu(toy.gpu)))
+               for op in layer_ops(wl) if op.core)
+    assert sel[Phase.BACKWARD_LAST]["gpu"] == pytest.approx(keep[Phase.BACKWARD_LAST]["gpu"] + core)
+    # Offload is affine in the share: half the share, half the D2H (no link latency on the toy link).
+    half, whole = (unit_phase_times(uc, LayerTrainPolicy(activations="offload", offload_share=s))
+                   for s in (0.5, 1.0))
+    assert whole[Phase.FORWARD]["d2h"] == pytest.approx(1_212_416 / 5e9)
+    assert half[Phase.FORWARD]["d2h"] == pytest.approx(whole[Phase.FORWARD]["d2h"] / 2)
+    assert whole[Phase.BACKWARD_LAST]["h2d"] == pytest.approx(1_212_416 / 5e9)
+
+
+def test_flow_shop():
+    assert flow_shop_s([]) == 0
+    assert flow_shop_s([(3.0, 1.0, 1.0)]) == 5.0
+    # C[1,1] = 1, C[1,2] = 5; C[2,1] = 2, C[2,2] = max(C[1,2], C[2,1]) + 4 = 9: the second stage binds.
+    assert flow_shop_s([(1.0, 4.0), (1.0, 4.0)]) == 9.0
+    # The first stage binds: 4 + 4 then the last second stage, 1.
+    assert flow_shop_s([(4.0, 1.0), (4.0, 1.0)]) == 9.0
+
+
+def test_twin_flow_ratio_splits_layers(toy):
+    wl = TrainWorkload(model=load_model("gpt2"), seq_len=256, micro_batch=1, zero_stage=3)
+    for ratio, cpu_layers in ((0.0, 0), (0.5, 6), (1.0, 12)):
+        pols = baseline_policies(f"twin-flow:{ratio}", wl, toy)
+        assert sum(p.step is StepDevice.CPU for p in pols) == cpu_layers
+    assert baseline_policies("twin-flow:0", wl, toy) == baseline_policies("all-gpu", wl, toy)
+
+
+def test_combined_baseline(toy):
+    wl = tiny_wl()
+    pols = baseline_policies("zero-offload+full-recompute", wl, toy)
+    assert all(p.activations is ActAction.RECOMPUTE and p.step is StepDevice.CPU for p in pols)
+    cost = evaluate_training(wl, toy, pols)
+    # Full recompute keeps only the layer input, 2 s b h = 32,768 B, per layer.
+    plain = evaluate_training(wl, toy, baseline_policies("zero-offload", wl, toy))
+    drop = dict(plain.memory.gpu_breakdown)["activations"] - dict(cost.memory.gpu_breakdown)["activations"]
+    assert drop == 2 * (1_212_416 - 32_768)
+
+
+# ---------------------------------------------------------------------------------------------
+# Properties
+# ---------------------------------------------------------------------------------------------
+
+
+@st.composite
+def policies(draw, stage3: bool = True, disk: bool = False):
+    out = []
+    for _ in range(TINY.n_layers):
+        cpu = draw(st.booleans())
+        params = draw(st.sampled_from([Tier.GPU, Tier.HOST] if stage3 else [Tier.GPU]))
+        act = draw(st.sampled_from(list(ActAction)))
+        share = draw(st.floats(0.0, 1.0))
+        if cpu:
+            off = [Tier.HOST, Tier.DISK] if disk else [Tier.HOST]
+            out.append(LayerTrainPolicy(params=params, grads=draw(st.sampled_from(off)),
+                                        master=draw(st.sampled_from(off)), moments=draw(st.sampled_from(off)),
+                                        step="cpu", activations=act, offload_share=share))
+        else:
+            out.append(LayerTrainPolicy(params=params, master=draw(st.sampled_from([Tier.GPU, Tier.HOST])),
+                                        moments=draw(st.sampled_from([Tier.GPU, Tier.HOST])), activations=act,
+                                        offload_share=share))
+    return out
+
+
+FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@FAST
+@given(pols=policies(), accum=st.integers(1, 3), factor=st.floats(1.0, 8.0),
+       overlap=st.sampled_from(list(Overlap)))
+def test_more_host_or_link_bandwidth_is_never_slower(toy, pols, accum, factor, overlap):
+    wl = tiny_wl(zero_stage=3, grad_accum=accum, overlap=overlap)
+    base = evaluate_training(wl, toy, pols).iteration_s
+    for key, value in (("host.memory_bandwidth", 100e9), ("link.h2d", 10e9), ("link.d2h", 10e9)):
+        faster = apply_overrides(toy, [f"{key}={value * factor / 1e9:.6f}GB/s"])
+        assert evaluate_training(wl, faster, pols).iteration_s <= base * (1 + 1e-12)
+
+
+@FAST
+@given(pols=policies(), extra_gib=st.integers(1, 64))
+def test_more_gpu_memory_never_makes_a_feasible_policy_infeasible(toy, pols, extra_gib):
+    wl = tiny_wl(zero_stage=3, seq_len=128, micro_batch=64)
+    small = apply_overrides(toy, ["gpu.memory=1.02GiB", "gpu.reserved_memory=1GiB"])
+    before = evaluate_training(wl, small, pols)
+    bigger = apply_overrides(small, [f"gpu.memory={1.02 + extra_gib}GiB"])
+    after = evaluate_training(wl, bigger, pols)
+    assert after.memory == before.memory
+    if before.feasible:
+        assert after.feasible
+    assert after.iteration_s == before.iteration_s
+
+
+@FAST
+@given(pols=policies(disk=True), accum=st.integers(1, 3), pin=st.booleans(), batch=st.integers(1, 64))
+def test_capacities_reported_consistently(toy, pols, accum, pin, batch):
+    system = apply_overrides(toy, ["disk=nvme-gen4"])
+    wl = tiny_wl(zero_stage=3, grad_accum=accum, pin_memory=pin, micro_batch=batch)
+    cost = evaluate_training(wl, system, pols)
+    mem = cost.memory
+    assert cost.capacity == capacity(system)
+    assert mem.gpu_bytes == pytest.approx(sum(v for _, v in mem.gpu_breakdown))
+    assert mem.host_bytes == pytest.approx(sum(v for _, v in mem.host_breakdown))
+    assert mem.disk_bytes == pytest.approx(sum(v for _, v in mem.disk_breakdown))
+    assert mem.host_pinned_bytes + mem.host_pageable_bytes == pytest.approx(mem.host_bytes)
+    short = cost.shortfalls()
+    for key, use in mem.as_dict().items():
+        assert (key in short) == (use > cost.capacity[key] + 1024)
+    assert cost.feasible == (not short) == (cost.explain_shortfall() == "")
+    assert all(v >= 0 for _, v in (*mem.gpu_breakdown, *mem.host_breakdown, *mem.disk_breakdown))
+
+
+@FAST
+@given(pols=policies(), accum=st.integers(1, 3))
+def test_overlap_orders_the_schedules(toy, pols, accum):
+    # No overlap is never faster than DeepSpeed's, and overlapping the CPU step with the backward never slower.
+    times = {o: evaluate_training(tiny_wl(zero_stage=3, grad_accum=accum, overlap=o), toy, pols) for o in Overlap}
+    eps = 1 + 1e-12
+    assert times[Overlap.NONE].iteration_s * eps >= times[Overlap.DEEPSPEED].iteration_s
+    assert times[Overlap.DEEPSPEED].iteration_s * eps >= times[Overlap.FULL].iteration_s
+    for cost in times.values():
+        assert cost.iteration_s >= max(v for _, v in cost.busy) * (1 - 1e-12)
+        assert cost.forward_s + cost.backward_s + cost.step_s == pytest.approx(cost.iteration_s)
+        assert 0 < cost.mfu <= 1
+
+
+# ---------------------------------------------------------------------------------------------
+# The DeepSpeed ZeRO-Offload tutorial: 10B GPT-2 on one V100 32GB of a DGX-2
+# ---------------------------------------------------------------------------------------------
+
+# The tutorial runs one GPU with the whole DGX-2 host; the bundled host is its 1/16 share, so the
+# whole host is given back with the host file's own figures (hwprofiles/data/hosts/dgx2-gpu-share.yaml):
+# 1.5 TB DDR4; 2 x 6 x DDR4-2666 x 8 B = 255.9 GB/s; 2 x 24 cores x 2.7 GHz x 64 FLOP/cycle = 8.29 TFLOP/s.
+WHOLE_DGX2_HOST = ["host.memory=1.5TB", "host.memory_bandwidth=255.9GB/s", "host.flops_fp32=8.29TFLOP/s"]
+
+
+def tutorial_workload() -> TrainWorkload:
+    # Megatron-LM GPT-2 (DeepSpeed's Megatron-LM v1.1.5): unfused attention, dropout 0.1; fp16; ZeRO-2 with
+    # cpu_offload; --checkpoint-activations; micro-batch 10 of 1024 tokens; DeepSpeedCPUAdam (Adam).
+    return TrainWorkload(model=load_model("gpt2-10b"), seq_len=1024, micro_batch=10, precision="fp16",
+                         optimizer="adam", zero_stage=2, fused_attention=False, dropout=True)
+
+
+def test_zero_offload_tutorial_case_is_feasible_and_printed():
+    system = load_system("dgx2-v100-32gb", WHOLE_DGX2_HOST)
+    wl = tutorial_workload()
+    cost = evaluate_training(wl, system, baseline_policies("zero-offload+full-recompute", wl, system))
+    assert cost.feasible, cost.explain_shortfall()
+    # Published (DeepSpeed ZeRO-Offload tutorial, https://www.deepspeed.ai/tutorials/zero-offload/, log
+    # screenshot): forward 6.1-6.4 s, backward 11.8-12.6 s, step 7.6-8.0 s, 25.7-26.8 s per iteration.
+    # Printed, not asserted: the profiles are not tuned to these.
+    print(f"\nZeRO-Offload tutorial, predicted: forward {cost.forward_s:.2f} s (published 6.1-6.4), "
+          f"backward {cost.backward_s:.2f} s (11.8-12.6), step {cost.step_s:.2f} s (7.6-8.0), "
+          f"iteration {cost.iteration_s:.2f} s (25.7-26.8); GPU {cost.memory.gpu_bytes / 1e9:.1f} of "
+          f"{cost.capacity['gpu_bytes'] / 1e9:.1f} GB, host {cost.memory.host_bytes / 1e9:.0f} GB; "
+          f"busy {', '.join(f'{r} {v:.2f} s' for r, v in cost.busy)}")
+    assert cost.busy_s(TrainResource.CPU) > 0 and cost.busy_s(TrainResource.D2H) > 0
+
+
+def test_tutorial_case_does_not_fit_the_hosts_gpu_share():
+    # 10.28B params x 16 B (fp32 grads, master, moments) = 164 GB > the 1/16 share's 96 GB - 4 GiB.
+    system = load_system("dgx2-v100-32gb")
+    wl = tutorial_workload()
+    cost = evaluate_training(wl, system, baseline_policies("zero-offload+full-recompute", wl, system))
+    assert not cost.feasible and set(cost.shortfalls()) == {"host_bytes"}
+    assert cost.memory.host_bytes == 16 * load_model("gpt2-10b").total_params()
+    assert "host memory" in cost.explain_shortfall() and "moments" in cost.explain_shortfall()
+
+
+def test_gpt2_10b_is_bundled():
+    m = load_model("gpt2-10b")
+    assert (m.n_layers, m.hidden, m.n_heads, m.vocab, m.max_positions) == (50, 4096, 32, 50257, 1024)
+    # 50 x (12 x 4096^2 + 13 x 4096) + 50257 x 4096 + 1024 x 4096 + 2 x 4096
+    assert m.total_params() == 50 * (12 * 4096**2 + 13 * 4096) + 50257 * 4096 + 1024 * 4096 + 2 * 4096
+    assert model_info("gpt2-10b")["published_params"] == 10_000_000_000
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(seq_len=-1), r"seq_len must be a positive integer, got -1"),
+    (dict(seq_len=True), r"seq_len must be a positive integer, got True"),
+    (dict(micro_batch=0), r"micro_batch must be a positive integer, got 0"),
+    (dict(optimizer="lamb"), r"optimizer must be one of adamw, adam, sgd-momentum, sgd, got 'lamb'"),
+    (dict(precision="int8"), r"precision must be one of fp16, bf16, fp32, got 'int8'"),
+    (dict(moments_dtype="fp8"), r"moments_dtype must be one of fp32, bf16, got 'fp8'"),
+    (dict(zero_stage=4), r"zero_stage must be 0, 1, 2 or 3, got 4"),
+    (dict(overlap="some"), r"overlap must be one of none, deepspeed, full, got 'some'"),
+    (dict(gpus=2), r"interconnect_bytes_per_s is required when gpus > 1 \(got gpus=2\)"),
+    (dict(interconnect_bytes_per_s=-5.0), r"interconnect_bytes_per_s must be a positive number of bytes/s, got -5.0"),
+    (dict(seq_len=4096), r"seq_len must be at most tiny-gpt's context of 128 tokens, got 4096"),
+])
+def test_bad_workloads(kw, match):
+    with pytest.raises(WorkloadError, match=match):
+        tiny_wl(**kw)
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(step="cpu"), r"grads must be host or disk for a CPU step \(step='cpu'\), got 'gpu'"),
+    (dict(grads="host"), r"grads must be 'gpu' for a GPU step \(step='gpu'\), got 'host'"),
+    (dict(master="disk"), r"master on disk with a GPU step is not modelled"),
+    (dict(offload_share=1.5), r"offload_share must be in \[0, 1\], got 1.5"),
+    (dict(activations="checkpoint"),
+     r"activations must be one of keep, recompute, selective, offload, got 'checkpoint'"),
+    (dict(params="nvme"), r"params must be one of gpu, host, disk, got 'nvme'"),
+])
+def test_bad_policies(kw, match):
+    with pytest.raises(WorkloadError, match=match):
+        LayerTrainPolicy(**kw)
+
+
+@pytest.mark.parametrize("name,match", [
+    ("twin-flow:1.5",
+     r"baseline 'twin-flow' ratio \(DeepSpeed offload_optimizer.ratio\) must be in \[0, 1\], got '1.5'"),
+    ("twin-flow:-0.1", r"must be in \[0, 1\], got '-0.1'"),
+    ("twin-flow:nan", r"must be in \[0, 1\], got 'nan'"),
+    ("twin-flow:abc", r"baseline 'twin-flow' needs a number after ':', got 'abc'"),
+    ("twin-flow", r"baseline 'twin-flow' needs a ratio"),
+    ("zero-offlaod", r"baseline must be one of all-gpu, .* got 'zero-offlaod'"),
+    ("all-gpu:3", r"baseline 'all-gpu' takes no value, got 'all-gpu:3'"),
+    ("zero-offload+twin-flow:0.5", r"names two state baselines"),
+    ("full-recompute+selective-recompute", r"names two activation baselines"),
+    ("activation-offload:2", r"baseline 'activation-offload' share must be in \[0, 1\], got '2'"),
+    ("", r"a baseline must be named by text"),
+])
+def test_bad_baseline_names(toy, name, match):
+    wl = tiny_wl(zero_stage=3)
+    with pytest.raises(WorkloadError, match=match):
+        baseline_policies(name, wl, toy)
+
+
+def test_baselines_that_need_a_stage_or_a_disk(toy):
+    with pytest.raises(WorkloadError, match=r"baseline 'zero-infinity-cpu' runs at ZeRO stage 3: set zero_stage=3, "
+                                            r"got zero_stage=2"):
+        baseline_policies("zero-infinity-cpu", tiny_wl(), toy)
+    with pytest.raises(WorkloadError, match=r"baseline 'zero-offload' runs at ZeRO stage 2"):
+        baseline_policies("zero-offload", tiny_wl(zero_stage=3), toy)
+    with pytest.raises(WorkloadError, match=r"needs a disk; system 'toy' has none"):
+        baseline_policies("zero-infinity-nvme", tiny_wl(zero_stage=3), toy)
+
+
+def test_bad_evaluations(toy):
+    wl = tiny_wl()
+    with pytest.raises(WorkloadError, match=r"a policy needs one entry per layer \(2\), got 1"):
+        evaluate_training(wl, toy, [LayerTrainPolicy()])
+    with pytest.raises(WorkloadError, match=r"layer 0: params='host' \(weights off the GPU\) needs zero_stage 3"):
+        evaluate_training(wl, toy, [LayerTrainPolicy(params="host")] * 2)
+    cpu = LayerTrainPolicy(grads="disk", master="host", moments="host", step="cpu")
+    with pytest.raises(WorkloadError, match=r"layer 0: the policy puts state on disk but system 'toy' has no disk"):
+        evaluate_training(wl, toy, [cpu] * 2)
+    with pytest.raises(WorkloadError, match=r"step='cpu' needs zero_stage >= 1"):
+        evaluate_training(tiny_wl(zero_stage=0), toy, baseline_policies("zero-offload", wl, toy))
+    with pytest.raises(WorkloadError, match=r"a policy must be a LayerTrainPolicy, got str"):
+        evaluate_training(wl, toy, ["keep", "keep"])
+
+
+def test_values_are_frozen():
+    wl = tiny_wl()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        wl.seq_len = 3  # type: ignore[misc]
+    assert wl.precision == "fp16" and LayerTrainPolicy(step="gpu").step is StepDevice.GPU  # strings become enums
+    assert math.isclose(activation_bytes(wl, "keep"), sum(op.saved_bytes for op in layer_ops(wl)))
+    assert {op.op_class for op in layer_ops(wl)} <= set(OpClass)
