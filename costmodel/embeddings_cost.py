@@ -139,8 +139,9 @@ class TablePolicy:
     ``state_tier``: where the optimizer state lives (rows on the GPU keep theirs there; ``cpu``
     tables keep theirs on the host). ``update_on``: who updates host-resident rows (``cpu`` for
     ``uvm`` and ``cpu`` tables only; None: ``cpu`` for ``cpu`` tables, else ``gpu``).
-    ``prefetch``: next batch's cold rows copied during this batch's compute (``cache``/``uvm``;
-    None: the workload's default).
+    ``prefetch``: the next batch's lookup ids, and its cold rows, copied during this batch's compute
+    (``gpu``: the ids only, as TorchRec's ``TrainPipelineSparseDist`` copies the next batch's input on
+    its own stream; ``cache``/``uvm``: ids and cold rows, ScratchPipe; None: the workload's default).
     """
 
     placement: Placement
@@ -184,14 +185,15 @@ class TablePolicy:
         if self.prefetch is not None:
             if not isinstance(self.prefetch, (bool, np.bool_)):
                 raise WorkloadError(f"{where}prefetch must be true, false or null, got {self.prefetch!r}")
-            if self.prefetch and p in (Placement.GPU, Placement.CPU):
-                raise WorkloadError(f"{where}prefetch is for placement cache or uvm (rows gathered over the "
-                                    f"link), got placement {p.value!r}")
+            if self.prefetch and p is Placement.CPU:
+                raise WorkloadError(f"{where}prefetch is for placement gpu, cache or uvm (ids and rows the GPU "
+                                    f"gathers), got placement 'cpu'")
             object.__setattr__(self, "prefetch", bool(self.prefetch))
 
     def prefetched(self, wl: EmbWorkload) -> bool:
-        """Whether this table's cold rows are prefetched (its own setting, else the workload's)."""
-        if self.placement not in (Placement.CACHE, Placement.UVM):
+        """Whether this table's next-batch ids (and cold rows) are prefetched (its own setting, else the
+        workload's); never for ``cpu`` tables, which the CPU gathers."""
+        if self.placement is Placement.CPU:
             return False
         return bool(wl.prefetch) if self.prefetch is None else self.prefetch
 
@@ -246,6 +248,7 @@ def table_traffic(wl: EmbWorkload, table: Table, pol: TablePolicy) -> TableTraff
     table's pooled fp32 vectors).
 
     * ids up (H2D, pinned): ``8 L`` for tables the GPU pools (TorchRec's int64 KJT ids); none for ``cpu``.
+      Stage ``fetch``, or ``compute`` with ``prefetch`` (the next batch's ids, copied on a side stream).
     * cold rows up (UVM rate): ``M r`` -- FBGEMM's UVM caching fetches each missed row
       (``lru_cache_populate``/``direct_mapped_lru_cache_populate`` copy missed rows into the cache);
       for ``uvm`` every distinct row (h = 0). Stage ``fetch``, or ``compute`` with ``prefetch``.

@@ -195,23 +195,27 @@ def default_backend() -> str:
 
 
 def solve(model: MipModel, *, backend: str | None = None, time_limit_s: float = 10.0,
-          gap_rel: float = 1e-4) -> SolveResult:
+          gap_rel: float = 1e-4, mip_feasibility_tol: float | None = None) -> SolveResult:
     """Solve ``model``. Infeasible and time limit are statuses; a missing or crashed backend raises
-    PlanError. ``gap_rel`` is the relative MIP gap at which a solution counts as optimal."""
+    PlanError. ``gap_rel`` is the relative MIP gap at which a solution counts as optimal;
+    ``mip_feasibility_tol`` HiGHS's ``mip_feasibility_tolerance`` (None: its default, 1e-6; CBC ignores it)."""
     backend = backend or default_backend()
     if backend not in BACKENDS:
         raise PlanError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend not in available_backends():
         raise PlanError(f"backend {backend!r} is not installed; available: {available_backends()}")
     start = time.perf_counter()
-    run = _solve_highs if backend == "highs" else _solve_cbc
-    status, objective, values = run(model, time_limit_s, gap_rel)
+    if backend == "highs":
+        status, objective, values = _solve_highs(model, time_limit_s, gap_rel, mip_feasibility_tol)
+    else:
+        status, objective, values = _solve_cbc(model, time_limit_s, gap_rel)
     return SolveResult(status=status, backend=backend, solve_time_s=time.perf_counter() - start,
                        objective=objective, n_variables=model.n_variables, n_constraints=model.n_constraints,
                        values=values)
 
 
-def _solve_highs(model: MipModel, time_limit_s: float, gap_rel: float) -> tuple[SolveStatus, float | None, np.ndarray]:
+def _solve_highs(model: MipModel, time_limit_s: float, gap_rel: float,
+                 mip_feasibility_tol: float | None = None) -> tuple[SolveStatus, float | None, np.ndarray]:
     # The LP relaxation first, without presolve (on these small models presolve costs more than it
     # saves: 2.1 ms against 3.8 ms on 36 full placement LPs). If it is infeasible, so is the MIP; if
     # its integer columns come out integral, it is the MIP's optimum (no MIP bound can be lower).
@@ -223,14 +227,14 @@ def _solve_highs(model: MipModel, time_limit_s: float, gap_rel: float) -> tuple[
     if status is SolveStatus.OPTIMAL and np.all(np.abs(values[ints] - np.round(values[ints])) <= INTEGRAL_TOL):
         values[ints] = np.round(values[ints])
         return status, objective, values
-    return _run_highs(model, time_limit_s, gap_rel, integer=True)
+    return _run_highs(model, time_limit_s, gap_rel, integer=True, mip_feasibility_tol=mip_feasibility_tol)
 
 
 INTEGRAL_TOL = 1e-9  # an LP value this close to an integer counts as that integer
 
 
-def _run_highs(model: MipModel, time_limit_s: float, gap_rel: float, *,
-               integer: bool) -> tuple[SolveStatus, float | None, np.ndarray]:
+def _run_highs(model: MipModel, time_limit_s: float, gap_rel: float, *, integer: bool,
+               mip_feasibility_tol: float | None = None) -> tuple[SolveStatus, float | None, np.ndarray]:
     import highspy
 
     _silence_highs_banner()
@@ -261,6 +265,8 @@ def _run_highs(model: MipModel, time_limit_s: float, gap_rel: float, *,
         h.setOptionValue(key, value)
     if not integer:
         h.setOptionValue("presolve", "off")
+    elif mip_feasibility_tol is not None:
+        h.setOptionValue("mip_feasibility_tolerance", float(mip_feasibility_tol))
     # Machinery sized for big MIPs costs more than it saves on ours. The feasibility-jump heuristic
     # alone costs ~8 ms per MIP however small (a 21-column placement MIP: 8.5 ms with it, 0.5 ms
     # without), and the RINS/RENS sub-MIPs never paid on any placement MIP measured. On the small

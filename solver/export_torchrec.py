@@ -579,6 +579,10 @@ def export_torchrec(wl: EmbWorkload, policies: Sequence[TablePolicy], *, system:
                          "torchrec.distributed.train_pipeline.PrefetchTrainPipelineSparseDist: its progress() "
                          "prefetches the next batch's rows into the cache on a separate stream after this batch's "
                          "forward, overlapping its backward and optimizer step; other pipelines do not prefetch.")
+    if any(p.prefetched(wl) and p.placement is Placement.GPU for p in pols):
+        notes.append("Tables in HBM with prefetch: their next batch's ids are copied while this batch computes, as "
+                     "torchrec.distributed.train_pipeline.TrainPipelineSparseDist (and its prefetching subclass) "
+                     "copies each batch's input on its own stream; train with one of them.")
     hbm = ddr = None
     if system is not None:
         cap = capacity(system)

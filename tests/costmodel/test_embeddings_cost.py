@@ -26,6 +26,7 @@ from costmodel.embeddings_cost import (
     dense_gpu_s,
     evaluate_embeddings,
     fae,
+    table_traffic,
     largest_to_cpu,
     torchrec_cacheability,
     torchrec_estimated_hit_rate,
@@ -363,7 +364,7 @@ def test_bad_workloads_raise(rec, kw):
                                 {"placement": "gpu", "state_tier": "host"}, {"placement": "cpu", "state_tier": "gpu"},
                                 {"placement": "cache", "update_on": "cpu"}, {"placement": "cpu", "update_on": "gpu"},
                                 {"placement": "uvm", "update_on": "cpu", "state_tier": "gpu"},
-                                {"placement": "gpu", "prefetch": True}, {"placement": "uvm", "prefetch": 1}])
+                                {"placement": "cpu", "prefetch": True}, {"placement": "uvm", "prefetch": 1}])
 def test_bad_policies_raise(kw):
     with pytest.raises(WorkloadError):
         TablePolicy(**kw)
@@ -385,3 +386,16 @@ def test_bad_evaluations_raise(toy, rec):
             baseline_policies(bad, wl, toy)
     with pytest.raises(WorkloadError, match="needs a system"):
         torchrec_proportional(wl, None)
+
+
+def test_a_gpu_table_with_prefetch_moves_only_its_ids_into_the_compute_stage(rec, toy):
+    t = rec.tables[0]
+    wl = EmbWorkload(model=rec, batch=64)
+    plain = table_traffic(wl, t, TablePolicy(placement="gpu"))
+    pre = table_traffic(wl, t, TablePolicy(placement="gpu", prefetch=True))
+    assert plain.stage_of_cold.value == "fetch" and pre.stage_of_cold.value == "compute"
+    # the same bytes (8 B ids, no cold rows), only in another stage; no prefetch buffer in HBM
+    assert (pre.h2d_bytes, pre.gpu_bytes, pre.cold_rows) == (plain.h2d_bytes, plain.gpu_bytes, 0.0)
+    pols = [TablePolicy(placement="gpu", prefetch=True) for _ in rec.tables]
+    mem = evaluate_embeddings(wl, toy, pols).memory
+    assert dict(mem.gpu_breakdown).get("prefetch_buffers", 0.0) == 0.0

@@ -99,11 +99,11 @@ def test_two_tables_hand_checked_optimum():
 def test_modes_are_the_legal_policies():
     wl = EmbWorkload(model=_two_table_model(), batch=16)
     modes = table_modes(wl)
-    # gpu 1; cache: state gpu|host x prefetch, each sized and full: 8; uvm: (gpu, gpu), (host, gpu),
-    # (host, cpu) x prefetch: 6; cpu 1
-    assert len(modes) == 16 and len(set(modes)) == 16
+    # gpu x prefetch (of its ids): 2; cache: state gpu|host x prefetch, each sized and full: 8; uvm: (gpu, gpu),
+    # (host, gpu), (host, cpu) x prefetch: 6; cpu 1
+    assert len(modes) == 17 and len(set(modes)) == 17
     by = {p: [m for m in modes if m.placement is p] for p in Placement}
-    assert [len(by[p]) for p in (Placement.GPU, Placement.CACHE, Placement.UVM, Placement.CPU)] == [1, 8, 6, 1]
+    assert [len(by[p]) for p in (Placement.GPU, Placement.CACHE, Placement.UVM, Placement.CPU)] == [2, 8, 6, 1]
     for m in modes:
         pol = m.policy(7 if m.placement is Placement.CACHE else 0, "static")  # TablePolicy accepts it
         assert (pol.state_tier, pol.update_on, pol.prefetched(wl)) == (m.state_tier, m.update_on, m.prefetch)
@@ -112,7 +112,7 @@ def test_modes_are_the_legal_policies():
     assert [(m.placement.value, m.full) for m in fixed] == [("gpu", False), ("cache", False), ("cache", True),
                                                              ("uvm", False), ("cpu", False)]
     pre = table_modes(EmbWorkload(model=_two_table_model(), batch=16, prefetch=True), choose_prefetch=False)
-    assert all(m.prefetch for m in pre if m.placement in (Placement.CACHE, Placement.UVM))
+    assert all(m.prefetch for m in pre if m.placement is not Placement.CPU)
 
 
 def test_fixed_defaults_give_the_cost_models_defaults():
@@ -124,7 +124,7 @@ def test_fixed_defaults_give_the_cost_models_defaults():
         for pol in sol.policies:
             default = TablePolicy(placement=pol.placement)
             assert (pol.state_tier, pol.update_on) == (default.state_tier, default.update_on)
-            assert pol.prefetched(wl) == (prefetch and pol.placement in (Placement.CACHE, Placement.UVM))
+            assert pol.prefetched(wl) == (prefetch and pol.placement is not Placement.CPU)
 
 
 def test_state_on_host_and_cpu_update_when_the_host_is_cheap_and_the_link_slow():
@@ -304,8 +304,8 @@ def test_backends_agree():
     assert all(s.status is SolveStatus.OPTIMAL for s in sols.values())
     assert sols["highs"].lp_estimate_s == pytest.approx(sols["cbc"].lp_estimate_s, rel=2e-4)
     assert costs["highs"] == pytest.approx(costs["cbc"], rel=2e-4)
-    assert [(p.placement, p.state_tier, p.update_on, p.prefetched(wl)) for p in sols["highs"].policies] == \
-        [(p.placement, p.state_tier, p.update_on, p.prefetched(wl)) for p in sols["cbc"].policies]
+    # the placements may differ where optima tie (a table in HBM prefetching its ids costs what a full
+    # cache of it does): the costs are what must agree
 
 
 _KINDS = st.sampled_from(["static", "lru"])
@@ -374,8 +374,8 @@ def test_prefetch_misranking_fixed():
     plan = plan_embeddings(wl, system, local_search=False)
     assert plan.selected == "mip"
     for b in plan.baselines:
-        if b.feasible:
-            assert plan.mip_cost.iteration_s <= b.iteration_s, b.name
+        if b.feasible:  # ties within float noise (1e-9) are the MIP's
+            assert plan.mip_cost.iteration_s <= b.iteration_s * (1 + 1e-9), b.name
     assert abs(plan.lp_estimate_s / plan.mip_cost.iteration_s - 1) < 1e-4
 
 
@@ -409,8 +409,9 @@ def test_presets_fit_and_beat_every_feasible_baseline(model, system_name):
         assert exact.iteration_s == plan.cost.iteration_s
         for b in plan.baselines:
             if b.feasible:
-                assert plan.cost.iteration_s <= b.iteration_s * (1 + 1e-12), b.name
-                assert b.speedup >= 1 - 1e-12
+                # ties within float noise (LOCAL_MIN_GAIN, 1e-9) are the MIP's
+                assert plan.cost.iteration_s <= b.iteration_s * (1 + 1e-9), b.name
+                assert b.speedup >= 1 - 1e-9
             else:
                 assert b.reason and b.samples_per_s is None
         assert [b.name for b in plan.baselines] == list(BASELINES)
