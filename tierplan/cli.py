@@ -23,7 +23,9 @@ def _family_cli(kind: str):
     has ``evaluate_plan_file(plan, system, args)`` and, with torch, ``replay_plan_file``."""
     from tierplan import cli_embeddings
 
-    return {"kv": cli_kv, "embeddings": cli_embeddings}[kind]
+    from tierplan import cli_training
+
+    return {"kv": cli_kv, "embeddings": cli_embeddings, "training": cli_training}[kind]
 
 
 # ---------------------------------------------------------------------------------------------- hw
@@ -202,13 +204,44 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     vary = [parse_vary(v) for v in (args.vary or [])]
     if args.plot and not vary:
         raise PlanError("--plot needs a --vary field for its x axis")
-    if args.family == "embeddings":
+    if args.family == "training":
+        from solver.sweep import grid_training
+        from tierplan.cli_training import DEFAULTS as TRAIN_DEFAULTS
+
+        kv_only = [f"--{n.replace('_', '-')}" for n in ("prompt", "gen", "objective", "batch", "cache_kind")
+                   if getattr(args, n) is not None]
+        kv_only += [f"--{n.replace('_', '-')}" for n in ("prefetch", "allow_long_context") if getattr(args, n)]
+        if kv_only:
+            raise PlanError(f"{', '.join(kv_only)} are not options of sweep training")
+        params: dict = {}
+        for name in ("grad_accum", "gpus", "zero_stage"):
+            if getattr(args, name) is not None:
+                params[name] = getattr(args, name)
+        if args.optimizer:
+            params["optimizer"] = args.optimizer
+        if args.precision:
+            params["precision"] = args.precision
+        if args.interconnect:
+            from hwprofiles import Dimension, parse_quantity
+
+            params["interconnect_bytes_per_s"] = parse_quantity(args.interconnect, Dimension.BANDWIDTH,
+                                                                field="--interconnect")
+        points = grid_training(split_names(args.model or TRAIN_DEFAULTS["model"], option="--model"),
+                               split_names(args.hw, option="--hw"),
+                               seqs=[int(v) for v in (args.seq or str(TRAIN_DEFAULTS["seq"])).split(",")],
+                               micro_batches=[int(v) for v in (args.micro_batch or "1").split(",")], vary=vary,
+                               fixed=args.set or [], params=params)
+        shown = ("model", "hw", *[f for f, _ in vary], "seq_len", "micro_batch", "status", "zero_stage", "tokens_per_s",
+                 "mfu", "cpu_step_share", "act_recompute_share", "speedup_zero-offload")
+    elif args.family == "embeddings":
         from solver.sweep import grid_embeddings
 
-        kv_only = [f"--{n.replace('_', '-')}" for n in ("prompt", "gen", "objective") if getattr(args, n) is not None]
+        kv_only = [f"--{n.replace('_', '-')}" for n in ("prompt", "gen", "objective", "seq", "micro_batch", "grad_accum",
+                                                         "gpus", "zero_stage", "precision", "interconnect")
+                   if getattr(args, n) is not None]
         kv_only += ["--allow-long-context"] if args.allow_long_context else []
         if kv_only:
-            raise PlanError(f"{', '.join(kv_only)} are options of sweep kv, not sweep embeddings")
+            raise PlanError(f"{', '.join(kv_only)} are not options of sweep embeddings")
         params = {"prefetch": True} if args.prefetch else {}
         if args.optimizer:
             params["optimizer"] = args.optimizer
@@ -225,6 +258,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         emb_only += ["--prefetch"] if args.prefetch else []
         if emb_only:
             raise PlanError(f"{', '.join(emb_only)} are options of sweep embeddings, not sweep kv")
+        train_only = [f"--{n.replace('_', '-')}" for n in ("seq", "micro_batch", "grad_accum", "gpus", "zero_stage",
+                                                            "precision", "interconnect") if getattr(args, n) is not None]
+        if train_only:
+            raise PlanError(f"{', '.join(train_only)} are options of sweep training, not sweep {args.family}")
         points = grid(split_names(args.model or DEFAULTS["model"], option="--model"),
                       split_names(args.hw, option="--hw"),
                       prompts=[int(p) for p in (args.prompt or str(DEFAULTS["prompt"])).split(",")],
@@ -276,10 +313,41 @@ def cmd_profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _replay_embeddings(plan: Plan, system, args: argparse.Namespace) -> int:
+    """``tierplan replay`` of an embeddings plan: a slice of its tables trained with torch."""
+    try:
+        from validate import replay_embeddings as re_
+    except ImportError as err:
+        raise PlanError(f"this command needs torch ({err}); install it with pip install 'tierplan[validate]'") from None
+    from validate import report
+
+    for flag in ("layers", "steps"):
+        if getattr(args, flag) is not None:
+            raise PlanError(f"--{flag} is for KV plans; an embeddings plan replays --tables and --iterations")
+    result = re_.replay_plan(plan, system, tables=args.tables, iterations=args.iterations or 8,
+                             repeats=args.repeats, device=args.device,
+                             progress=lambda m: print(m, file=sys.stderr, flush=True))
+    result.update({"plan": str(args.plan), "profile": system.summary(),
+                   "command": " ".join(["tierplan", "replay", *args.argv])})
+    print(json.dumps(result, indent=1, default=str) if args.json else re_.replay_table(result))
+    if args.report:
+        report.write_json(result, Path(args.report) / "replay.json")
+        print(f"report: {Path(args.report) / 'replay.json'}", file=sys.stderr)
+    return 0
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
-    _, replay, report, _ = _validate_modules()
     plan = Plan.load(args.plan)
     system = _plan_system(plan, args)
+    if plan.kind == "embeddings":
+        return _replay_embeddings(plan, system, args)
+    if plan.kind != "kv":
+        raise PlanError(f"replay of {plan.kind} plans is not built yet; it replays kv and embeddings plans "
+                        f"({args.plan})")
+    for flag in ("tables", "iterations"):
+        if getattr(args, flag) is not None:
+            raise PlanError(f"--{flag} is for embeddings plans; a KV plan replays --layers and --steps")
+    _, replay, report, _ = _validate_modules()
     wl = plan_workload(plan)
     if args.layers is not None and args.layers > wl.model.n_layers:
         raise PlanError(f"--layers must be at most the plan's {wl.model.n_layers} layers, got {args.layers}")
@@ -340,9 +408,25 @@ def cmd_validate(args: argparse.Namespace) -> int:
             print(published.table(results, skipped=args.skipped))
         return 0
     profile, _, report, suite = _validate_modules()
-    if args.suite != "kv":
-        raise PlanError(f"--suite must be 'kv', got {args.suite!r}")
+    if args.suite not in ("kv", "embeddings"):
+        raise PlanError(f"--suite must be 'kv' or 'embeddings', got {args.suite!r}")
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    if args.suite == "embeddings":
+        from validate import suite_embeddings
+
+        for flag in ("layers", "steps"):
+            if getattr(args, flag) is not None:
+                raise PlanError(f"--{flag} is for --suite kv; --suite embeddings takes --iterations and --repeats")
+        result = suite_embeddings.run_embeddings_validation(
+            hw=args.hw, overrides=args.set or [], quick=args.quick, device=args.device, iterations=args.iterations,
+            repeats=args.repeats, output=args.output,
+            records_dir=None if args.no_record else (args.records or suite.RECORDS_DIR),
+            command=" ".join(["tierplan", "validate", *args.argv]), progress=log)
+        print(report.suite_table(result["cases"], result["summary"]))
+        for model, ratios in result.get("baseline_time_over_plan_time", {}).items():
+            print(f"{model}: measured baseline time / plan time: " + ", ".join(f"{b} {r:.2f}x" for b, r in ratios.items()))
+        print(f"results: {result['output_json']}" + (f"; record: {result['record']}" if result.get("record") else ""))
+        return 0
     result = suite.run_validation(hw=args.hw, overrides=args.set or [], quick=args.quick, device=args.device,
                                   layers=args.layers, steps=args.steps, repeats=args.repeats, output=args.output,
                                   records_dir=None if args.no_record else (args.records or suite.RECORDS_DIR),
@@ -405,8 +489,15 @@ def build_parser() -> argparse.ArgumentParser:
     cli_embeddings.add_arguments(emb, policy=False)
     emb.set_defaults(func=cli_embeddings.cmd_plan)
 
-    ev = sub.add_parser("evaluate", help="cost a named policy, or re-cost a plan file on other hardware")
-    ev.add_argument("target", help="'kv' or 'embeddings' with --policy, or a plan .json/.yaml file")
+    from tierplan import cli_training
+
+    tr_plan = plan.add_parser("training", help="optimizer state and activations for training with offload")
+    cli_training.add_arguments(tr_plan, policy=False)
+    tr_plan.set_defaults(func=cli_training.cmd_plan)
+
+    ev = sub.add_parser("evaluate", help="cost a named policy, or re-cost a plan file on other hardware",
+                        epilog="'tierplan evaluate training --help' lists the training family's options.")
+    ev.add_argument("target", help="'kv', 'embeddings' or 'training' with --policy, or a plan .json/.yaml file")
     ev.add_argument("--policy", help=f"{', '.join(BASELINES)} or flexgen:wg,wc,cg,cc,hg,hc")
     ev.add_argument("--hw", default=None, help="system (default: a100-40gb, or the plan's own)")
     _workload_args(ev, required_model=True)  # no default model: a plan file names its own
@@ -424,9 +515,15 @@ def build_parser() -> argparse.ArgumentParser:
                     help="one FBGEMM kernel (and cache) per table instead of one cache shared by the group")
     tr.add_argument("-o", "--output", help="write to this file instead of standard output")
     tr.set_defaults(func=cli_embeddings.cmd_export_torchrec)
+    ds = ex.add_parser("deepspeed", help="a training plan as the nearest DeepSpeed config (ds_config.json)")
+    ds.add_argument("plan", help="plan .json/.yaml from `tierplan plan training -o`")
+    ds.add_argument("-o", "--output", help="write the config to this file instead of standard output")
+    ds.add_argument("--report", help="also write what DeepSpeed cannot express and the config's predicted cost "
+                                     "to this JSON file")
+    ds.set_defaults(func=cli_training.cmd_export_deepspeed)
 
     sw = sub.add_parser("sweep", help="what-if grids over models, hardware and overrides")
-    sw.add_argument("family", choices=("kv", "embeddings"))
+    sw.add_argument("family", choices=("kv", "embeddings", "training"))
     sw.add_argument("--model", default=None,
                     help=f"comma-separated models (default: {DEFAULTS['model']}; embeddings: criteo-kaggle)")
     sw.add_argument("--hw", default=DEFAULTS["hw"], help="comma-separated systems")
@@ -438,10 +535,19 @@ def build_parser() -> argparse.ArgumentParser:
                     help=f"comma-separated (largest) batches (default: kv {DEFAULTS['batch']}, embeddings 16384)")
     sw.add_argument("--gen", type=int, default=None, help=f"kv: generated tokens (default: {DEFAULTS['gen']})")
     sw.add_argument("--objective", choices=OBJECTIVES, default=None, help="kv: what to optimise (default: throughput)")
-    sw.add_argument("--optimizer", choices=("sgd", "rowwise-adagrad", "adagrad", "adam"),
-                    help="embeddings: the tables' optimizer (default: the spec's)")
+    sw.add_argument("--optimizer", choices=("sgd", "rowwise-adagrad", "adagrad", "adam", "adamw", "sgd-momentum"),
+                    help="embeddings: the tables' optimizer (default: the spec's); training: adamw, adam, sgd, "
+                         "sgd-momentum (default: adamw)")
     sw.add_argument("--prefetch", action="store_true", help="embeddings: prefetch the next batch's cold rows")
     sw.add_argument("--cache-kind", choices=("static", "lru"), default=None, help="embeddings: the caches' hit curve")
+    sw.add_argument("--seq", default=None, help="training: comma-separated sequence lengths (default: 2048)")
+    sw.add_argument("--micro-batch", default=None, help="training: comma-separated micro-batches (default: 1)")
+    sw.add_argument("--grad-accum", type=int, default=None, help="training: micro-steps per step (default: 1)")
+    sw.add_argument("--gpus", type=int, default=None, help="training: data-parallel GPUs (default: 1)")
+    sw.add_argument("--zero-stage", type=int, choices=(0, 1, 2, 3), default=None,
+                    help="training: ZeRO stage (default: plan 2 and 3, keep the faster)")
+    sw.add_argument("--precision", choices=("fp16", "bf16", "fp32"), default=None, help="training: precision")
+    sw.add_argument("--interconnect", default=None, help="training: GPU bus bandwidth (with --gpus > 1)")
     sw.add_argument("--allow-long-context", action="store_true",
                     help="plan contexts longer than a model's max_position_embeddings")
     sw.add_argument("-o", "--output", help="results .parquet or .csv (written incrementally beside it)")
@@ -459,11 +565,13 @@ def build_parser() -> argparse.ArgumentParser:
     pr.set_defaults(func=cmd_profile)
 
     rp = sub.add_parser("replay", help="replay a plan with torch and report predicted vs measured")
-    rp.add_argument("plan", help="plan .json/.yaml from `tierplan plan kv -o`")
+    rp.add_argument("plan", help="plan .json/.yaml from `tierplan plan kv -o` or `tierplan plan embeddings -o`")
     rp.add_argument("--hw", help="profile to predict with (default: the plan's own)")
     rp.add_argument("--set", action="append", metavar="PART.FIELD=VALUE")
     rp.add_argument("--layers", type=int, default=None, help="replay a slice of this many layers")
     rp.add_argument("--steps", type=int, default=None, help="replay this many decode steps, spread over the generation")
+    rp.add_argument("--tables", type=int, default=None, help="embeddings: replay a slice of this many tables")
+    rp.add_argument("--iterations", type=int, default=None, help="embeddings: training iterations (default: 8)")
     rp.add_argument("--repeats", type=int, default=5)
     rp.add_argument("--device", choices=("cuda", "cpu"), default=None)
     rp.add_argument("--report", help="folder for replay.json and replay.png")
@@ -471,12 +579,13 @@ def build_parser() -> argparse.ArgumentParser:
     rp.set_defaults(func=cmd_replay)
 
     va = sub.add_parser("validate", help="plan, replay and tabulate a fixed validation suite")
-    va.add_argument("--suite", default="kv")
+    va.add_argument("--suite", default="kv", help="kv (default) or embeddings")
     va.add_argument("--hw", help="measured profile to use (default: profile this machine with --quick)")
     va.add_argument("--set", action="append", metavar="PART.FIELD=VALUE")
     va.add_argument("--layers", type=int, default=None, help="layers per replayed slice (default: the suite's)")
     va.add_argument("--steps", type=int, default=None, help="decode steps per case (default: the suite's)")
     va.add_argument("--repeats", type=int, default=None, help="timed repeats per step (default: the suite's)")
+    va.add_argument("--iterations", type=int, default=None, help="--suite embeddings: iterations per case")
     va.add_argument("--quick", action="store_true",
                     help="the short GPU check: tight-memory plans and baselines, 1 step, 2 repeats (< 8 minutes)")
     va.add_argument("--records", default=None, help="folder for the kept record (default: validate/records/)")
@@ -493,9 +602,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _evaluate_training_parser() -> argparse.ArgumentParser:
+    from tierplan import cli_training
+
+    p = argparse.ArgumentParser(prog="tierplan evaluate training",
+                                description="cost a named training policy (ZeRO-Offload, ZeRO-Infinity, Twin-Flow, "
+                                            "recompute) at the workload asked, or answer infeasible")
+    cli_training.add_arguments(p, policy=True)
+    p.set_defaults(func=cli_training.cmd_evaluate)
+    return p
+
+
 def _validate_counts(args: argparse.Namespace) -> None:
     for name in ("batch", "prompt", "gen", "ranges", "dtype_bytes", "layers", "steps", "repeats", "workers",
-                 "gpu_batch", "gpu_batches"):
+                 "gpu_batch", "gpu_batches", "seq", "micro_batch", "grad_accum", "gpus", "iterations", "tables"):
         value = getattr(args, name, None)
         if isinstance(value, str):  # sweep takes comma-separated lists
             try:
@@ -506,7 +626,9 @@ def _validate_counts(args: argparse.Namespace) -> None:
         if value is not None and value <= 0:
             raise WorkloadError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
     # Sizes of the work itself (the MIP grows with ranges and head groups; each worker is a process).
-    for name, bound in (("ranges", 64), ("kv_groups", 128), ("workers", 256), ("repeats", 1000)):
+    # A node has at most a few tens of GPUs; micro-steps and micro-batches past these are typos.
+    for name, bound in (("ranges", 64), ("kv_groups", 128), ("workers", 256), ("repeats", 1000), ("gpus", 64),
+                        ("grad_accum", 1 << 20), ("micro_batch", 1 << 20), ("iterations", 10_000)):
         value = getattr(args, name, None)
         if value is not None and value > bound:
             raise WorkloadError(f"--{name.replace('_', '-')} must be at most {bound}, got {value}")
@@ -531,7 +653,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
-    args = build_parser().parse_args(argv)
+    if argv[:2] == ["evaluate", "training"]:  # the training family's flags are its own (tierplan.cli_training)
+        args = _evaluate_training_parser().parse_args(argv[2:])
+        args.command, args.sub = "evaluate", "training"
+    else:
+        args = build_parser().parse_args(argv)
     args.argv = argv[1:]
     try:
         _validate_counts(args)
