@@ -213,10 +213,16 @@ def predict_embeddings_row(row: dict) -> PublishedResult:
 
 
 def predict_published(path: str | Path = PUBLISHED_KV) -> list[PublishedResult]:
-    """Every published row predicted: the KV family's file and the embeddings family's."""
+    """Every published row predicted: the KV family's file, the embeddings family's and the training
+    family's (:mod:`validate.published_training`)."""
     out = [predict_row(row) for row in load_rows(path)]
     if Path(path) == PUBLISHED_KV and PUBLISHED_EMBEDDINGS.exists():
         out += [predict_embeddings_row(row) for row in load_rows(PUBLISHED_EMBEDDINGS)]
+    if Path(path) == PUBLISHED_KV:
+        from validate.published_training import PUBLISHED_TRAINING, predict_published_training
+
+        if PUBLISHED_TRAINING.exists():
+            out += predict_published_training()
     return out
 
 
