@@ -330,6 +330,23 @@ def _state_policies(base: str, wl: TrainWorkload, system: System | None, value: 
     return [LayerTrainPolicy(**_CPU_STEP)] * k + [_ON_GPU] * (n - k)
 
 
+def baseline_zero_stage(name: str) -> int | None:
+    """The ZeRO stage a (possibly ``+``-joined) baseline runs at, as DeepSpeed users run it (None: any).
+
+    Examples
+    --------
+    >>> baseline_zero_stage("zero-offload+full-recompute"), baseline_zero_stage("twin-flow:0.5")
+    (2, 3)
+    >>> baseline_zero_stage("selective-recompute") is None
+    True
+    """
+    for part in str(name).split("+"):
+        stage = _NEEDS_STAGE.get(part.strip().partition(":")[0])
+        if stage is not None:
+            return stage
+    return None
+
+
 def baseline_policies(name: str, wl: TrainWorkload, system: System | None) -> tuple[LayerTrainPolicy, ...]:
     """Per-layer policies of a named baseline, or of a ``+``-joined state baseline and activation baseline.
 
