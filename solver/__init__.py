@@ -16,7 +16,7 @@ from solver.kv import (
 )
 from solver.kv_formulation import Mode, Restriction, all_modes, solve_kv
 from solver.plan import SCHEMA_VERSION, Plan, plan_kinds
-from solver import embeddings_plan  # noqa: F401  (registers the "embeddings" plan kind)
+from solver import embeddings_plan, training_plan  # noqa: F401  (register the "embeddings" and "training" kinds)
 from solver.timeline import Timeline, simulate_decode_step, simulate_prefill, simulated_total_s
 
 __all__ = [

@@ -8,7 +8,7 @@ its modules (``costmodel/<family>.py``, ``solver/<family>.py``, ``solver/<family
 Examples
 --------
 >>> sorted(FAMILIES)
-['embeddings', 'kv']
+['embeddings', 'kv', 'training']
 >>> FAMILIES["embeddings"].unit, FAMILIES["embeddings"].throughput_key
 ('table', 'samples_per_s')
 """
@@ -83,12 +83,26 @@ def _evaluate_embeddings(plan: Plan, system: System) -> PlanEvaluation:
                           shortfall_bytes={k.removesuffix("_bytes"): v for k, v in cost.shortfalls().items()})
 
 
+def _evaluate_training(plan: Plan, system: System) -> PlanEvaluation:
+    from solver import training_plan as tp
+
+    _, cost = tp.evaluate_plan(plan, system)
+    feasible = cost.feasible
+    return PlanEvaluation(status="feasible" if feasible else "infeasible", predicted=tp.predicted_record(cost),
+                          memory=tp.memory_record(cost), capacity=dict(cost.capacity),
+                          reason="" if feasible else cost.explain_shortfall(),
+                          shortfall_bytes={k.removesuffix("_bytes"): v for k, v in cost.shortfalls().items()})
+
+
 FAMILIES: Mapping[str, Family] = MappingProxyType({
     "kv": Family(name="kv", unit="layer", description="KV cache and weights for LLM inference",
                  throughput_key="tokens_per_s", evaluate=_evaluate_kv),
     "embeddings": Family(name="embeddings", unit="table",
                          description="embedding tables for recommendation-model training (DLRM)",
                          throughput_key="samples_per_s", evaluate=_evaluate_embeddings),
+    "training": Family(name="training", unit="layer",
+                       description="optimizer state and activations for training with offload",
+                       throughput_key="tokens_per_s", evaluate=_evaluate_training),
 })
 
 

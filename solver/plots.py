@@ -17,14 +17,17 @@ def _plt():
 
 def sweep_lines(df, x: str, path: str | Path, *, y: str | None = None, title: str = "") -> Path:
     """One line per point group of ``y`` against the varied field ``x``: (model, hw, prompt, max_batch)
-    for a KV sweep, (model, hw, batch) for an embeddings sweep.
+    for a KV sweep, (model, hw, batch) for an embeddings sweep, (model, hw, seq_len, micro_batch) for
+    a training sweep.
 
     ``x`` is a varied field such as ``link.h2d``; its SI values (column ``<x>_si``) set the axis.
-    ``y`` defaults to the family's throughput (``tokens_per_s`` or ``samples_per_s``).
+    ``y`` defaults to the family's throughput (``tokens_per_s``, ``samples_per_s`` for embeddings).
     """
-    embeddings = "family" in df.columns and (df["family"] == "embeddings").all()
+    family = df["family"].iloc[0] if "family" in df.columns and len(df) else "kv"
+    embeddings = family == "embeddings"
     y = y or ("samples_per_s" if embeddings else "tokens_per_s")
-    groups = ["model", "hw", "batch"] if embeddings else ["model", "hw", "prompt", "max_batch"]
+    groups = {"embeddings": ["model", "hw", "batch"], "training": ["model", "hw", "seq_len", "micro_batch"]}.get(
+        family, ["model", "hw", "prompt", "max_batch"])
     plt = _plt()
     xcol = f"{x}_si" if f"{x}_si" in df.columns else x
     if xcol not in df.columns:
@@ -35,7 +38,9 @@ def sweep_lines(df, x: str, path: str | Path, *, y: str | None = None, title: st
     for keys, part in ok.groupby(groups):
         part = part.sort_values(xcol)
         scale = 1e9 if x.endswith(("h2d", "d2h", "bandwidth")) else 1.0
-        label = f"{keys[0]} {keys[1]} b{keys[2]}" if embeddings else f"{keys[0]} {keys[1]} p{keys[2]} b{keys[3]}"
+        label = {"embeddings": f"{keys[0]} {keys[1]} b{keys[2]}",
+                 "training": f"{keys[0]} {keys[1]} s{keys[2]} mb{keys[3]}"}.get(
+            family, f"{keys[0]} {keys[1]} p{keys[2]} b{keys[3]}")
         ax.plot(part[xcol] / scale, part[y], marker="o", label=label)
     ax.set_xlabel(f"{x} ({'GB/s' if x.endswith(('h2d', 'd2h', 'bandwidth')) else 'SI units'})")
     ax.set_ylabel(y.replace("_", " ").replace("tokens per s", "tokens/s").replace("samples per s", "samples/s"))

@@ -43,10 +43,16 @@ MAX_POINTS = 1_000_000
 _LIMIT_OF = {"prompt": "prompt_len", "batch": "batch", "gen": "gen_len"}
 
 
-FAMILIES = ("kv", "embeddings")
+FAMILIES = ("kv", "embeddings", "training")
 # The options of an embeddings point (``params``), with what each accepts.
 EMBEDDINGS_PARAMS = {"optimizer": tuple(o.value for o in Optimizer), "prefetch": (False, True),
                      "cache_kind": ("static", "lru")}
+
+
+# The options of a training point (``params``): the TrainWorkload fields a sweep may set, with a check.
+TRAINING_PARAMS = {"seq_len": int, "micro_batch": int, "grad_accum": int, "gpus": int, "zero_stage": int,
+                   "precision": str, "optimizer": str, "overlap": str, "pin_memory": bool,
+                   "fused_attention": bool, "dropout": bool, "interconnect_bytes_per_s": float}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -257,6 +263,49 @@ def grid_embeddings(models: Sequence[str], systems: Sequence[str], *, batches: S
             for m, h, combo, b in itertools.product(models, systems, combos, batches)]
 
 
+def grid_training(models: Sequence[str], systems: Sequence[str], *, seqs: Sequence[int], micro_batches: Sequence[int],
+                  vary: Sequence[tuple[str, Sequence[str]]] = (), fixed: Sequence[str] = (),
+                  params: Mapping[str, object] | None = None) -> list[SweepPoint]:
+    """Every combination of models, systems, sequence lengths, micro-batches and ``--vary`` values, as
+    points of the training family; ``params`` (:data:`TRAINING_PARAMS`) apply to every point.
+
+    Examples
+    --------
+    >>> pts = grid_training(["llama-2-7b"], ["a100-40gb"], seqs=[2048], micro_batches=[1, 4],
+    ...                     vary=[("link.h2d", ["12GB/s", "64GB/s"])])
+    >>> len(pts), pts[0].family, dict(pts[0].params)["micro_batch"]
+    (4, 'training', 1)
+    """
+    _check_names(models, "model")
+    _check_names(systems, "system")
+    _check_counts(seqs, "seq")
+    _check_counts(micro_batches, "micro-batch")
+    params = dict(params or {})
+    for name, value in params.items():
+        if name not in TRAINING_PARAMS or name in ("seq_len", "micro_batch"):
+            raise PlanError(f"sweep training option must be one of "
+                            f"{', '.join(k for k in TRAINING_PARAMS if k not in ('seq_len', 'micro_batch'))}, got {name!r}")
+        _check_training_param(name, value, "sweep training")
+    combos, fields = _override_combos(vary, fixed)
+    size = len(models) * len(systems) * len(seqs) * len(micro_batches) * len(combos)
+    if size > MAX_POINTS:
+        raise PlanError(f"a sweep must have at most {MAX_POINTS:,} points, got {size:,}")
+    return [SweepPoint(model=m, hw=h, overrides=tuple(fixed) + tuple(f"{f}={v}" for f, v in zip(fields, combo)),
+                       batch=int(mb), family="training",
+                       params=tuple(sorted({**params, "seq_len": int(sq), "micro_batch": int(mb)}.items())))
+            for m, h, combo, sq, mb in itertools.product(models, systems, combos, seqs, micro_batches)]
+
+
+def _check_training_param(name: str, value: object, what: str) -> None:
+    kind = TRAINING_PARAMS[name]
+    ok = (isinstance(value, bool) if kind is bool else isinstance(value, str) if kind is str
+          else (isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0 and
+                (kind is float or float(value).is_integer())))
+    if not ok:
+        raise PlanError(f"{what} {name} must be {'true or false' if kind is bool else 'text' if kind is str else 'positive'}"
+                        f", got {value!r}")
+
+
 def _override_combos(vary: Sequence[tuple[str, Sequence[str]]], fixed: Sequence[str]) -> tuple[list[tuple], list[str]]:
     """The ``--vary`` value combinations and their fields, once both are checked."""
     for f, vals in vary:
@@ -328,6 +377,17 @@ def check_points(points: Sequence[SweepPoint]) -> None:
                                     f"planner's work), got {value:,}; raise it with TIERPLAN_LIMITS=\"{limit}=...\"")
             if p.params:
                 raise PlanError(f"sweep point {i} is a kv point; params are for other families, got {p.params!r}")
+        elif p.family == "training":
+            if not isinstance(p.params, tuple) or not all(isinstance(kv, tuple) and len(kv) == 2 for kv in p.params):
+                raise PlanError(f"sweep point {i} params must be a tuple of (name, value) pairs, got {p.params!r}")
+            given = dict(p.params)
+            for name in ("seq_len", "micro_batch"):
+                if name not in given:
+                    raise PlanError(f"sweep point {i} is a training point without {name} in its params")
+            for name, value in p.params:
+                if name not in TRAINING_PARAMS:
+                    raise PlanError(f"sweep point {i} option {name!r} is not one of {', '.join(TRAINING_PARAMS)}")
+                _check_training_param(name, value, f"sweep point {i}")
         else:
             _check_count(p.batch, f"point {i} batch", numpy=False)
             if p.batch > EMB_MAX_BATCH:
@@ -352,7 +412,7 @@ def check_points(points: Sequence[SweepPoint]) -> None:
         seen[key] = i
     for family, model in dict.fromkeys((p.family, p.model) for p in points):
         try:
-            (load_model if family == "kv" else load_rec_model)(model)
+            (load_rec_model if family == "embeddings" else load_model)(model)
         except WorkloadError as err:
             raise PlanError(f"sweep model: {err}") from err
     for hw, overrides in dict.fromkeys((p.hw, p.overrides) for p in points):
@@ -410,6 +470,9 @@ def _base_row(point: SweepPoint) -> dict:
     if point.family == "kv":
         row: dict = {"model": point.model, "hw": point.hw, "prompt": point.prompt, "max_batch": point.batch,
                      "gen": point.gen, "objective": point.objective, "overrides": ",".join(point.overrides)}
+    elif point.family == "training":
+        row = {"family": point.family, "model": point.model, "hw": point.hw, **dict(point.params),
+               "overrides": ",".join(point.overrides)}
     else:
         row = {"family": point.family, "model": point.model, "hw": point.hw, "batch": point.batch,
                **dict(point.params), "overrides": ",".join(point.overrides)}
@@ -452,6 +515,8 @@ def run_point(point: SweepPoint) -> dict:
 def _plan_columns(point: SweepPoint) -> dict:
     if point.family == "embeddings":
         return _embeddings_columns(point)
+    if point.family == "training":
+        return _training_columns(point)
     system = load_system(point.hw, point.overrides)
     wl = KvWorkload(model=load_model(point.model), batch=point.batch, prompt_len=point.prompt, gen_len=point.gen,
                     allow_long_context=point.allow_long_context)
@@ -517,6 +582,37 @@ def _embeddings_columns(point: SweepPoint) -> dict:
         row[f"speedup_{name}"] = b.get("speedup", float("nan"))
         row[f"{name}_samples_per_s"] = (b["predicted"]["samples_per_s"] if b.get("status") == "feasible"
                                         else float("nan"))
+    return row
+
+
+def _training_columns(point: SweepPoint) -> dict:
+    """A training point's plan as columns: the envelope's and the family's (tokens/s, MFU, phases, how
+    many layers step on the CPU, keep or recompute their activations, keep states off the GPU)."""
+    from costmodel.training import BASELINES as TRAIN_BASELINES, TrainWorkload
+    from solver.training import plan_training
+    from solver.training_plan import to_plan
+
+    system = load_system(point.hw, point.overrides)
+    params = dict(point.params)
+    stages = None if "zero_stage" in params else (2, 3)
+    wl = TrainWorkload(model=load_model(point.model), **{"zero_stage": 2, **params})
+    plan = to_plan(wl, system, plan_training(wl, system, zero_stages=stages))
+    row: dict = {"status": plan.status, "selected_from": plan.solver["selected_from"], "zero_stage": plan.workload["zero_stage"],
+                 "solve_time_s": plan.solver["solve_time_s"], "explanation": plan.explanation}
+    if plan.predicted:
+        p = plan.predicted
+        row.update({k: p[k] for k in ("tokens_per_s", "mfu", "iteration_s", "forward_s", "backward_s", "step_s")})
+        row.update({k: plan.memory[k] for k in ("gpu_bytes", "host_bytes", "disk_bytes")})
+        n = len(plan.units)
+        row["cpu_step_share"] = sum(u["step"] == "cpu" for u in plan.units) / n
+        for action in ("keep", "recompute", "selective", "offload"):
+            row[f"act_{action}_share"] = sum(u["activations"] == action for u in plan.units) / n
+        for what in ("params", "master", "moments"):
+            row[f"{what}_off_gpu_share"] = sum(u[what] != "gpu" for u in plan.units) / n
+    names = set(TRAIN_BASELINES) - {"twin-flow"}
+    for name, b in plan.baselines.items():
+        if name.partition(":")[0] in names or "+" in name:
+            row[f"speedup_{name}"] = b.get("speedup", float("nan"))
     return row
 
 

@@ -520,6 +520,10 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("-o", "--output", help="write the config to this file instead of standard output")
     ds.add_argument("--report", help="also write what DeepSpeed cannot express and the config's predicted cost "
                                      "to this JSON file")
+    ds.add_argument("--model-code", choices=("hf", "deepspeed"), default="hf",
+                    help="whose activation checkpointing the training script uses: Hugging Face's whole-model "
+                         "switch (default) or deepspeed.checkpointing around chosen layers")
+    ds.add_argument("--nvme-path", default="/local_nvme", help="offload folder for NVMe states (default: %(default)s)")
     ds.set_defaults(func=cli_training.cmd_export_deepspeed)
 
     sw = sub.add_parser("sweep", help="what-if grids over models, hardware and overrides")
@@ -630,6 +634,8 @@ def _validate_counts(args: argparse.Namespace) -> None:
     for name, bound in (("ranges", 64), ("kv_groups", 128), ("workers", 256), ("repeats", 1000), ("gpus", 64),
                         ("grad_accum", 1 << 20), ("micro_batch", 1 << 20), ("iterations", 10_000)):
         value = getattr(args, name, None)
+        if isinstance(value, str):  # sweep's comma-separated lists (checked positive above)
+            value = max(int(v) for v in value.split(","))
         if value is not None and value > bound:
             raise WorkloadError(f"--{name.replace('_', '-')} must be at most {bound}, got {value}")
     if (getattr(args, "prefill_chunk", None) or 0) < 0:
@@ -697,7 +703,7 @@ def _internal(err: BaseException, debug: bool) -> int:
 # Outputs checked writable before any work starts: (command, flag) -> accepted suffixes (None: any);
 # a sweep's -o and --plot are checked by cmd_sweep with their own suffixes.
 _FILE_OUTPUTS = {("plan", "output"): (".json", ".yaml", ".yml"), ("profile", "output"): (".yaml", ".yml"),
-                 ("export", "output"): None}
+                 ("export", "output"): None, ("export", "report"): (".json",)}
 _FOLDER_OUTPUTS = {("replay", "report"), ("validate", "output")}
 
 

@@ -117,6 +117,31 @@ def test_cli_argument_vectors(command, extra, junk):
     check(argv)
 
 
+TRAIN_COMMANDS = [["evaluate", "training", "--policy", "zero-offload+full-recompute"],
+                  ["evaluate", "training", "--policy", "twin-flow:0.5", "--zero-stage", "3"],
+                  ["plan", "training", "--time-limit", "2"]]
+TRAIN_FLAGS = {
+    "--seq": INTS, "--micro-batch": INTS, "--grad-accum": INTS, "--gpus": st.sampled_from([0, 1, 2, 65, -1]),
+    "--zero-stage": st.sampled_from([0, 1, 2, 3, 4, -1]), "--interconnect": TEXT,
+    "--precision": st.sampled_from(["fp16", "bf16", "fp8", ""]), "--optimizer": st.sampled_from(["adamw", "lamb"]),
+    "--overlap": st.sampled_from(["none", "full", "deepspeed", "some"]),
+    "--policy": st.sampled_from(["zero-offload", "twin-flow:2", "twin-flow:nan", "twin-flow", "a+b",
+                                 "zero-offload+zero-infinity-cpu", "activation-offload:0.5", ""]),
+    "--model": st.sampled_from(["gpt2", "llama-9", "", str(ROOT)]), "--hw": st.sampled_from(["t4", "a100-41gb", ""]),
+    "--set": FLAGS["--set"],
+}
+
+
+@settings(FUZZ, max_examples=150)
+@given(command=st.sampled_from(TRAIN_COMMANDS), extra=st.lists(st.tuples(st.sampled_from(sorted(TRAIN_FLAGS)), st.data()),
+                                                                max_size=3), junk=st.lists(TEXT, max_size=1))
+def test_training_argument_vectors(command, extra, junk):
+    argv = list(command) + ["--model", "gpt2", "--hw", "t4", "--seq", "256"]
+    for flag, data in extra:
+        argv += [flag, str(data.draw(TRAIN_FLAGS[flag]))]
+    check(argv + junk)
+
+
 @pytest.mark.parametrize(("argv", "needle"), [
     (["plan", "kv", "--gen", "1000000000"], "at most"),
     (["plan", "kv", "--batch", "9223372036854775808"], "at most"),
@@ -264,8 +289,47 @@ def test_truncated_and_corrupted_embeddings_plans(tmp_path, embeddings_plan_file
     check(["export", "torchrec", str(path)])
 
 
+@pytest.fixture(scope="module")
+def training_plan_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("plan") / "train.json"
+    code, err = run(["plan", "training", "--model", "gpt2", "--hw", "t4", "--seq", "256", "--micro-batch", "2",
+                     "-o", str(path)])
+    assert code == 0, err
+    return path
+
+
+@settings(FUZZ, max_examples=120)
+@given(seed=st.integers(0, 2**32 - 1))
+def test_truncated_and_corrupted_training_plans(tmp_path, training_plan_file, seed):
+    rng = random.Random(seed)
+    text = training_plan_file.read_text()
+    if rng.random() < 0.6:
+        data = json.loads(text)
+        target = rng.choice(["workload", "units", "extras", "hardware", "kind", "unit", "unit"])
+        if target == "unit":
+            entry = data["units"][rng.randrange(len(data["units"]))]
+            entry[rng.choice(sorted(entry))] = rng.choice([None, "x", -1, 2**70, {}, [], True, "disk", "cpu", 1.5])
+        elif target == "kind":
+            data["kind"] = rng.choice(["kv", "embeddings", 3, None])
+        elif isinstance(data[target], dict) and data[target]:
+            key = rng.choice(sorted(data[target]))
+            if rng.random() < 0.5:
+                data[target].pop(key)
+            else:
+                data[target][key] = rng.choice([None, "x", -1, 0, 2**70, [], {}, True, 7])
+        else:
+            data[target] = rng.choice([None, "x", [], {}])
+        content: str | bytes = json.dumps(data)
+    else:
+        content = _mutate_text(text, rng)
+    path = _write(tmp_path / "train.json", content)
+    check(["evaluate", str(path)])
+    check(["export", "deepspeed", str(path)])
+
+
 @pytest.mark.parametrize("content", [b"\x00\x01\x02binary", "\udcff".encode("utf-8", "surrogatepass"), b""])
-@pytest.mark.parametrize("command", [["hw", "show"], ["models", "show"], ["evaluate"], ["replay"], ["export", "torchrec"]])
+@pytest.mark.parametrize("command", [["hw", "show"], ["models", "show"], ["evaluate"], ["replay"], ["export", "torchrec"],
+                                     ["export", "deepspeed"]])
 def test_binary_empty_and_non_utf8_files_name_the_file(tmp_path, content, command):
     path = _write(tmp_path / ("x.json" if command[0] != "hw" else "x.yaml"), content)
     code, err = check([*command, str(path)], expect=(2,))

@@ -28,7 +28,17 @@ def _embeddings_plan():
     return to_plan(wl, system, plan_embeddings(wl, system))
 
 
-MAKERS = {"kv": _kv_plan, "embeddings": _embeddings_plan}
+def _training_plan():
+    from costmodel import TrainWorkload
+    from solver.training import plan_training
+    from solver.training_plan import to_plan
+
+    system = load_system("a100-40gb")
+    wl = TrainWorkload(model=load_model("llama-2-7b"), seq_len=1024, micro_batch=2)
+    return to_plan(wl, system, plan_training(wl, system))
+
+
+MAKERS = {"kv": _kv_plan, "embeddings": _embeddings_plan, "training": _training_plan}
 
 
 def test_every_family_has_a_plan_maker_here():

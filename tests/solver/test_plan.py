@@ -176,13 +176,13 @@ def test_the_plan_is_immutable(plan):
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["training", "inference"])
+@pytest.mark.parametrize("kind", ["inference", "serving"])
 def test_a_plan_of_an_unknown_kind_is_refused_not_costed_as_kv(plan, kind):
     d = copy.deepcopy(plan.to_dict())
     d["kind"] = kind
     with pytest.raises(PlanError) as err:
         Plan.from_dict(d, file="p.json")
-    assert str(err.value) == f"plan kind '{kind}' is not supported; this tierplan plans 'kv', 'embeddings' (p.json)"
+    assert str(err.value) == f"plan kind '{kind}' is not supported; this tierplan plans 'kv', 'embeddings', 'training' (p.json)"
 
 
 def test_a_kv_plan_relabelled_embeddings_is_refused_by_the_embeddings_checker(plan):

@@ -328,6 +328,6 @@ def test_cli_sweep_embeddings_refuses_kv_options(capsys):
     from tierplan.cli import main
 
     assert main(["sweep", "embeddings", "--prompt", "512"]) == 2
-    assert "--prompt are options of sweep kv, not sweep embeddings" in capsys.readouterr().err
+    assert "--prompt are not options of sweep embeddings" in capsys.readouterr().err
     assert main(["sweep", "kv", "--prefetch"]) == 2
     assert "--prefetch are options of sweep embeddings" in capsys.readouterr().err
