@@ -279,6 +279,265 @@ pd.DataFrame(rows).round(4)"""),
 NOTEBOOKS["05_embeddings.ipynb"] = embeddings_notebook()
 
 
+def training_notebook() -> list[tuple[str, str]]:
+    """Cells of notebooks/06_training.ipynb: where training's model states and activations live, and what it buys."""
+    return [
+        ("md", "# Training with offload: states, step and activations per layer\n\nMixed-precision AdamW keeps "
+               "16-bit weights, 16-bit gradients, an fp32 gradient copy, fp32 master weights and two fp32 moments: "
+               "20 B per parameter before any activations (DeepSpeed's accounting, `costmodel.training_states`), "
+               "134 GB for Llama-2-7B. tierplan decides per decoder layer where the weights (`w`), the gradients "
+               "the step reads (`g`), the master weights (`m`) and the moments (`o`) live (GPU, host, NVMe), "
+               "whether the layer's optimizer step runs on the GPU or the CPU, and whether its activations are "
+               "kept, recomputed (fully or selectively) or offloaded to the host. Every figure below is the cost "
+               "model's prediction on bundled profiles, not a measurement."),
+        ("code", SETUP),
+        ("md", "The plan of a workload is the faster of the plans at ZeRO stage 2 and stage 3 (stage 3 may "
+               "take the 16-bit weights off the GPU too, at the price of gathering them). Each baseline is "
+               "costed at the stage DeepSpeed runs it at (`baseline_workload`: ZeRO-Offload at 2, ZeRO-Infinity "
+               "and Twin-Flow at 3), so the plan is never slower than a feasible baseline."),
+        ("code", """from dataclasses import replace
+
+import costmodel
+from hwprofiles import load_system
+from solver.training import BASELINES_TO_REPORT, plan_training
+from solver.training_plan import baseline_workload, to_plan
+
+def best_plan(wl, system):
+    \"\"\"(workload, TrainPlan): the faster feasible plan at ZeRO stage 2 and 3 (stage 3's if none fits).\"\"\"
+    plans = [(w, plan_training(w, system)) for w in (replace(wl, zero_stage=2), replace(wl, zero_stage=3))]
+    feasible = [(w, tp) for w, tp in plans if tp.cost is not None]
+    return max(feasible, key=lambda p: p[1].tokens_per_s) if feasible else plans[-1]
+
+def baseline_cost(name, wl, system):
+    \"\"\"A baseline costed at the ZeRO stage it runs at; None where it cannot run or does not fit.\"\"\"
+    bwl = baseline_workload(name, wl)
+    try:
+        cost = costmodel.evaluate_training(bwl, system, costmodel.train_baseline_policies(name, bwl, system))
+    except costmodel.WorkloadError:  # e.g. a disk the system lacks
+        return None
+    return cost if cost.feasible else None
+
+llama7 = costmodel.load_model("llama-2-7b")
+wl7 = costmodel.TrainWorkload(model=llama7, seq_len=2048, micro_batch=4, grad_accum=8)
+print(f"{llama7.name}: {wl7.tokens_per_iteration} tokens per iteration, "
+      f"{wl7.state.total:g} B/param of model states")"""),
+        ("md", "## 1. Where each state lives as GPU memory shrinks\n\nLlama-2-7B, sequence 2048, micro-batch 4, "
+               "8 micro-steps of gradient accumulation, on an A100-80GB (PCIe 4 link, 128 GiB host, NVMe) whose "
+               "HBM (79.26 GiB in its profile: `full`) is cut with `gpu.memory` (what `--set gpu.memory=24GiB` "
+               "does on the command line; 1 GiB of it is reserved for the CUDA context). The per-layer "
+               "decisions are read from the plan's JSON envelope (`to_plan(...).units`), the object the CLI "
+               "writes. Each row of the map is one budget, each column one decoder layer."),
+        ("code", """budgets = {"full": []} | {str(g): [f"gpu.memory={g}GiB"] for g in (64, 48, 40, 32, 24, 16, 12)}
+plans, rows = {}, []
+for label, overrides in budgets.items():
+    system = load_system("a100-80gb", overrides)
+    wl, tp = best_plan(wl7, system)
+    plan = to_plan(wl, system, tp)
+    plans[label] = plan
+    c = tp.cost
+    rows.append({"gpu.memory GiB": label, "zero stage": wl.zero_stage, "status": plan.status, "selected": tp.selected,
+                 "tokens/s": c.tokens_per_s, "iteration s": c.iteration_s, "forward s": c.forward_s,
+                 "backward s": c.backward_s, "step s": c.step_s, "MFU": c.mfu,
+                 "GPU GiB used": c.memory.gpu_bytes / 2**30, "host GiB used": c.memory.host_bytes / 2**30,
+                 "disk GiB used": c.memory.disk_bytes / 2**30})
+sweep = pd.DataFrame(rows).set_index("gpu.memory GiB")
+sweep.round(3)"""),
+        ("code", """import numpy as np
+from matplotlib.colors import ListedColormap
+from matplotlib.patches import Patch
+
+def states(u):
+    return f"w {u['params']} · g {u['grads']} · m {u['master']} · o {u['moments']}"
+
+def mode(u):
+    act = u["activations"] + (f"@{u['offload_share']:g}" if u["activations"] == "offload" else "")
+    return f"{states(u)} · step {u['step']} · act {act}"
+
+modes = sorted({mode(u) for p in plans.values() for u in p.units})
+grid = np.array([[modes.index(mode(u)) for u in p.units] for p in plans.values()])
+colors = plt.get_cmap("tab20").colors
+fig, ax = plt.subplots(figsize=(11, 3.8))
+ax.imshow(grid, cmap=ListedColormap(colors[:len(modes)]), vmin=-0.5, vmax=len(modes) - 0.5, aspect="auto")
+ax.set_yticks(range(len(plans)), [k if k == "full" else f"{k} GiB" for k in plans]); ax.set_xlabel("decoder layer")
+ax.set_title("llama-2-7b on a100-80gb: each layer's placement at each HBM budget", fontsize=10)
+ax.legend(handles=[Patch(color=colors[i], label=m) for i, m in enumerate(modes)], fontsize=7,
+          loc="upper left", bbox_to_anchor=(1.01, 1.0))
+plt.show()"""),
+        ("md", "The same decisions counted by facet: where the states live, where the step runs, what the "
+               "activations do; and the plan's throughput at each budget."),
+        ("code", """facets = {"states (w · g · m · o)": states, "step device": lambda u: u["step"],
+          "activations": lambda u: u["activations"]}
+fig, axes = plt.subplots(1, 4, figsize=(15, 4.6))
+for ax, (title, key) in zip(axes, facets.items()):
+    counts = pd.DataFrame({k: pd.Series([key(u) for u in p.units]).value_counts()
+                           for k, p in plans.items()}).T.fillna(0)
+    counts.plot.bar(stacked=True, ax=ax, rot=0, width=0.8)
+    ax.set_title(title, fontsize=10); ax.set_xlabel("gpu.memory (GiB)"); ax.set_ylabel("layers")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.18))
+axes[3].plot(range(len(sweep)), sweep["tokens/s"], marker="o")
+axes[3].set_xticks(range(len(sweep)), sweep.index); axes[3].set_ylim(0, None)
+axes[3].set_xlabel("gpu.memory (GiB)"); axes[3].set_ylabel("tokens/s (predicted)")
+axes[3].set_title("plan throughput", fontsize=10)
+plt.tight_layout(); plt.show()
+for label, p in plans.items():
+    print(f"{label:>4s}{'' if label == 'full' else ' GiB'}: {p.predicted['tokens_per_s']:7.0f} tokens/s, "
+          f"binding {p.predicted['binding']}, "
+          f"{sum(u['step'] == 'cpu' for u in p.units)} layers stepped on the CPU, "
+          f"{sum(u['activations'] != 'keep' for u in p.units)} not keeping their activations")"""),
+        ("md", "With the whole HBM the plan already moves the optimizer of about half the layers to the CPU and "
+               "streams the others' master weights and moments from the host (all on the GPU, the states and "
+               "activations would need 160 GiB); as HBM shrinks more layers step on the CPU and recompute their "
+               "activations; "
+               "below about 20 GiB the 12.6 GiB of 16-bit weights no longer fit beside the activations at "
+               "ZeRO stage 2, and stage 3 sends some layers' weights to the host (and, at the smallest budget, "
+               "some gradients to NVMe)."),
+        ("md", "## 2. The plan against ZeRO-Offload and the other baselines\n\nFor a few models and GPUs (each "
+               "with its bundled host), the plan's tokens/s over each baseline's at the same workload (sequence "
+               "2048, micro-batch 4, 8 micro-steps). `zero-offload+full-recompute` is DeepSpeed ZeRO-Offload as "
+               "its tutorial runs it (ZeRO-2, CPU Adam, activation checkpointing). A missing bar: the baseline "
+               "does not fit (GPU or host memory) or cannot run there."),
+        ("code", """cases = [("llama-2-7b", "rtx4090"), ("llama-2-7b", "a100-40gb"), ("llama-2-7b", "a100-80gb"),
+         ("llama-2-7b", "h100-sxm"), ("llama-3-8b", "h100-sxm"), ("llama-2-13b", "h100-sxm")]
+speedup, plan_rate = {}, {}
+for model_name, hw in cases:
+    system = load_system(hw)
+    wl = costmodel.TrainWorkload(model=costmodel.load_model(model_name), seq_len=2048, micro_batch=4, grad_accum=8)
+    _, tp = best_plan(wl, system)
+    key = f"{model_name}\\n{hw}"
+    plan_rate[key] = tp.tokens_per_s
+    speedup[key] = {}
+    for name in BASELINES_TO_REPORT:
+        cost = baseline_cost(name, wl, system)
+        speedup[key][name] = None if cost is None else tp.tokens_per_s / cost.tokens_per_s
+speedups = pd.DataFrame(speedup).astype(float)
+speedups = speedups[speedups.notna().any(axis=1)]  # baselines that fit somewhere
+fig, ax = plt.subplots(figsize=(12, 4))
+speedups.T.plot.bar(ax=ax, rot=0, width=0.85)
+ax.axhline(1, color="k", lw=0.8, ls=":")
+ax.set_yscale("log"); ax.set_ylabel("plan tokens/s / baseline tokens/s")
+ax.set_title("speed-up of the plan over each feasible baseline (log scale)", fontsize=10); ax.legend(fontsize=7)
+plt.show()
+table = speedups.map(lambda v: "does not fit" if np.isnan(v) else f"{v:.2f}x")
+table.loc["plan tokens/s"] = [f"{v:,.0f}" for v in plan_rate.values()]
+table.columns = [c.replace("\\n", " on ") for c in table.columns]
+print(f"smallest speed-up over any feasible baseline: {np.nanmin(speedups.values):.3f}x (>= 1 by construction)")
+table"""),
+        ("md", "The gain over ZeRO-Offload comes from not offloading what need not be: layers keep their step "
+               "on the GPU where memory and the link allow (Twin-Flow's idea, chosen per layer rather than by one "
+               "ratio; their master weights and moments may be streamed from the host), and only the layers that "
+               "must, recompute their activations. Where GPU memory is short (RTX 4090, A100-40GB) there is little "
+               "left to keep, and the plan comes close to ZeRO-Offload."),
+        ("md", "## 3. What if the link were PCIe 5, or NVLink-C2C?\n\nThe same Llama-2-7B workload on an A100-80GB "
+               "with its PCIe 4 link, with the link swapped for PCIe 5 (`link=pcie5-x16`), and on a GH200 "
+               "(NVLink-C2C to a 480 GB Grace host, and a faster GPU), each at its full HBM and cut to 40 GiB. "
+               "DeepSpeed's host buffers are pageable by default, so copies run at the link's pageable rate."),
+        ("code", """systems = {"A100, PCIe 4": ("a100-80gb", []), "A100, PCIe 5": ("a100-80gb", ["link=pcie5-x16"]),
+           "GH200, C2C": ("gh200", [])}
+rows = []
+for hbm in (None, 40):
+    for label, (hw, overrides) in systems.items():
+        system = load_system(hw, overrides + ([f"gpu.memory={hbm}GiB"] if hbm else []))
+        wl, tp = best_plan(wl7, system)
+        c = tp.cost
+        z = baseline_cost("zero-offload+full-recompute", wl7, system)
+        rows.append({"system": label, "HBM": "full" if hbm is None else f"{hbm} GiB",
+                     "h2d GB/s (pinned)": system.link.h2d_bytes_per_s / 1e9, "zero stage": wl.zero_stage,
+                     "tokens/s": c.tokens_per_s, "forward s": c.forward_s, "backward s": c.backward_s,
+                     "step s": c.step_s, "layers stepped on CPU": sum(p.step == "cpu" for p in tp.policies),
+                     "activations": ", ".join(f"{n} {a}" for a, n in pd.Series(
+                         [p.activations.value for p in tp.policies]).value_counts().items()),
+                     "layers with weights on host": sum(p.params == "host" for p in tp.policies),
+                     "h2d busy s": c.busy_s("h2d"), "cpu busy s": c.busy_s("cpu"),
+                     "x zero-offload+full-recompute": None if z is None else c.tokens_per_s / z.tokens_per_s})
+whatif = pd.DataFrame(rows)
+fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 3.8))
+whatif.pivot(index="system", columns="HBM", values="tokens/s").loc[list(systems), ["full", "40 GiB"]].plot.bar(
+    ax=ax1, rot=0)
+ax1.set_ylabel("tokens/s (predicted)"); ax1.set_title("llama-2-7b, s2048, micro-batch 4 x 8", fontsize=10)
+cpu_layers = whatif.pivot(index="system", columns="HBM", values="layers stepped on CPU")
+cpu_layers.loc[list(systems), ["full", "40 GiB"]].plot.bar(ax=ax2, rot=0)
+ax2.set_ylabel(f"of {llama7.n_layers} layers")
+ax2.set_title("layers whose optimizer step runs on the CPU", fontsize=10)
+plt.tight_layout(); plt.show()
+whatif.round(3)"""),
+        ("md", "On the A100 the forward and backward are the GPU's compute, with the copies hidden under it, on "
+               "either link; only the step, which DeepSpeed runs after the backward, shrinks with the faster link, "
+               "so PCIe 5 buys a few percent. The GH200's GPU has about 3x the A100's fp16 peak and its link over "
+               "10x the bandwidth: at ZeRO stage 3 the plan sends nearly every layer's 16-bit weights and "
+               "activations to the host over NVLink-C2C, keeps most optimizer steps on the GPU, and the step "
+               "nearly vanishes from the iteration."),
+        ("md", "## 4. The DeepSpeed ZeRO-Offload tutorial, predicted\n\nThe tutorial trains a 10B-parameter "
+               "Megatron GPT-2 (50 layers, hidden 4096) on one V100 32GB with ZeRO-Offload: fp16, CPU Adam, "
+               "ZeRO-2, activation checkpointing, micro-batch 10 of 1024 tokens, Megatron's unfused attention "
+               "with dropout 0.1. The machine is a DGX-2 GPU with the whole 1.5 TB host "
+               "(`dgx2-v100-32gb-1gpu-full-host`). Its training log shows forward 6.1-6.4 s, backward 11.8-12.6 s "
+               "and optimizer step 7.6-8.0 s per iteration (DeepSpeed ZeRO-Offload tutorial, "
+               "https://www.deepspeed.ai/tutorials/zero-offload/, log screenshot; transcribed in "
+               "`validate/data/published_training.yaml`, read below). The prediction uses the bundled profiles "
+               "as they are: nothing is tuned to these figures, and the differences are the model's current error."),
+        ("code", """from validate.published_training import load_training_rows, training_workload
+
+system = load_system("dgx2-v100-32gb-1gpu-full-host")
+wl = costmodel.TrainWorkload(model=costmodel.load_model("gpt2-10b"), seq_len=1024, micro_batch=10, precision="fp16",
+                             optimizer="adam", zero_stage=2, fused_attention=False, dropout=True)
+tutorial_policies = costmodel.train_baseline_policies("zero-offload+full-recompute", wl, system)
+cost = costmodel.evaluate_training(wl, system, tutorial_policies)
+published = {r.metric.value: r for r in load_training_rows() if r.id.startswith("dso-tutorial-gpt2-10b")}
+assert all(training_workload(r) == wl for r in published.values())  # the rows state this very workload
+rows = []
+for metric in ("forward_s", "backward_s", "step_s", "iteration_s"):
+    r, predicted = published[metric], getattr(cost, metric)
+    rows.append({"phase": metric.removesuffix("_s"), "predicted s": predicted, "published low s": r.low,
+                 "published high s": r.high, "error vs midpoint %": 100 * (predicted - r.value) / r.value})
+tutorial = pd.DataFrame(rows).set_index("phase")
+fig, ax = plt.subplots(figsize=(7, 3.5))
+x = np.arange(len(tutorial))
+mid = (tutorial["published low s"] + tutorial["published high s"]) / 2
+ax.bar(x - 0.2, mid, 0.4, yerr=(tutorial["published high s"] - tutorial["published low s"]) / 2, capsize=4,
+       label="published (range)")
+ax.bar(x + 0.2, tutorial["predicted s"], 0.4, label="predicted")
+ax.set_xticks(x, tutorial.index); ax.set_ylabel("seconds"); ax.legend()
+ax.set_title("gpt2-10b, ZeRO-Offload + full recompute, one V100 32GB", fontsize=10)
+plt.show()
+from costmodel.training import head_ops, layer_ops
+
+fwd_flop = wl.model.n_layers * sum(op.flop for op in layer_ops(wl)) + sum(op.flop for op in head_ops(wl))
+peak = system.gpu.fp16_flop_per_s
+rate_predicted, rate_published = fwd_flop / cost.forward_s, fwd_flop / published["forward_s"].value
+print(f"forward: {fwd_flop / 1e12:.0f} TFLOP per micro-batch; predicted at {rate_predicted / 1e12:.0f} TFLOP/s "
+      f"({rate_predicted / peak:.0%} of the V100's {peak / 1e12:.0f} TFLOP/s fp16 peak), published at "
+      f"{rate_published / 1e12:.0f} TFLOP/s ({rate_published / peak:.0%})")
+print(f"feasible {cost.feasible}: GPU {cost.memory.gpu_bytes / 2**30:.1f} of "
+      f"{cost.capacity['gpu_bytes'] / 2**30:.1f} GiB "
+      f"usable, host {cost.memory.host_bytes / 1e9:.0f} GB; predicted busy per resource: "
+      + ", ".join(f"{r} {v:.2f} s" for r, v in cost.busy))
+tutorial.round(2)"""),
+        ("md", "Where the error sits. The forward runs on the GPU alone (the weights are resident and only each "
+               "layer's input is kept), so its error is the GPU's achieved rate: the bundled V100 profile's generic "
+               "efficiency curve (`generic-gpu`: 72-75 % of the tensor peak for GEMMs of 0.1-1 TFLOP, an estimate) "
+               "credits Megatron's "
+               "2020 kernels, unfused attention and dropout with far more than the log shows (the rates printed "
+               "above). The backward adds the recompute and the gradients' copy to the host; the step is the CPU "
+               "Adam update (bounded in the profile by the host's theoretical, unmeasured 255.9 GB/s of DRAM "
+               "bandwidth) and the copy of the updated fp16 weights over PCIe 3 at the pageable rate. Measured "
+               "profiles of this GPU and host (`tierplan profile`) would replace the generic curves; nothing here "
+               "is fitted to the tutorial."),
+        ("md", "Could the planner do better on this machine? At ZeRO stage 2, with the 16-bit weights resident, it "
+               "can only choose per layer among ZeRO-Offload-like modes; at stage 3 it may also move weights to "
+               "the host, freeing HBM for a cheaper activation policy (selective recompute) on some layers. Both "
+               "are the cost model's figures, with the under-prediction shown above."),
+        ("code", """for stage in (2, 3):
+    tp = plan_training(replace(wl, zero_stage=stage), system)
+    print(f"ZeRO stage {stage}: plan {tp.tokens_per_s:,.0f} tokens/s ({tp.selected}; "
+          f"{', '.join(f'{n} x {m}' for m, n in tp.mode_counts)}); "
+          f"{tp.tokens_per_s / cost.tokens_per_s:.3f}x the tutorial's configuration "
+          f"({cost.tokens_per_s:,.0f} tokens/s)")"""),
+    ]
+
+
+NOTEBOOKS["06_training.ipynb"] = training_notebook()
+
+
 def build(name: str, cells: list[tuple[str, str]]) -> nbformat.NotebookNode:
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_markdown_cell(src) if kind == "md" else nbformat.v4.new_code_cell(src)

@@ -16,7 +16,7 @@ NOTEBOOKS = sorted(NB.glob("*.ipynb"))
 def test_the_bundled_notebooks_exist():
     assert [p.name for p in NOTEBOOKS] == ["01_quickstart.ipynb", "02_whatif_pcie_and_gpus.ipynb",
                                            "03_mha_vs_gqa_recompute.ipynb", "04_validation.ipynb",
-                                           "05_embeddings.ipynb"]
+                                           "05_embeddings.ipynb", "06_training.ipynb"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
