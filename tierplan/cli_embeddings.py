@@ -67,9 +67,11 @@ def _summary_lines(units: list[dict]) -> list[str]:
     if moved:
         lines.append("host-resident tables: " + ", ".join(f"{n} with state on the {s}, updated on the {w}"
                                                           for (s, w), n in sorted(moved.items())))
-    pre = sum(bool(u.get("prefetched")) for u in units)
+    pre = [u for u in units if u.get("prefetched")]
     if pre:
-        lines.append(f"{pre} tables prefetch the next batch's cold rows")
+        rows = sum(u["placement"] != "gpu" for u in pre)
+        lines.append(f"{len(pre)} tables copy the next batch's ids while this batch computes"
+                     + (f" ({rows} with their cold rows)" if rows else ""))
     return lines
 
 
