@@ -331,3 +331,18 @@ def test_cli_sweep_embeddings_refuses_kv_options(capsys):
     assert "--prompt are not options of sweep embeddings" in capsys.readouterr().err
     assert main(["sweep", "kv", "--prefetch"]) == 2
     assert "--prefetch are options of sweep embeddings" in capsys.readouterr().err
+
+
+def test_dask_executor_runs_embeddings_and_training_points_as_the_local_pool_does():
+    distributed = pytest.importorskip("distributed")
+    from solver.sweep import grid_embeddings, grid_training
+
+    pts = (grid_embeddings(["criteo-kaggle"], ["a100-40gb"], batches=[1024], fixed=["gpu.memory=2GiB"])
+           + grid_training(["gpt2"], ["t4"], seqs=[256], micro_batches=[2], params={"zero_stage": 2}))
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster, \
+            distributed.Client(cluster) as client:
+        df = sweep(pts, executor=client.get_executor(), progress=False)
+    serial = sweep(pts, workers=1, progress=False)
+    assert list(df["family"]) == list(serial["family"]) == ["embeddings", "training"]
+    assert df["samples_per_s"].iloc[0] == pytest.approx(serial["samples_per_s"].iloc[0])
+    assert df["tokens_per_s"].iloc[1] == pytest.approx(serial["tokens_per_s"].iloc[1])
