@@ -72,26 +72,26 @@ def _evaluate_kv(plan: Plan, system: System) -> PlanEvaluation:
                           shortfall_bytes={k.removesuffix("_bytes"): v for k, v in cost.shortfalls().items()})
 
 
+def _evaluation(cost: Any, predicted: Mapping[str, Any], memory: Mapping[str, Any]) -> PlanEvaluation:
+    """A family cost (``feasible``, ``capacity``, ``shortfalls()``, ``explain_shortfall()``) as a PlanEvaluation."""
+    feasible = cost.feasible
+    return PlanEvaluation(status="feasible" if feasible else "infeasible", predicted=predicted, memory=memory,
+                          capacity=dict(cost.capacity), reason="" if feasible else cost.explain_shortfall(),
+                          shortfall_bytes={k.removesuffix("_bytes"): v for k, v in cost.shortfalls().items()})
+
+
 def _evaluate_embeddings(plan: Plan, system: System) -> PlanEvaluation:
     from solver import embeddings_plan as ep
 
     _, cost = ep.evaluate_plan(plan, system)
-    feasible = cost.feasible
-    return PlanEvaluation(status="feasible" if feasible else "infeasible", predicted=ep.predicted_record(cost),
-                          memory=ep.memory_record(cost), capacity=dict(cost.capacity),
-                          reason="" if feasible else cost.explain_shortfall(),
-                          shortfall_bytes={k.removesuffix("_bytes"): v for k, v in cost.shortfalls().items()})
+    return _evaluation(cost, ep.predicted_record(cost), ep.memory_record(cost))
 
 
 def _evaluate_training(plan: Plan, system: System) -> PlanEvaluation:
     from solver import training_plan as tp
 
     _, cost = tp.evaluate_plan(plan, system)
-    feasible = cost.feasible
-    return PlanEvaluation(status="feasible" if feasible else "infeasible", predicted=tp.predicted_record(cost),
-                          memory=tp.memory_record(cost), capacity=dict(cost.capacity),
-                          reason="" if feasible else cost.explain_shortfall(),
-                          shortfall_bytes={k.removesuffix("_bytes"): v for k, v in cost.shortfalls().items()})
+    return _evaluation(cost, tp.predicted_record(cost), tp.memory_record(cost))
 
 
 FAMILIES: Mapping[str, Family] = MappingProxyType({
