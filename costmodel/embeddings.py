@@ -1098,7 +1098,8 @@ class RecModel:
       keeping the lower triangle);
     * ``dcnv2``: ``2 N r + N`` parameters and ``4 N r`` forward FLOPs per layer;
     * backward: ``2x`` forward (input and weight gradients of every matmul; the first bottom layer's
-      input gradient, which nothing needs, is counted too).
+      input gradient, which nothing needs, is counted here too, while the cost model's
+      :func:`costmodel.embeddings_cost.dense_ops` leaves that GEMM out).
 
     Optimizer state: ``table_optimizer`` (per table, unless the table overrides it) and
     ``dense_optimizer``, see :func:`optimizer_state_bytes_per_row` and

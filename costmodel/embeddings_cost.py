@@ -38,7 +38,7 @@ from costmodel.embeddings import (
 )
 from costmodel.errors import WorkloadError
 from costmodel.kv import Memory, Resource, capacity, shortfalls
-from costmodel.roofline import Processor, roofline_time_s
+from costmodel.roofline import Op, Processor, roofline_time_s
 from hwprofiles import OpClass, System, format_bytes
 
 # A batch above this makes expected-distinct-row sums and the MIP's coefficients meaningless for one GPU.
@@ -93,6 +93,9 @@ class EmbWorkload:
 
     ``dtype_bytes`` is the dense compute's element size (activations; 0 = the model's
     ``dense_dtype_bytes``); 2 runs the MLPs at the GPU's fp16 peak, 4 or 8 at its fp32 peak.
+    ``tf32`` (4-byte runs only): matmuls run on TF32 tensor cores, at the GPU's ``tf32_flop_per_s``
+    (what PyTorch 1.7-1.11 did by default on Ampere, ``torch.backends.cuda.matmul.allow_tf32``);
+    elementwise ops still move 4-byte elements.
     ``prefetch`` is the default of :attr:`TablePolicy.prefetch` for ``cache`` and ``uvm`` tables.
     """
 
@@ -100,6 +103,7 @@ class EmbWorkload:
     batch: int
     dtype_bytes: int = 0
     prefetch: bool = False
+    tf32: bool = False
     _hash: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -114,7 +118,14 @@ class EmbWorkload:
             raise WorkloadError(f"dtype_bytes must be one of 0 (the model's), 2, 4, 8, got {self.dtype_bytes!r}")
         if not isinstance(self.prefetch, (bool, np.bool_)):
             raise WorkloadError(f"prefetch must be true or false, got {self.prefetch!r}")
-        object.__setattr__(self, "_hash", hash((self.model, self.batch, self.dtype_bytes, bool(self.prefetch))))
+        if not isinstance(self.tf32, (bool, np.bool_)):
+            raise WorkloadError(f"tf32 must be true or false, got {self.tf32!r}")
+        if self.tf32 and self.dense_dtype_bytes != 4:
+            raise WorkloadError(f"tf32 is for 4-byte (fp32) dense compute, got tf32=True with dtype_bytes "
+                                f"{self.dense_dtype_bytes}")
+        object.__setattr__(self, "tf32", bool(self.tf32))
+        object.__setattr__(self, "_hash", hash((self.model, self.batch, self.dtype_bytes, bool(self.prefetch),
+                                                self.tf32)))
 
     def __hash__(self) -> int:
         return self._hash
@@ -125,7 +136,8 @@ class EmbWorkload:
 
     def summary(self) -> dict[str, object]:
         return {"model": self.model.name, "model_file": self.model.file, "batch": self.batch,
-                "dtype_bytes": self.dense_dtype_bytes, "prefetch": bool(self.prefetch)}
+                "dtype_bytes": self.dense_dtype_bytes, "prefetch": bool(self.prefetch),
+                "tf32": self.tf32}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -329,30 +341,142 @@ def activation_bytes(wl: EmbWorkload) -> float:
 
 
 def _gpu(wl: EmbWorkload, system: System) -> Processor:
+    """The GPU for elementwise work and memory traffic: the fp16 peak for 2-byte runs, else the fp32 peak."""
     proc = Processor.gpu(system.gpu)
     if wl.dense_dtype_bytes >= 4:  # fp32 math: no fp16 tensor-core peak
         proc = replace(proc, peak_flop_per_s=system.gpu.fp32_flop_per_s)
     return proc
 
 
-def dense_gpu_s(wl: EmbWorkload, system: System) -> float:
-    """MLPs and interaction forward and backward, then the dense optimizer, on the GPU.
+def _gemm_gpu(wl: EmbWorkload, system: System) -> Processor:
+    """The GPU for matmuls: the fp16 tensor peak for 2-byte runs, the TF32 tensor peak for 4-byte runs
+    with ``tf32``, else the fp32 peak."""
+    if wl.tf32:
+        return replace(Processor.gpu(system.gpu), peak_flop_per_s=system.gpu.tf32_flop_per_s)
+    return _gpu(wl, system)
 
-    Matmuls: ``B (fwd + bwd)`` FLOPs per sample (:meth:`RecModel.forward_flop_per_sample`, backward 2x)
-    on the GEMM roof, reading ``3 W`` (weights forward and backward, weight gradients written) and
-    ``2 A`` (activations written and read back, :func:`activation_bytes`), one launch per layer and pass.
-    Optimizer: ``W_params (3 dt_w + 2 s_w)`` bytes (read weight and gradient, write weight; read and
-    write the state) on the memory roof, one launch.
+
+def dense_ops(wl: EmbWorkload) -> tuple[Op, ...]:
+    """Every kernel of the dense part of one training step, forward and backward, with its FLOPs and
+    the HBM bytes it reads and writes (``B`` the batch, ``dt`` the workload's dense element size).
+
+    Per linear layer ``k -> n`` (:meth:`RecModel.mlp_layers`):
+
+    * ``fwd``: GEMM, ``2 B k n`` FLOPs, ``dt (B k + k n + B n)`` bytes (read X and W, write Y; the bias
+      add fused in, as cuBLAS ``addmm`` does);
+    * ``dX``: GEMM, ``2 B k n`` FLOPs, ``dt (B n + k n + B k)`` (read dY and W, write dX) -- not for the
+      first bottom layer, whose input (the dense features) needs no gradient (autograd skips it);
+    * ``dW``: GEMM, ``2 B k n`` FLOPs, ``dt (B n + B k + k n)`` (read dY and X, write dW);
+    * ``bias_grad``: elementwise reduction, ``B n`` FLOPs, ``dt (B n + n)`` (read dY, write db);
+    * ReLU after every layer but the last top one (DLRM reference ``create_mlp``: ReLU, the last top
+      layer sigmoid, Naumov et al. 2019, arXiv:1906.00091): ``relu`` ``B n`` FLOPs, ``2 dt B n`` (read,
+      write) and ``relu_bwd`` ``B n`` FLOPs, ``3 dt B n`` (read the gradient and the output, write the
+      gradient);
+    * after the last top layer, sigmoid and binary cross-entropy: ``loss`` ``B n`` FLOPs,
+      ``3 dt B n`` (read the logits and the labels, write the probabilities) and ``loss_bwd``
+      ``B n`` FLOPs, ``3 dt B n`` (read the probabilities and the labels, write the gradient).
+
+    Interaction of the ``F`` vectors of width ``D`` (``concat``: the pooled embeddings stacked with the
+    bottom MLP's output, ``2 dt B F D`` bytes, read and written; its backward is a view), as the DLRM
+    reference's ``interact_features`` runs it:
+
+    * ``dot``: ``bmm`` ``Z = X X^T``, GEMM ``2 B F^2 D`` FLOPs, ``dt B (2 F D + F^2)`` (read X as both
+      operands, write Z); ``tril_gather`` of the ``P = F (F - 1) / 2`` lower-triangle entries,
+      ``2 dt B P``; ``concat_top`` with the bottom output, ``2 dt B (D + P)``; backward:
+      ``tril_scatter`` into a zeroed ``F x F``, ``dt B (F^2 + 2 P)``; two batched GEMMs
+      ``bmm_bwd_a`` (``dZ X``) and ``bmm_bwd_b`` (``dZ^T X``), each ``2 B F^2 D`` FLOPs,
+      ``dt B (F^2 + 2 F D)``; their sum into dX, ``B F D`` FLOPs, ``3 dt B F D``; and the bottom output's
+      two gradients (through ``concat_top`` and ``concat``) summed, ``B D`` FLOPs, ``3 dt B D``.
+    * ``dcnv2`` (TorchRec ``LowRankCrossNet``, ``x_{l+1} = x_0 * (U_l (V_l x_l) + b_l) + x_l`` on
+      ``N = F D``, rank ``r``), per layer: GEMMs ``V`` and ``U``, ``2 B N r`` FLOPs each, bytes
+      ``dt (B N + N r + B r)``; ``cross`` elementwise, ``3 B N`` FLOPs, ``dt (4 B N + N)`` (read x_0, the
+      projection, x_l and b, write x_{l+1}); backward: ``cross_bwd`` ``3 B N`` FLOPs, ``6 dt B N``
+      (read the gradient, x_0 and the projection, write the projection's gradient, read and write
+      x_0's accumulated gradient); ``bias_grad`` ``dt (B N + N)``; ``dX`` and ``dW`` GEMMs of ``U`` and
+      ``V``, ``2 B N r`` FLOPs and ``dt (B N + N r + B r)`` bytes each; the residual's gradient summed,
+      ``B N`` FLOPs, ``3 dt B N``.
+
+    The optimizer (:func:`dense_gpu_s`) is not among these.
+
+    Examples
+    --------
+    >>> from costmodel.embeddings import load_rec_model
+    >>> ops = dense_ops(EmbWorkload(model=load_rec_model("criteo-kaggle"), batch=128))
+    >>> [o.name for o in ops][:3]
+    ['bottom_mlp[0].fwd', 'bottom_mlp[0].relu', 'bottom_mlp[0].relu_bwd']
     """
-    m, gpu = wl.model, _gpu(wl, system)
-    flop = wl.batch * (m.forward_flop_per_sample() + m.backward_flop_per_sample())
-    w = float(m.dense_param_bytes())
-    launches = 3 * len(m.mlp_layers()) + 2
-    mlp = roofline_time_s(flop, 3 * w + 2 * activation_bytes(wl), OpClass.GEMM, gpu, launches=launches)
+    m = wl.model
+    b, dt = float(wl.batch), float(wl.dense_dtype_bytes)
+    gemm, elem = OpClass.GEMM, OpClass.ELEMENTWISE
+    ops: list[Op] = []
+
+    def add(name: str, cls: OpClass, flop: float, nbytes: float) -> None:
+        ops.append(Op(name=name, op_class=cls, flop=float(flop), bytes=float(nbytes)))
+
+    layers = m.mlp_layers()
+    for i, (name, k, n) in enumerate(layers):
+        mm = 2.0 * b * k * n
+        add(f"{name}.fwd", gemm, mm, dt * (b * k + k * n + b * n))
+        if i == len(layers) - 1:
+            add(f"{name}.loss", elem, b * n, 3 * dt * b * n)
+            add(f"{name}.loss_bwd", elem, b * n, 3 * dt * b * n)
+        else:
+            add(f"{name}.relu", elem, b * n, 2 * dt * b * n)
+            add(f"{name}.relu_bwd", elem, b * n, 3 * dt * b * n)
+        add(f"{name}.bias_grad", elem, b * n, dt * (b * n + n))
+        add(f"{name}.dW", gemm, mm, dt * (b * n + b * k + k * n))
+        if i > 0:
+            add(f"{name}.dX", gemm, mm, dt * (b * n + k * n + b * k))
+    f, d = m.n_features, m.embedding_dim
+    add("interaction.concat", elem, 0.0, 2 * dt * b * f * d)
+    if m.interaction == "dot":
+        p = f * (f - 1) // 2
+        bmm = 2.0 * b * f * f * d
+        add("interaction.bmm", gemm, bmm, dt * b * (2 * f * d + f * f))
+        add("interaction.tril_gather", elem, 0.0, 2 * dt * b * p)
+        add("interaction.concat_top", elem, 0.0, 2 * dt * b * (d + p))
+        add("interaction.tril_scatter", elem, 0.0, dt * b * (f * f + 2 * p))
+        add("interaction.bmm_bwd_a", gemm, bmm, dt * b * (f * f + 2 * f * d))
+        add("interaction.bmm_bwd_b", gemm, bmm, dt * b * (f * f + 2 * f * d))
+        add("interaction.grad_sum", elem, b * f * d, 3 * dt * b * f * d)
+        add("bottom_out.grad_sum", elem, b * d, 3 * dt * b * d)
+    else:
+        nn_, r = m.interaction_in_features, m.dcn_rank
+        lr = 2.0 * b * nn_ * r
+        lr_bytes = dt * (b * nn_ + nn_ * r + b * r)
+        for layer in range(m.dcn_layers):
+            name = f"cross[{layer}]"
+            add(f"{name}.V", gemm, lr, lr_bytes)
+            add(f"{name}.U", gemm, lr, lr_bytes)
+            add(f"{name}.cross", elem, 3 * b * nn_, dt * (4 * b * nn_ + nn_))
+            add(f"{name}.cross_bwd", elem, 3 * b * nn_, 6 * dt * b * nn_)
+            add(f"{name}.bias_grad", elem, b * nn_, dt * (b * nn_ + nn_))
+            for g in ("U.dX", "U.dW", "V.dX", "V.dW"):
+                add(f"{name}.{g}", gemm, lr, lr_bytes)
+            add(f"{name}.grad_sum", elem, b * nn_, 3 * dt * b * nn_)
+    return tuple(ops)
+
+
+def dense_gpu_s(wl: EmbWorkload, system: System) -> float:
+    """MLPs and interaction forward and backward, then the dense optimizer, on the GPU: a sum over the
+    kernels of :func:`dense_ops`, each on its own roofline with one launch (a GPU runs them one after
+    another; as :mod:`costmodel.kv` sums its per-layer ops), GEMMs on the GEMM roof at the matmul
+    peak (fp16 tensor for 2-byte runs, TF32 tensor for 4-byte runs with ``tf32``, else fp32),
+    elementwise ops on the ELEMENTWISE roof.
+
+    Optimizer: ``W_params (3 dt_w + 2 s_w)`` bytes (read weight and gradient, write weight; read and
+    write the state) and ``2 W_params`` FLOPs on the memory roof, one launch.
+    """
+    m = wl.model
+    gemm, elem = _gemm_gpu(wl, system), _gpu(wl, system)
+    total = 0.0
+    for op in dense_ops(wl):
+        proc = gemm if op.op_class is OpClass.GEMM else elem
+        total += float(roofline_time_s(op.flop, op.bytes, op.op_class, proc, launches=1))
     params = float(m.dense_params())
     opt_bytes = params * (3 * m.dense_dtype_bytes + 2 * dense_optimizer_state_bytes_per_param(m.dense_optimizer))
-    opt = roofline_time_s(2.0 * params, opt_bytes, OpClass.ELEMENTWISE, gpu)
-    return float(mlp + opt)
+    opt = roofline_time_s(2.0 * params, opt_bytes, OpClass.ELEMENTWISE, elem)
+    return float(total + opt)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -838,7 +962,7 @@ def torchrec_estimated_hit_rate(policy: TablePolicy, table: Table) -> float:
 __all__ = [
     "BASELINES", "DEFAULT_CACHE_LOAD_FACTOR", "EmbCost", "EmbWorkload", "Placement", "Stage", "StateTier",
     "TablePolicy", "TableTraffic", "UpdateOn", "activation_bytes", "all_gpu", "baseline_policies", "cpu_hybrid",
-    "dense_gpu_s", "evaluate_embeddings", "explain_shortfall", "fae", "largest_to_cpu", "memory_use",
+    "dense_gpu_s", "dense_ops", "evaluate_embeddings", "explain_shortfall", "fae", "largest_to_cpu", "memory_use",
     "table_traffic", "torchrec_cacheability", "torchrec_estimated_hit_rate", "torchrec_proportional",
     "torchrec_uvm_cache", "uvm_all",
 ]

@@ -38,13 +38,14 @@ CURVES_DIR = Path(__file__).parent / "curves"
 
 PART_DIRS = {"gpu": "gpus", "host": "hosts", "link": "links", "disk": "disks", "system": "systems"}
 
-# yaml key -> (dataclass field, dimension) for each part kind; every key is required.
+# yaml key -> (dataclass field, dimension) for each part kind; every key is required but those in DEFAULTS.
 SCHEMA: dict[str, dict[str, tuple[str, Dimension]]] = {
     "gpu": {
         "memory": ("memory_bytes", Dimension.BYTES),
         "memory_bandwidth": ("memory_bytes_per_s", Dimension.BANDWIDTH),
         "flops_fp16": ("fp16_flop_per_s", Dimension.COMPUTE),
         "flops_fp32": ("fp32_flop_per_s", Dimension.COMPUTE),
+        "flops_tf32": ("tf32_flop_per_s", Dimension.COMPUTE),
         "reserved_memory": ("reserved_bytes", Dimension.BYTES),
         "launch_overhead": ("launch_overhead_s", Dimension.TIME),
     },
@@ -67,6 +68,15 @@ SCHEMA: dict[str, dict[str, tuple[str, Dimension]]] = {
         "write_bandwidth": ("write_bytes_per_s", Dimension.BANDWIDTH),
         "latency": ("latency_s", Dimension.TIME),
     },
+}
+# Optional keys: (part kind, key) -> the key whose value (and source) it takes when absent, and why.
+# gpu.flops_tf32 is optional so that GPU files written before it existed (measured profiles, systems with an
+# inline GPU, test fixtures) still load: without it a GPU is taken to have no TF32 tensor cores, so an
+# fp32 GEMM runs at its fp32 peak, which is the rate a GPU without TF32 reaches and a lower bound on one with it.
+# Every bundled GPU file states it (tests/hwprofiles/test_loader.py checks).
+DEFAULTS: dict[tuple[str, str], tuple[str, str]] = {
+    ("gpu", "flops_tf32"): ("flops_fp32", "flops_tf32 not given: taken equal to flops_fp32 (no TF32 tensor-core "
+                                          "rate stated)"),
 }
 # "part.field" -> dimension, for overrides and sweeps given on the command line.
 SCHEMA_DIMENSIONS: dict[str, Dimension] = {
@@ -227,9 +237,18 @@ def parse_part(kind: str, data: Mapping[str, Any], *, file: str, prefix: str = "
     provenance = []
     for key, (attr, dimension) in schema.items():
         if key not in data:
-            raise ProfileError(f"{prefix}.{key} is missing ({file})")
+            if (kind, key) not in DEFAULTS:
+                raise ProfileError(f"{prefix}.{key} is missing ({file})")
+            continue
         kwargs[attr], prov = _quantity(data[key], key, dimension, f"{prefix}.{key}", file)
         provenance.append((key, prov))
+    for (k, key), (other, why) in DEFAULTS.items():
+        if k == kind and key not in data:
+            kwargs[schema[key][0]] = kwargs[schema[other][0]]
+            base = dict(provenance)[other]
+            provenance.append((key, Provenance(source=base.source, ref=f"{why}; {other}: {base.ref}")))
+    order = list(schema)  # schema order, whether a key was given or defaulted (equal parts compare equal)
+    provenance.sort(key=lambda kv: order.index(kv[0]))
     if kind in ("gpu", "host"):
         eff = data.get("efficiency")
         if isinstance(eff, str):

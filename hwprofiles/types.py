@@ -109,10 +109,15 @@ class Part:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Gpu(Part):
+    """A GPU. ``tf32_flop_per_s`` is the dense TF32 tensor-core peak (no sparsity) that fp32 GEMMs reach
+    when the framework allows TF32 (NVIDIA Ampere and later); on a GPU without TF32 tensor cores it
+    equals ``fp32_flop_per_s``."""
+
     memory_bytes: float
     memory_bytes_per_s: float
     fp16_flop_per_s: float
     fp32_flop_per_s: float
+    tf32_flop_per_s: float
     reserved_bytes: float
     launch_overhead_s: float
     curves: CurveSet

@@ -3,7 +3,8 @@
 A plan of kind ``"embeddings"`` holds
 
 * ``workload``: ``model`` (a bundled preset's name, or the spec's name with ``model_file``), ``batch``,
-  ``dtype_bytes`` (dense compute), ``prefetch`` (the workload default) and ``table_optimizer``;
+  ``dtype_bytes`` (dense compute), ``tf32`` (its GEMMs on TF32 tensor cores), ``prefetch`` (the
+  workload default) and ``table_optimizer``;
 * ``units``: one entry per table, in the model's order: the decision (``placement``, ``cache_rows``,
   ``cache_kind``, ``state_tier``, ``update_on``, ``prefetch``), the table's identity (``table``,
   ``rows``, ``dim``) and what the cost model predicts of it (``hit_rate``, ``distinct_rows``,
@@ -38,7 +39,7 @@ def workload_record(wl: EmbWorkload) -> dict[str, Any]:
     """The plan's ``workload`` field: enough to rebuild ``wl`` (:func:`workload_from_plan`)."""
     m = wl.model
     return {"model": m.name, "model_file": m.file or None, "batch": wl.batch, "dtype_bytes": wl.dense_dtype_bytes,
-            "prefetch": bool(wl.prefetch), "table_optimizer": m.table_optimizer.value}
+            "prefetch": bool(wl.prefetch), "tf32": bool(wl.tf32), "table_optimizer": m.table_optimizer.value}
 
 
 def memory_record(cost: EmbCost) -> dict[str, Any]:
@@ -149,6 +150,10 @@ def _check(c: _Checker, data: Mapping[str, Any]) -> None:
     if isinstance(w["dtype_bytes"], bool) or w["dtype_bytes"] not in (2, 4, 8):
         raise c.fail("workload.dtype_bytes", "must be 2, 4 or 8", w["dtype_bytes"])
     c.boolean(w["prefetch"], "workload.prefetch")
+    if "tf32" in w:
+        c.boolean(w["tf32"], "workload.tf32")
+        if w["tf32"] and w["dtype_bytes"] != 4:
+            raise c.fail("workload.tf32", "may be true only with dtype_bytes 4", w["tf32"])
     _choice(c, w["table_optimizer"], "workload.table_optimizer", [o.value for o in Optimizer])
     for i, u in enumerate(data["units"]):
         at = f"units[{i}]"
@@ -219,7 +224,7 @@ def workload_from_plan(plan: Plan, model: RecModel | None = None) -> EmbWorkload
     m = plan_model(plan, model)
     w = plan.workload
     dtype = 0 if w["dtype_bytes"] == m.dense_dtype_bytes else w["dtype_bytes"]
-    return EmbWorkload(model=m, batch=w["batch"], dtype_bytes=dtype, prefetch=w["prefetch"])
+    return EmbWorkload(model=m, batch=w["batch"], dtype_bytes=dtype, prefetch=w["prefetch"], tf32=w.get("tf32", False))
 
 
 def policies_from_plan(plan: Plan, model: RecModel | None = None) -> tuple[TablePolicy, ...]:

@@ -159,8 +159,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             if getattr(args, name) is None:
                 setattr(args, name, default)
         return cli_embeddings.cmd_evaluate(args)
-    if args.optimizer or args.prefetch:
-        raise PlanError("--optimizer and --prefetch are options of evaluate embeddings")
+    if args.optimizer or args.prefetch or args.tf32:
+        raise PlanError("--optimizer, --prefetch and --tf32 are options of evaluate embeddings")
     if args.target == "kv":
         return cli_kv.cmd_evaluate_policy(args)
     given = [f"--{f.replace('_', '-')}" for f in _WORKLOAD_FLAGS if getattr(args, f) not in (None, False)]
@@ -504,6 +504,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--optimizer", choices=("sgd", "rowwise-adagrad", "adagrad", "adam"),
                     help="evaluate embeddings: the tables' optimizer (default: the spec's)")
     ev.add_argument("--prefetch", action="store_true", help="evaluate embeddings: prefetch the next batch's cold rows")
+    ev.add_argument("--tf32", action="store_true", help="evaluate embeddings: fp32 matmuls on TF32 tensor cores")
     ev.set_defaults(func=cmd_evaluate)
 
     ex = sub.add_parser("export", help="a plan as the config of the engine that runs it").add_subparsers(

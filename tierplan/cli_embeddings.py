@@ -34,6 +34,7 @@ def add_arguments(p: argparse.ArgumentParser, *, policy: bool) -> None:
                    help="the tables' optimizer (default: the spec's)")
     p.add_argument("--prefetch", action="store_true",
                    help="copy the next batch's cold rows during this batch's compute (ScratchPipe), into a buffer")
+    p.add_argument("--tf32", action="store_true", help="fp32 matmuls on TF32 tensor cores (PyTorch allow_tf32)")
     if policy:
         p.add_argument("--policy", required=True,
                        help=f"one of {', '.join(EMB_BASELINES)} (torchrec-uvm-cache:CLF, default CLF 0.2)")
@@ -50,7 +51,7 @@ def workload(args: argparse.Namespace) -> EmbWorkload:
     model = load_rec_model(args.model)
     if args.optimizer:
         model = dataclasses.replace(model, table_optimizer=Optimizer(args.optimizer))
-    return EmbWorkload(model=model, batch=args.batch, prefetch=args.prefetch)
+    return EmbWorkload(model=model, batch=args.batch, prefetch=args.prefetch, tf32=bool(getattr(args, "tf32", False)))
 
 
 # ---------------------------------------------------------------------------------------------- output
@@ -88,7 +89,8 @@ def render_plan(plan: Plan) -> str:
     """The text ``tierplan plan embeddings`` prints."""
     w, s = plan.workload, plan.solver
     lines = [f"tierplan embeddings plan: {w['model']} on {plan.hardware['system']}, batch {w['batch']}, "
-             f"table optimizer {w['table_optimizer']}{', prefetch' if w['prefetch'] else ''}",
+             f"table optimizer {w['table_optimizer']}{', prefetch' if w['prefetch'] else ''}"
+             f"{', TF32 matmuls' if w.get('tf32') else ''}",
              f"status: {plan.status} (from {s['selected_from'] or 'nothing'}; MIP in {s['solve_time_s']:.2f} s)"]
     for note in plan.extras.get("access_assumptions", []):
         lines.append(f"assumption: {note}")

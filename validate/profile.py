@@ -233,6 +233,32 @@ class Profiler:
         self.progress(f"  memory copy on {dev.type}: up to {max(bw) / 1e9:.1f} GB/s (read + write)")
         return moved, bw
 
+    def tf32_peak(self, dev: torch.device) -> float | None:
+        """Peak of an fp32 GEMM sweep with TF32 matmuls allowed, on a CUDA device with TF32 tensor cores
+        (compute capability 8.0 or later: Ampere and newer); None elsewhere (the CPU, Volta, Turing).
+
+        TF32 is switched on for the sweep only (``torch.backends.cuda.matmul.fp32_precision = "tf32"``, or
+        ``allow_tf32 = True`` on a torch without it) and the previous setting restored.
+        """
+        if dev.type != "cuda" or torch.cuda.get_device_capability(dev)[0] < 8:
+            return None
+        matmul = torch.backends.cuda.matmul
+        new_api = hasattr(matmul, "fp32_precision")
+        before = matmul.fp32_precision if new_api else matmul.allow_tf32
+        try:
+            if new_api:
+                matmul.fp32_precision = "tf32"
+            else:
+                matmul.allow_tf32 = True
+            sizes = [1024, 4096] if self.quick else [1024, 2048, 4096, 8192]
+            _, tput = self._gemm_points(dev, torch.float32, sizes)
+        finally:
+            if new_api:
+                matmul.fp32_precision = before
+            else:
+                matmul.allow_tf32 = before
+        return max(tput)
+
     def _launch_overhead(self, dev) -> float:
         x = torch.zeros(1, device=dev)
         return self.timer(lambda: x.add_(1.0), repeats=50 if not self.quick else 10)
@@ -447,6 +473,9 @@ def profile_machine(*, quick: bool = False, device: str | None = None, command: 
                  + (f", compute on {compute_threads} of {len(cores)} cores" if compute_threads else "") + ")")
         progress("compute device:")
         prof.results["compute"] = comp = prof.compute_part(dev, prof.dtype)
+        tf32 = prof.tf32_peak(dev)
+        if tf32 is not None:
+            progress(f"  TF32 GEMM peak: {tf32 / 1e12:.3f} TFLOP/s")
         progress("link:")
         link = prof.link_part()
         progress("host CPU:")
@@ -492,6 +521,9 @@ def profile_machine(*, quick: bool = False, device: str | None = None, command: 
         link_src = "measured"
         link_ref = (f"throttled stand-in: copier thread paced to {cpu_link_bytes_per_s / 1e9:.3g} GB/s, measured over "
                     f"sizes and fitted time = latency + bytes / bandwidth; {ref}")
+    fp32_rate = comp["peak_flop_per_s"] / (2 if cuda and dtype != "fp32" else 1)
+    fp32_source = "estimate" if cuda and dtype != "fp32" else "measured"
+    fp32_ref = "half the half-precision peak (not measured separately)" if cuda and dtype != "fp32" else "the GEMM peak"
     data = {
         "kind": "system",
         "name": "measured-" + ("cuda" if cuda else "cpu"),
@@ -503,9 +535,12 @@ def profile_machine(*, quick: bool = False, device: str | None = None, command: 
                                    f"peak of a tensor copy sweep (read + write bytes); {ref}"),
             "flops_fp16": _q(comp["peak_flop_per_s"], "TFLOP/s", 1e12, "measured",
                              f"peak of a {gpu_dtype} GEMM sweep (the field holds the plan dtype's peak); {ref}"),
-            "flops_fp32": _q(comp["peak_flop_per_s"] / (2 if cuda and dtype != "fp32" else 1), "TFLOP/s", 1e12,
-                             "estimate" if cuda and dtype != "fp32" else "measured",
-                             f"{'half the half-precision peak (not measured separately)' if cuda and dtype != 'fp32' else 'the GEMM peak'}; {ref}"),
+            "flops_fp32": _q(fp32_rate, "TFLOP/s", 1e12, fp32_source, f"{fp32_ref}; {ref}"),
+            "flops_tf32": (_q(tf32, "TFLOP/s", 1e12, "measured", f"peak of an fp32 GEMM sweep with TF32 matmuls allowed "
+                              f"(torch.backends.cuda.matmul); {ref}") if tf32 is not None else
+                           _q(fp32_rate, "TFLOP/s", 1e12, fp32_source,
+                              f"no TF32 tensor cores ({'CUDA compute capability below 8.0' if cuda else 'CPU'}): equal to "
+                              f"flops_fp32 ({fp32_ref}); {ref}")),
             "reserved_memory": _q(2**30 if cuda else 0.0, "GiB", 2**30, "estimate",
                                   "CUDA context and allocator slack" if cuda else "none on the CPU"),
             "launch_overhead": _q(comp["launch_overhead_s"], "us", 1e-6, "measured",

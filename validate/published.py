@@ -188,7 +188,11 @@ def predict_embeddings_row(row: dict) -> PublishedResult:
         return PublishedResult(**base, status="skipped", note="no table list")
     try:
         model = _rec_model(spec, row["id"])
-        wl = EmbWorkload(model=model, batch=int(w["batch"]), dtype_bytes=2 if w.get("precision") == "amp" else 4)
+        # amp: fp16 MLPs; tf32: fp32 tensors with matmuls on TF32 tensor cores (the rows' PyTorch, 20.06-21.10
+        # NGC containers, allowed TF32 matmuls by default: torch 1.7-1.11); fp32: plain fp32.
+        precision = w.get("precision")
+        wl = EmbWorkload(model=model, batch=int(w["batch"]), dtype_bytes=2 if precision == "amp" else 4,
+                         tf32=precision == "tf32")
         system = load_system(row["hw_profile"])
     except (WorkloadError, ProfileError, KeyError) as err:
         return PublishedResult(**base, status="skipped", note=str(err))

@@ -24,6 +24,7 @@ from costmodel.embeddings_cost import (
     TablePolicy,
     baseline_policies,
     dense_gpu_s,
+    dense_ops,
     evaluate_embeddings,
     fae,
     table_traffic,
@@ -36,7 +37,7 @@ from costmodel.embeddings_cost import (
 from costmodel.kv import capacity
 from costmodel.errors import WorkloadError
 from costmodel.kv import Resource
-from hwprofiles import load_system
+from hwprofiles import apply_overrides, load_system
 
 TOY = Path(__file__).resolve().parents[1] / "data" / "toy-system.yaml"
 
@@ -58,12 +59,68 @@ def rec():
 
 def test_dense_time_by_hand(toy, rec):
     wl = EmbWorkload(model=rec, batch=1000)
-    # FLOPs per sample: bottom 2(4*8 + 8*4) = 128, dot 2 F^2 D = 2*9*4 = 72, top (in 4 + 3 = 7)
-    # 2(7*4 + 4*1) = 64 -> 264 forward, x3 with the backward = 792; x1000 = 7.92e5 FLOP / 10 TFLOP/s = 79.2 ns.
-    # Bytes: params (4*8+8)+(8*4+4)+(7*4+4)+(4*1+1) = 113 -> W = 452 B; activations
-    # 1000 * 4 B * (4 + 12 + 3*4 + 9 + 7 + 5) = 196,000 B; 3W + 2A = 393,356 B / 1 TB/s = 393.356 ns (binds).
-    # Optimizer (SGD): 113 * 3 * 4 = 1356 B -> 1.356 ns.
-    assert dense_gpu_s(wl, toy) == pytest.approx(393.356e-9 + 1.356e-9, rel=1e-12)
+    # Per op, each on its own roofline (flat curves, no launch overhead): every op here is memory-bound
+    # (intensity < 2 FLOP/B, the toy's ridge is 10 TFLOP/s / 1 TB/s = 10), so time = bytes / 1 TB/s.
+    # B = 1000, dt = 4; layers bottom 4->8 (first: no dX), 8->4; top 7->4, 4->1 (last: sigmoid + BCE).
+    # A layer k->n: fwd, dW, dX each 4 (B k + B n + k n); ReLU 2 + 3 = 5 x 4 B n; loss 3 + 3 = 6 x 4 B n;
+    # bias grad 4 (B n + n).
+    #   bottom[0] 4->8: 2 x 4 (4000 + 8000 + 32) = 96,256 + ReLU 160,000 + bias 32,032   = 288,288
+    #   bottom[1] 8->4: 3 x 4 (8000 + 4000 + 32) = 144,384 + ReLU 80,000 + bias 16,016   = 240,400
+    #   top[0]    7->4: 3 x 4 (7000 + 4000 + 28) = 132,336 + ReLU 80,000 + bias 16,016   = 228,352
+    #   top[1]    4->1: 3 x 4 (4000 + 1000 + 4)  = 60,048 + loss 24,000 + bias 4,004     = 88,052
+    # Dot interaction, F = 3, D = 4, P = 3: concat 2 x 4 x 1000 x 12 = 96,000; bmm 4000 (24 + 9) = 132,000;
+    # tril gather 2 x 4000 x 3 = 24,000; concat with the bottom output 2 x 4000 x 7 = 56,000; scatter
+    # 4000 (9 + 6) = 60,000; two backward bmms 2 x 4000 (9 + 24) = 264,000; their sum 3 x 4000 x 12 = 144,000;
+    # the bottom output's two gradients summed 3 x 4000 x 4 = 48,000                       = 824,000
+    # Total 1,669,092 B -> 1669.092 ns. Optimizer (SGD): 113 params x 3 x 4 B = 1356 B -> 1.356 ns.
+    assert dense_gpu_s(wl, toy) == pytest.approx(1669.092e-9 + 1.356e-9, rel=1e-12)
+    by_name = {op.name: op for op in dense_ops(wl)}
+    assert "bottom_mlp[0].dX" not in by_name and "bottom_mlp[1].dX" in by_name
+    assert by_name["interaction.bmm"].flop == 2 * 1000 * 9 * 4
+    assert sum(op.bytes for op in by_name.values()) == 1_669_092
+
+
+def test_tf32_runs_the_gemms_at_the_tf32_peak_by_hand(toy, rec):
+    # Memory made ~free so every op binds on compute; TF32 peak 40 TFLOP/s, fp32 10 TFLOP/s.
+    fast = apply_overrides(toy, ["gpu.memory_bandwidth=1000000TB/s", "gpu.flops_tf32=40TFLOP/s"])
+    # GEMM FLOPs: bottom[0] 2 x 2 x 1000 x 32 = 128,000; bottom[1] 3 x 64,000 = 192,000; top[0] 3 x 56,000 =
+    # 168,000; top[1] 3 x 8000 = 24,000; bmm and its two backward 3 x 72,000 = 216,000 -> 728,000.
+    # Elementwise FLOPs (at fp32): bottom[0] ReLU 2 x 8000 + bias 8000 = 24,000; bottom[1] and top[0]
+    # 12,000 each; top[1] loss 2 x 1000 + bias 1000 = 3000; dX sum 12,000; bottom output sum 4000 -> 67,000;
+    # optimizer 2 x 113 = 226.
+    plain = EmbWorkload(model=rec, batch=1000)
+    tf32 = EmbWorkload(model=rec, batch=1000, tf32=True)
+    elem = (67_000 + 226) / 10e12
+    # memory terms are at most ~1e-12 of the total, below the tolerance
+    assert dense_gpu_s(plain, fast) == pytest.approx(728_000 / 10e12 + elem, rel=1e-9)
+    assert dense_gpu_s(tf32, fast) == pytest.approx(728_000 / 40e12 + elem, rel=1e-9)
+    # a GPU without a TF32 rate (the toy states none: its fp32 peak) gains nothing
+    assert dense_gpu_s(tf32, toy) == dense_gpu_s(plain, toy)
+
+
+def test_tf32_is_for_fp32_runs_only(rec):
+    assert EmbWorkload(model=rec, batch=8, tf32=True).summary()["tf32"] is True
+    with pytest.raises(WorkloadError, match=r"tf32 is for 4-byte \(fp32\) dense compute, got tf32=True with dtype_bytes 2"):
+        EmbWorkload(model=rec, batch=8, dtype_bytes=2, tf32=True)
+    with pytest.raises(WorkloadError, match="tf32 must be true or false, got 'yes'"):
+        EmbWorkload(model=rec, batch=8, tf32="yes")
+    assert EmbWorkload(model=rec, batch=8, tf32=True) != EmbWorkload(model=rec, batch=8)
+
+
+@pytest.mark.parametrize("interaction", ["dot", "dcnv2"])
+def test_dense_gemm_flops_are_the_models_counts(interaction):
+    # The GEMMs of dense_ops carry the model's forward + backward matmul FLOPs (RecModel counts), less
+    # the first bottom layer's input gradient, which autograd does not compute: 2 B k0 n0.
+    tables = tuple(Table(name=f"t{i}", rows=100, dim=4, access=_uniform(100)) for i in range(2))
+    extra = {"interaction": "dcnv2", "dcn_layers": 2, "dcn_rank": 3} if interaction == "dcnv2" else {}
+    m = RecModel(name="m", tables=tables, dense_features=5, bottom_mlp=(8, 4), top_mlp=(6, 1), **extra)
+    wl = EmbWorkload(model=m, batch=64)
+    gemm = sum(op.flop for op in dense_ops(wl) if op.op_class == "gemm")
+    assert gemm == pytest.approx(64 * (m.forward_flop_per_sample() + m.backward_flop_per_sample()) - 2 * 64 * 5 * 8,
+                                 rel=1e-12)
+    names = [op.name for op in dense_ops(wl)]
+    assert ("cross[1].U.dW" in names) == (interaction == "dcnv2")
+    assert ("interaction.bmm" in names) == (interaction == "dot")
 
 
 def test_gpu_and_static_cache_tables_by_hand(toy, rec):
@@ -85,9 +142,10 @@ def test_gpu_and_static_cache_tables_by_hand(toy, rec):
     # compute: GPU = dense + (3 U + 0.75 U) 16 B / 1 TB/s; D2H = write-back M x 16 B / 10 GB/s
     assert compute[Resource.GPU] == pytest.approx(dense_gpu_s(wl, toy) + 3.75 * u * 16 / 1e12, rel=1e-9)
     assert compute[Resource.D2H] == pytest.approx(m * 16 / 10e9, rel=1e-9)
-    # the write-back (474 rows x 16 B / 10 GB/s = 0.76 us) outlasts the GPU's 0.43 us: D2H binds the compute stage
-    assert compute[Resource.D2H] > compute[Resource.GPU]
-    assert cost.iteration_s == pytest.approx(fetch[Resource.H2D] + compute[Resource.D2H], rel=1e-9)
+    # the GPU's 1.67 us of dense kernels (test_dense_time_by_hand) + 0.04 us of gathers outlast the
+    # write-back (474 rows x 16 B / 10 GB/s = 0.76 us): the GPU binds the compute stage
+    assert compute[Resource.GPU] > compute[Resource.D2H]
+    assert cost.iteration_s == pytest.approx(fetch[Resource.H2D] + compute[Resource.GPU], rel=1e-9)
     gpu_mem, host_mem = dict(cost.memory.gpu_breakdown), dict(cost.memory.host_breakdown)
     # GPU: table 1000 x 16, cache 250 x 16, dense 113 x (4 + 4), activations 196,000,
     # ids 8000 + pooled vectors and gradients 2 x 1000 x 4 x 4 per table.

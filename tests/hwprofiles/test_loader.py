@@ -140,6 +140,60 @@ def test_h100_sxm_fp16_is_dense_not_sparse():
     assert load_system("h100-sxm").gpu.fp16_flop_per_s < 1.2e15
 
 
+# Dense TF32 tensor-core peaks (no sparsity), as each GPU file cites them; GPUs without TF32 tensor
+# cores (Turing, Volta) and the A10G (no datasheet figure found) state their FP32 peak.
+DENSE_TF32 = {
+    "a100-40gb": 156e12, "a100-80gb": 156e12,  # A100 datasheet: 156 | 312 sparse
+    "h100-sxm": 494.7e12, "h200": 494.7e12, "gh200": 494.7e12,  # H100 SXM: 989 sparse, "1/2 lower without"
+    "h100-pcie": 378e12,  # 756 sparse
+    "l4": 60e12,  # 120 sparse
+    "l40s": 183e12,  # 183 | 366 sparse
+    "rtx3090": 35.6e12, "rtx4090": 82.6e12,  # GA102 / Ada whitepapers: 35.6/71.2, 82.6/165.2
+    "a10g": 35e12, "t4": 8.1e12, "v100-32gb": 15.7e12,  # = flops_fp32
+}
+
+
+@pytest.mark.parametrize("name", list_parts("gpu"))
+def test_every_bundled_gpu_states_its_tf32_peak(name):
+    from hwprofiles.loader import DATA_DIR
+
+    raw = yaml.safe_load((DATA_DIR / "gpus" / f"{name}.yaml").read_text())
+    assert "flops_tf32" in raw, f"{name}.yaml must state flops_tf32 with its source, not rely on the default"
+    gpu = load_part("gpu", name)
+    assert name in DENSE_TF32, f"add {name}'s dense TF32 figure to this table"
+    assert gpu.tf32_flop_per_s == pytest.approx(DENSE_TF32[name], rel=1e-12)
+    # TF32 tensor cores are never slower than the CUDA cores' FP32, never faster than FP16 tensor cores
+    assert gpu.fp32_flop_per_s <= gpu.tf32_flop_per_s <= gpu.fp16_flop_per_s
+    assert gpu.source_of("flops_tf32").ref.strip()
+
+
+def test_a_gpu_without_flops_tf32_takes_its_fp32_peak_and_says_so(tmp_path):
+    toy = load_system(TOY)  # the fixture states no flops_tf32
+    assert toy.gpu.tf32_flop_per_s == toy.gpu.fp32_flop_per_s == 10e12
+    prov = toy.gpu.source_of("flops_tf32")
+    assert prov.source is toy.gpu.source_of("flops_fp32").source
+    assert prov.ref.startswith("flops_tf32 not given: taken equal to flops_fp32")
+    # and the record round-trips, flops_tf32 now written out
+    d = toy.to_dict()
+    assert d["gpu"]["flops_tf32"]["value"] == "10 TFLOP/s"
+    assert system_from_dict(d, file="x") == toy
+    # an override of it is a value like any other
+    fast = apply_overrides(toy, ["gpu.flops_tf32=80TFLOP/s"])
+    assert fast.gpu.tf32_flop_per_s == 80e12 and fast.gpu.fp32_flop_per_s == 10e12
+    assert fast.gpu.source_of("flops_tf32").source is Source.OVERRIDE
+
+
+def test_a_stated_flops_tf32_is_read(tmp_path):
+    data = yaml.safe_load(TOY.read_text())
+    data["gpu"]["flops_tf32"] = {"value": "40 TFLOP/s", "source": "estimate", "ref": "test"}
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(data))
+    s = load_system(path)
+    assert s.gpu.tf32_flop_per_s == 40e12
+    assert [k for k, _ in s.gpu.provenance][:5] == ["memory", "memory_bandwidth", "flops_fp16", "flops_fp32",
+                                                    "flops_tf32"]
+
+
 def test_toy_system_numbers_match_its_yaml():
     toy = load_system(TOY)
     assert toy.name == "toy"

@@ -301,3 +301,18 @@ def test_export_torchrec_writes_constraints_a_torchrec_user_can_load(capsys, tmp
                "-o", str(kv))[0] == 0
     code, _, err = run(capsys, "export", "torchrec", str(kv))
     assert code == 2 and "export torchrec takes an embeddings plan, got a plan of kind 'kv'" in err
+
+
+def test_a_tf32_embeddings_plan_keeps_tf32_when_re_costed(capsys, tmp_path):
+    path = tmp_path / "plan.json"
+    assert run(capsys, "plan", "embeddings", "--model", "criteo-kaggle", "--hw", "a100-80gb", "--batch", "32768",
+               "--tf32", "-o", str(path))[0] == 0
+    plan = json.loads(path.read_text())
+    assert plan["workload"]["tf32"] is True
+    code, out, _ = run(capsys, "evaluate", str(path), "--json")
+    assert code == 0 and json.loads(out)["predicted"]["samples_per_s"] == pytest.approx(
+        plan["predicted"]["samples_per_s"], rel=1e-12)
+    code, out, _ = run(capsys, "evaluate", "embeddings", "--policy", "all-gpu", "--model", "criteo-kaggle", "--hw",
+                       "a100-80gb", "--batch", "32768", "--json")
+    fp32 = json.loads(out)["predicted"]["samples_per_s"]
+    assert plan["predicted"]["samples_per_s"] > fp32  # TF32 tensor cores beat the plain fp32 rate on an A100

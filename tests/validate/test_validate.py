@@ -17,6 +17,7 @@ from hypothesis import strategies as st  # noqa: E402
 
 from costmodel import Fractions, KvWorkload, LayerPolicy, TokenSplit, spec_from_hf_config  # noqa: E402
 from hwprofiles import apply_overrides, load_system, parse_curves  # noqa: E402
+from hwprofiles.loader import parse_part  # noqa: E402
 from validate import ReplayError  # noqa: E402
 from validate import replay as R  # noqa: E402
 from validate.profile import Timer, check_profile, fit_link, monotone_curve, profile_machine, write_profile  # noqa: E402
@@ -88,6 +89,17 @@ def test_quick_cpu_profile_is_a_loadable_measured_system(cpu_profile):
     assert tags["compute_dtype"] == "fp32" and float(tags["link_throttle_bytes_per_s"]) == 1e9
     assert tags["machine"] == R.machine_name(torch.device("cpu")) and tags["noisy"] in ("yes", "no")
     assert "timings were" in s.description  # steady or noisy, the profile says which
+
+
+def test_cpu_profile_states_its_tf32_rate_as_the_fp32_rate(cpu_profile):
+    # No TF32 tensor cores on a CPU: the field is written (not left to the loader's default), equal to
+    # the measured fp32 GEMM peak, and says why.
+    data = _profile_data(cpu_profile)
+    assert data["gpu"]["flops_tf32"]["value"] == data["gpu"]["flops_fp32"]["value"]
+    s = load_system(cpu_profile)
+    assert s.gpu.tf32_flop_per_s == s.gpu.fp32_flop_per_s
+    prov = s.gpu.source_of("flops_tf32")
+    assert prov.source.value == "measured" and prov.ref.startswith("no TF32 tensor cores (CPU): equal to flops_fp32")
 
 
 def _profile_data(cpu_profile) -> dict:
@@ -466,3 +478,10 @@ def test_cuda_quick_profile_passes_its_own_checks():
     data = profile_machine(quick=True, device="cuda", progress=lambda m: None)
     check_profile(data)
     assert profile_tags(data["description"])["compute_dtype"] == "fp16"
+    gpu = parse_part("gpu", data["gpu"], file="measured")
+    if torch.cuda.get_device_capability()[0] >= 8:  # TF32 tensor cores: a measured TF32 GEMM peak
+        assert gpu.source_of("flops_tf32").source.value == "measured" and "TF32 matmuls allowed" in \
+            gpu.source_of("flops_tf32").ref
+        assert gpu.tf32_flop_per_s > 0
+    else:
+        assert gpu.tf32_flop_per_s == gpu.fp32_flop_per_s
