@@ -336,14 +336,36 @@ def _replay_embeddings(plan: Plan, system, args: argparse.Namespace) -> int:
     return 0
 
 
+def _replay_training(plan: Plan, system, args: argparse.Namespace) -> int:
+    """``tierplan replay`` of a training plan: a slice of its layers trained with torch."""
+    try:
+        from validate import replay_training as rt
+    except ImportError as err:
+        raise PlanError(f"this command needs torch ({err}); install it with pip install 'tierplan[validate]'") from None
+    from validate import report
+
+    for flag in ("steps", "tables"):
+        if getattr(args, flag) is not None:
+            raise PlanError(f"--{flag} is not an option for training plans; they replay --layers and --iterations")
+    result = rt.replay_plan(plan, system, layers=args.layers, iterations=args.iterations or 3,
+                            repeats=min(args.repeats, 3), device=args.device,
+                            progress=lambda m: print(m, file=sys.stderr, flush=True))
+    result.update({"plan": str(args.plan), "profile": system.summary(),
+                   "command": " ".join(["tierplan", "replay", *args.argv])})
+    print(json.dumps(result, indent=1, default=str) if args.json else rt.replay_table(result))
+    if args.report:
+        report.write_json(result, Path(args.report) / "replay.json")
+        print(f"report: {Path(args.report) / 'replay.json'}", file=sys.stderr)
+    return 0
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     plan = Plan.load(args.plan)
     system = _plan_system(plan, args)
     if plan.kind == "embeddings":
         return _replay_embeddings(plan, system, args)
-    if plan.kind != "kv":
-        raise PlanError(f"replay of {plan.kind} plans is not built yet; it replays kv and embeddings plans "
-                        f"({args.plan})")
+    if plan.kind == "training":
+        return _replay_training(plan, system, args)
     for flag in ("tables", "iterations"):
         if getattr(args, flag) is not None:
             raise PlanError(f"--{flag} is for embeddings plans; a KV plan replays --layers and --steps")
@@ -408,9 +430,23 @@ def cmd_validate(args: argparse.Namespace) -> int:
             print(published.table(results, skipped=args.skipped))
         return 0
     profile, _, report, suite = _validate_modules()
-    if args.suite not in ("kv", "embeddings"):
-        raise PlanError(f"--suite must be 'kv' or 'embeddings', got {args.suite!r}")
+    if args.suite not in ("kv", "embeddings", "training"):
+        raise PlanError(f"--suite must be 'kv', 'embeddings' or 'training', got {args.suite!r}")
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    if args.suite == "training":
+        from validate import suite_training
+
+        for flag in ("layers", "steps"):
+            if getattr(args, flag) is not None:
+                raise PlanError(f"--{flag} is for --suite kv; --suite training takes --iterations and --repeats")
+        result = suite_training.run_training_validation(
+            hw=args.hw, overrides=args.set or [], quick=args.quick, device=args.device, iterations=args.iterations,
+            repeats=args.repeats, output=args.output,
+            records_dir=None if args.no_record else (args.records or suite.RECORDS_DIR),
+            command=" ".join(["tierplan", "validate", *args.argv]), progress=log)
+        print(report.suite_table(result["cases"], result["summary"]))
+        print(f"results: {result['output_json']}" + (f"; record: {result['record']}" if result.get("record") else ""))
+        return 0
     if args.suite == "embeddings":
         from validate import suite_embeddings
 
@@ -576,7 +612,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--layers", type=int, default=None, help="replay a slice of this many layers")
     rp.add_argument("--steps", type=int, default=None, help="replay this many decode steps, spread over the generation")
     rp.add_argument("--tables", type=int, default=None, help="embeddings: replay a slice of this many tables")
-    rp.add_argument("--iterations", type=int, default=None, help="embeddings: training iterations (default: 8)")
+    rp.add_argument("--iterations", type=int, default=None,
+                    help="embeddings and training: training iterations (default: 8 and 3)")
     rp.add_argument("--repeats", type=int, default=5)
     rp.add_argument("--device", choices=("cuda", "cpu"), default=None)
     rp.add_argument("--report", help="folder for replay.json and replay.png")
@@ -584,7 +621,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.set_defaults(func=cmd_replay)
 
     va = sub.add_parser("validate", help="plan, replay and tabulate a fixed validation suite")
-    va.add_argument("--suite", default="kv", help="kv (default) or embeddings")
+    va.add_argument("--suite", default="kv", help="kv (default), embeddings or training")
     va.add_argument("--hw", help="measured profile to use (default: profile this machine with --quick)")
     va.add_argument("--set", action="append", metavar="PART.FIELD=VALUE")
     va.add_argument("--layers", type=int, default=None, help="layers per replayed slice (default: the suite's)")

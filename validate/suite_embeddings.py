@@ -267,13 +267,14 @@ def ordering_check(cases: list[dict], margin: float = ORDER_MARGIN) -> dict:
 
 
 def write_embeddings_record(result: dict, records_dir: str | Path = RECORDS_DIR,
-                            profile: str | Path | None = None) -> Path:
-    """Keep a suite result as ``<records_dir>/embeddings-<record_name>.json`` (``-2``, ``-3``... if
-    taken), with the profile YAML it was predicted with beside it (``<name>-profile.yaml``)."""
+                            profile: str | Path | None = None, *, prefix: str = "embeddings") -> Path:
+    """Keep a suite result as ``<records_dir>/<prefix>-<record_name>.json`` (``-2``, ``-3``... if
+    taken), with the profile YAML it was predicted with beside it (``<name>-profile.yaml``); the
+    training suite keeps its records the same way (``prefix="training"``)."""
     from validate.report import write_json
 
     records_dir = Path(records_dir)
-    base = f"embeddings-{record_name(result)}"
+    base = f"{prefix}-{record_name(result)}"
     name, n = base, 1
     while (records_dir / f"{name}.json").exists():
         n += 1
