@@ -24,8 +24,10 @@ affine in the policy's 0/1 decisions with the coefficients of :class:`TrainUnitC
 * step, ``overlap="deepspeed"`` (DeepSpeed's behaviour: ``step()`` runs after the backward): the
   CPU-stepped layers one after another, each ``max(cpu, disk)`` (NVMe reads/writes pipelined with
   the CPU, ``pipeline_read``/``pipeline_write``) then the H2D of its updated 16-bit weights;
-  concurrently the GPU-stepped layers (Twin-Flow); then the all-gather of updated weights
-  (stages 1-2).
+  concurrently the GPU-stepped layers (Twin-Flow), in backward order, as a four-stage flow shop
+  (:func:`gpu_step_job`: H2D of host-resident master and moments, the update, D2H of those states
+  and of updated weights that live off the GPU, the disk write of weights on disk; a layer with
+  everything on the GPU is its update alone); then the all-gather of updated weights (stages 1-2).
 * ``overlap="full"``: the CPU step of a layer starts as soon as its gradients are on the host,
   overlapping the rest of the backward: a flow shop (stage A, stage B, CPU+disk, H2D of weights) in
   backward order. The H2D of updated weights either follows each CPU step (a fourth stage) or, but
@@ -78,6 +80,7 @@ from costmodel.training_units import (
     _gpu_proc,
     activation_bytes,
     flow_shop_s,
+    gpu_step_job,
     head_ops,
     layer_ops,
     unit_costs,
@@ -236,7 +239,8 @@ def evaluate_training(wl: TrainWorkload, system: System, policies: Sequence[Laye
     steps = [(t[Phase.STEP], p) for t, p in order]
     ic_step = sum(s["interconnect"] for s, _ in steps)
     cpu_jobs = [(max(s["cpu"], s["disk"]), s["h2d"]) if p.step is StepDevice.CPU else (0.0, 0.0) for s, p in steps]
-    gpu_chain = sum(max(s["gpu"], s["stream_h2d"], s["stream_d2h"]) for s, p in steps if p.step is StepDevice.GPU)
+    # The GPU-stepped units in order: a four-stage flow shop (states in, update, states and weights out, disk).
+    gpu_chain = flow_shop_s([gpu_step_job(s) for s, p in steps if p.step is StepDevice.GPU])
     if overlap is Overlap.NONE:
         bwd_last = backward_s(last)
         step = sum(sum(s.values()) for s, _ in steps)
@@ -416,7 +420,7 @@ __all__ = [
     "ACTIVATION_BASELINES", "BASELINES", "STATE_BASELINES", "ActAction", "LayerTrainPolicy", "OptimizerKind", "Overlap",
     "Phase", "Precision", "StateBytes", "StepDevice", "Tier", "TrainCost", "TrainMemory", "TrainOp", "TrainResource",
     "TrainUnitCosts", "TrainWorkload", "activation_bytes", "baseline_policies", "deepspeed_zero2_estimate",
-    "deepspeed_zero3_estimate", "evaluate_training", "flow_shop_s", "head_ops", "layer_ops", "megatron_bytes_per_param",
-    "memory_use", "model_flop_per_token", "pinned_allocation_bytes", "state_bytes", "step_bytes_per_param",
+    "deepspeed_zero3_estimate", "evaluate_training", "flow_shop_s", "gpu_step_job", "head_ops", "layer_ops",
+    "megatron_bytes_per_param", "memory_use", "model_flop_per_token", "pinned_allocation_bytes", "state_bytes", "step_bytes_per_param",
     "unit_costs", "unit_phase_times", "zero_paper_model_state_bytes",
 ]

@@ -580,19 +580,40 @@ def unit_phase_times(uc: TrainUnitCosts, pol: LayerTrainPolicy) -> dict[Phase, d
     * backward: GPU ``bwd`` + ``fwd`` (full recompute) or the attention core's forward (selective);
       H2D of the weights again (off-GPU weights) and of offloaded activations; "d2h" the gradients
       off the GPU, per DeepSpeed stage_1_and_2.py (commit 022f2236) ``copy_grads_in_partition``:
-      with grad_accum > 1, micro-step 0 copies the 16-bit partition to a host buffer
-      (``async_accumulate_grad_in_cpu_via_gpu``: D2H ``g os``), every later micro-step copies it
-      back and adds it on the GPU (H2D ``g os``), and the boundary casts the partition to fp32 on
-      the GPU and copies it to the host fp32 gradient (``async_inplace_copy_grad_to_fp32_buffer_
-      from_gpu``: D2H ``4 P os``); interconnect: the gradients' reduce-scatter ``(N-1)/N g`` every
+      with grad_accum > 1, ``async_accumulate_grad_in_cpu_via_gpu`` fetches the host buffer and
+      adds it on the GPU on every micro-step but the first (``if self.micro_step_id > 0:
+      accumulate_gradients()``: H2D ``g os``) and copies the sum back to the host on every
+      micro-step but the boundary (``if not self.is_gradient_accumulation_boundary:
+      copy_gradients_to_cpu()``: D2H ``g os``) — so micro-step 0 moves ``g os`` out, each middle
+      micro-step (1 .. A-2) ``g os`` in *and* out, and the boundary ``g os`` in; the boundary then
+      casts the partition to fp32 on the GPU and copies it to the host fp32 gradient
+      (``async_inplace_copy_grad_to_fp32_buffer_from_gpu``: D2H ``4 P os``); interconnect: the gradients' reduce-scatter ``(N-1)/N g`` every
       micro-step at stage >= 2, at the boundary only at stages 0 (all-reduce, twice the bytes) and 1.
       Gradients on disk are written there at the boundary.
     * step: CPU ``cpu_step`` for a CPU step (the node's work); GPU ``gpu_step`` for a GPU step, plus
       H2D/D2H of master and moments streamed from the host; disk reads of the step's gradient (on
       disk), master and moments (on disk) and writes of master, moments and 16-bit weights (on
       disk); H2D of the updated 16-bit partition ``w os`` when a CPU step serves GPU-resident
-      weights (a blocking ``copy_`` converts on the CPU, so 2 B/param cross); interconnect
-      all-gather of updated weights ``(N-1)/N w`` at stages 1-2.
+      weights (a blocking ``copy_`` converts on the CPU, so 2 B/param cross); D2H of the updated
+      16-bit partition ``w os`` when a GPU step serves weights that live off the GPU (``d2h``: they
+      go back to the host copy they are fetched from, or through host staging to the disk, whose
+      write of ``w`` is the disk term above); interconnect all-gather of updated weights
+      ``(N-1)/N w`` at stages 1-2.
+
+    A GPU step's keys are the stages of :func:`gpu_step_jobs`' flow shop.
+
+    Examples
+    --------
+    A middle micro-step of a ZeRO-Offload layer copies its gradient partition both ways:
+
+    >>> from costmodel.transformer import load_model
+    >>> from hwprofiles import load_system
+    >>> wl = TrainWorkload(model=load_model("gpt2"), seq_len=128, micro_batch=1, grad_accum=3)
+    >>> uc = unit_costs(wl, load_system("a100-40gb"))
+    >>> t = unit_phase_times(uc, LayerTrainPolicy(grads="host", master="host", moments="host", step="cpu"))
+    >>> mid = t[Phase.BACKWARD_MID]
+    >>> mid["d2h"] == t[Phase.BACKWARD_FIRST]["d2h"] > 0, mid["h2d"] == t[Phase.BACKWARD_LAST]["h2d"] > 0
+    (True, True)
     """
     n, lat, ic = uc.gpus, uc.link_latency_s, uc.interconnect_bytes_per_s
     frac = (n - 1) / n
@@ -616,8 +637,8 @@ def unit_phase_times(uc: TrainUnitCosts, pol: LayerTrainPolicy) -> dict[Phase, d
         inbound = (uc.weights_bytes * ws if w_off else 0.0) + act_off
         outbound = 0.0
         if grads_off and accum:
-            inbound += g_part if micro != "first" else 0.0
-            outbound += g_part if micro == "first" else 0.0
+            inbound += g_part if micro != "first" else 0.0  # accumulate_gradients(): micro_step_id > 0
+            outbound += g_part if micro != "last" else 0.0  # copy_gradients_to_cpu(): not the boundary
         if grads_off and micro == "last":
             outbound += uc.step_grad_bytes * os_
         if uc.zero_stage >= 2:
@@ -643,9 +664,29 @@ def unit_phase_times(uc: TrainUnitCosts, pol: LayerTrainPolicy) -> dict[Phase, d
             "stream_h2d": _xfer(streamed, h2d, lat), "stream_d2h": _xfer(streamed, d2h, lat),
             "disk": _xfer(disk_read, dr, dlat) + _xfer(disk_write, dw, dlat),
             "h2d": _xfer(uc.weights_bytes * os_ if cpu and not w_off else 0.0, h2d, lat),
+            "d2h": _xfer(uc.weights_bytes * os_ if not cpu and w_off else 0.0, d2h, lat),
             "interconnect": frac * uc.weights_bytes / ic if uc.zero_stage in (1, 2) and n > 1 else 0.0}
     return {Phase.FORWARD: fwd, Phase.BACKWARD_FIRST: backward("first"), Phase.BACKWARD_MID: backward("mid"),
             Phase.BACKWARD_LAST: backward("last"), Phase.STEP: step}
+
+
+def gpu_step_job(step: dict[str, float]) -> tuple[float, float, float, float]:
+    """The four stages of one unit's GPU step (the ``Phase.STEP`` seconds of :func:`unit_phase_times`):
+    the H2D of its host-resident master and moments, the update on the GPU, the D2H of those states
+    and of its updated 16-bit weights when they live off the GPU, then the disk write of those weights
+    when they live on disk.
+
+    A unit's states cannot be updated before they have arrived, nor sent back before they are
+    updated (Deep Optimizer States' streamed update; the replay's ``_gpu_chain``), and each stage is
+    one engine (one copy engine per direction), so the GPU-stepped units form a permutation flow
+    shop over these stages (:func:`flow_shop_s`), in the order they are stepped.
+
+    Examples
+    --------
+    >>> gpu_step_job({"stream_h2d": 1.0, "gpu": 2.0, "stream_d2h": 1.0, "d2h": 0.5, "disk": 0.0})
+    (1.0, 2.0, 1.5, 0.0)
+    """
+    return (step["stream_h2d"], step["gpu"], step["stream_d2h"] + step["d2h"], step["disk"])
 
 
 def flow_shop_s(jobs: Sequence[Sequence[float]]) -> float:
@@ -672,6 +713,6 @@ def flow_shop_s(jobs: Sequence[Sequence[float]]) -> float:
 
 __all__ = [
     "ActAction", "LayerTrainPolicy", "Overlap", "Phase", "StepDevice", "Tier", "TrainOp", "TrainResource",
-    "TrainUnitCosts", "TrainWorkload", "activation_bytes", "flow_shop_s", "head_ops", "layer_ops", "unit_costs",
-    "unit_phase_times",
+    "TrainUnitCosts", "TrainWorkload", "activation_bytes", "flow_shop_s", "gpu_step_job", "head_ops", "layer_ops",
+    "unit_costs", "unit_phase_times",
 ]

@@ -94,7 +94,9 @@ class TrainPlan:
     the embeddings/LM head's: ``evaluate_training(plan.workload, system, plan.policies,
     head=plan.head)`` re-costs the plan. ``cost`` their exact cost;
     ``mip_cost`` the MIP's own choice's; ``lp_estimate_s`` the MIP's iteration seconds (equal to
-    ``mip_cost.iteration_s`` for overlap deepspeed and none, a lower bound for full).
+    ``mip_cost.iteration_s`` for overlap none, and for deepspeed unless the GPU steps' flow shop mixes
+    kinds of streamed jobs; a lower bound otherwise and for full: see
+    :mod:`solver.training_formulation`).
     ``mode_counts``: (mode label, layers) of the plan. ``n_variables``/``n_constraints``: the largest
     MIP's size; ``mip_status`` the MIPs' combined status; ``mip_solve_time_s`` the seconds spent on
     the MIPs (building, solving, costing their plans); ``solve_time_s`` the whole call's.

@@ -30,8 +30,20 @@ evaluate_training` enter as follows (``a`` micro-steps, times in ms and bytes in
   the evaluator's. ``f`` is a binary per (class, stored activation bytes); with ``pull=False``
   there is none, ``f`` is the ranking's own first job, and the memory row below takes the least
   stored bytes of any mode for it (an upper bound; the local search then chooses ``f`` exactly).
-* step, ``overlap="deepspeed"``: ``max(Σ (CPU-or-disk + H2D of weights), Σ GPU-step chain) +
+* step, ``overlap="deepspeed"``: ``max(Σ (CPU-or-disk + H2D of weights), GPU-step chain) +
   Σ all-gather``, two epigraph rows; ``"none"``: every resource time summed (no flow shop);
+  the GPU-step chain is a four-stage flow shop in the backward order
+  (:func:`~costmodel.training_units.gpu_step_job`: states in, update, states and updated weights
+  out, weights to disk). Over counts it is not linear, so the MIP takes a valid lower bound ``X``:
+  for each stage ``j``, ``X >=`` the head's completion of stage ``j-1`` (the head is the first job)
+  ``+ Σ`` every unit's stage ``j``; and for each *kind* of job ``p`` that is more than an update
+  (layer modes with equal stages), the head followed by the ``N`` layers of that kind (a
+  subsequence: dropping jobs never lengthens a permutation flow shop), whose makespan is, entering
+  the run at stage ``i``, ``C^h_i + Σ_{s>=i} p_s + (N-1) max_{s>=i} p_s`` — linear in ``N`` with a
+  binary ``z`` (``L z >= N``) for the fixed part. With at most one such kind of job in the plan
+  (and the head's update no longer than the first streamed layer's fetch), the bound is the
+  flow shop; otherwise :class:`GroupScreen` costs it exactly (runs of identical jobs in closed
+  form, :meth:`GroupScreen.gpu_chain_s`) and the local search decides, as for ``"full"``.
   ``"full"``: valid lower bounds only — the CPU stage cannot end before the head's stages A and B
   plus every unit's CPU stage, nor before the backward plus the GPU steps (the four-stage flow shop
   and the deferred weight copies are left to the exact evaluation and the local search).
@@ -44,10 +56,11 @@ worst point of the backward, ``max(S + head keep + head work, S - stored_f + kee
 ``S = Σ_k n_k stored_k``: every layer's backward needs the same ``keep + work``, so the worst layer
 is the first in backward order, whose own stored bytes are the ones not counted.
 
-For ``overlap`` deepspeed or none the MIP's objective is therefore the evaluator's iteration time
-of the extracted, ranked policies (the tests check it); :class:`GroupScreen` computes the same
-value for many candidate count vectors at once (the local search's screen), and a lower bound
-for ``overlap="full"``.
+For ``overlap`` none, and deepspeed when the GPU-step chain's bound is tight, the MIP's objective
+is therefore the evaluator's iteration time of the extracted, ranked policies (the tests check it;
+it is never above it); :class:`GroupScreen` computes the evaluator's value exactly for many
+candidate count vectors at once (the local search's screen) for deepspeed and none, and a lower
+bound for ``overlap="full"``.
 """
 
 from __future__ import annotations
@@ -72,6 +85,7 @@ from costmodel.training_units import (
     TrainResource,
     TrainUnitCosts,
     TrainWorkload,
+    gpu_step_job,
     unit_costs,
     unit_phase_times,
 )
@@ -157,7 +171,8 @@ class ModeCoef:
     resources (``overlap="full"`` may defer an updated-weights copy into the H2D). ``a_s``/``b_s``:
     stage A / B of each backward phase (:func:`backward_phases`; with no overlap A is the phase's
     sum, B 0). ``cpu_s``: the CPU step stage ``max(cpu, disk)`` (0 for a GPU step); ``up_s`` the H2D
-    of updated weights after it; ``gpu_chain_s`` a GPU step's ``max(gpu, stream H2D, stream D2H)``;
+    of updated weights after it; ``step_in_s``/``step_gpu_s``/``step_out_s``/``step_disk_s`` a GPU
+    step's four flow-shop stages (:func:`~costmodel.training_units.gpu_step_job`; 0 for a CPU step);
     ``ic_step_s`` the step's all-gather; ``step_sum_s`` the step's resources summed. ``busy_s``: per
     resource of :data:`RESOURCE_KEYS` over the iteration. Memory: ``gpu_bytes`` the resident states,
     ``stored_bytes`` the activations kept on the GPU to the backward, the buffer *levels* (a max over
@@ -174,7 +189,10 @@ class ModeCoef:
     b_s: tuple[float, ...]
     cpu_s: float
     up_s: float
-    gpu_chain_s: float
+    step_in_s: float
+    step_gpu_s: float
+    step_out_s: float
+    step_disk_s: float
     ic_step_s: float
     step_sum_s: float
     busy_s: tuple[float, ...]
@@ -187,10 +205,15 @@ class ModeCoef:
     host_bytes: float
     disk_bytes: float
 
+    @property
+    def gpu_job_s(self) -> tuple[float, float, float, float]:
+        """The GPU step's flow-shop stages (all 0 for a CPU step)."""
+        return (self.step_in_s, self.step_gpu_s, self.step_out_s, self.step_disk_s)
+
     def vector(self) -> np.ndarray:
         """Every coefficient, smaller-is-better, for the dominance test."""
         return np.array([self.fwd_s, self.fwd_h2d_s, self.fwd_rest_s, *self.a_s, *self.b_s, self.cpu_s, self.up_s,
-                         self.gpu_chain_s, self.ic_step_s, self.step_sum_s, *self.busy_s, self.gpu_bytes,
+                         *self.gpu_job_s, self.ic_step_s, self.step_sum_s, *self.busy_s, self.gpu_bytes,
                          self.stored_bytes, self.grad_buffer_bytes, self.offload_buffer_bytes,
                          self.stream_buffer_bytes, self.staged_bytes, self.host_bytes, self.disk_bytes])
 
@@ -265,7 +288,8 @@ def mode_coef(wl: TrainWorkload, uc: TrainUnitCosts, pol: LayerTrainPolicy) -> M
         policy=pol, fwd_s=sum(fwd.values()) if none else max(fwd.values()), fwd_h2d_s=fwd["h2d"],
         fwd_rest_s=max(v for k, v in fwd.items() if k != "h2d"), a_s=tuple(a_s), b_s=tuple(b_s),
         cpu_s=max(s["cpu"], s["disk"]) if cpu else 0.0, up_s=s["h2d"] if cpu else 0.0,
-        gpu_chain_s=0.0 if cpu else max(s["gpu"], s["stream_h2d"], s["stream_d2h"]),
+        **dict(zip(("step_in_s", "step_gpu_s", "step_out_s", "step_disk_s"),
+                   (0.0,) * 4 if cpu else gpu_step_job(s), strict=True)),
         ic_step_s=s["interconnect"], step_sum_s=sum(s.values()), busy_s=busy, gpu_bytes=gpu,
         stored_bytes=_stored(uc, pol), grad_buffer_bytes=grad_buf,
         offload_buffer_bytes=2.0 * pol.offloaded_share * uc.act_keep_bytes, stream_buffer_bytes=stream,
@@ -340,6 +364,21 @@ def layer_modes(wl: TrainWorkload, system: System, *, head: bool = False, space:
 # ---------------------------------------------------------------------------------------------
 
 
+def _flow_run(C: np.ndarray, p: np.ndarray, n: np.ndarray) -> np.ndarray:
+    """Stage completions after a run of ``n`` (per row) identical jobs ``p`` of a permutation flow shop
+    (see :meth:`GroupScreen.gpu_chain_s`); rows with ``n = 0`` are unchanged."""
+    p = np.broadcast_to(p, C.shape)
+    out = np.empty_like(C)
+    extra = (n - 1.0)[:, None]
+    for j in range(C.shape[1]):
+        seg = p[:, : j + 1]
+        # for each entry stage i <= j: the stages i..j, summed and their max
+        sums = np.cumsum(seg[:, ::-1], axis=1)[:, ::-1]
+        maxs = np.maximum.accumulate(seg[:, ::-1], axis=1)[:, ::-1]
+        out[:, j] = np.max(C[:, : j + 1] + sums + extra * maxs, axis=1)
+    return np.where((n > 0.5)[:, None], out, C)
+
+
 def _johnson_key(a: float, b: float) -> tuple[int, float]:
     """Johnson's rule: jobs with A < B first by increasing A, then the rest by decreasing B (S. M. Johnson,
     "Optimal two- and three-stage production schedules with setup times included", Naval Research
@@ -404,7 +443,7 @@ class GroupScreen:
                 pairs.setdefault((ci, float(self.L["stored_bytes"][k])), []).append(k)
         self.pairs = [(ci, st, ks) for (ci, st), ks in pairs.items()]
         # The screen's arrays: the summed terms as one matrix, the buffer levels (a max), the classes.
-        names = ["fwd_s", "cpu_s", "up_s", "gpu_chain_s", "ic_step_s", "step_sum_s", "gpu_bytes", "stored_bytes",
+        names = ["fwd_s", "cpu_s", "up_s", "ic_step_s", "step_sum_s", "gpu_bytes", "stored_bytes",
                  "host_bytes", "disk_bytes"]
         self.lin_col = {name: i for i, name in enumerate(names)}
         self.busy_cols = list(range(len(names), len(names) + len(RESOURCE_KEYS)))
@@ -421,6 +460,14 @@ class GroupScreen:
         self.class_matrix = np.zeros((len(self.lc), len(classes)))
         for ci, ks in enumerate(classes):
             self.class_matrix[ks, ci] = 1.0
+        # The GPU steps' flow-shop stages per mode (rows), and the layer modes whose job is more than an update.
+        self.Ljob = np.array([c.gpu_job_s for c in self.lc], dtype=float).reshape(-1, 4)
+        self.Hjob = np.array([c.gpu_job_s for c in self.hc], dtype=float).reshape(-1, 4)
+        kinds: dict[tuple[float, ...], list[int]] = {}
+        for k in range(len(self.lc)):
+            if np.count_nonzero(self.Ljob[k]) > 1:  # more than an update alone (which the stage totals hold)
+                kinds.setdefault(tuple(self.Ljob[k]), []).append(k)
+        self.job_kinds = [(np.array(job), ks) for job, ks in kinds.items()]
         self.class_a = np.array([[self.LA[p, ks[0]] for ks in classes] for p in range(len(self.phases))])
         self.class_b = np.array([[self.LB[p, ks[0]] for ks in classes] for p in range(len(self.phases))])
 
@@ -477,10 +524,10 @@ class GroupScreen:
         if wl.overlap is Overlap.NONE:
             schedule = fwd + early + last + lin[:, col["step_sum_s"]]
         elif wl.overlap is Overlap.DEEPSPEED:
-            step = np.maximum(lin[:, col["cpu_s"]] + lin[:, col["up_s"]], lin[:, col["gpu_chain_s"]])
+            step = np.maximum(lin[:, col["cpu_s"]] + lin[:, col["up_s"]], self.gpu_chain_s(m, first, head))
             schedule = fwd + early + last + step + lin[:, col["ic_step_s"]]
         else:
-            end = np.maximum(last + lin[:, col["gpu_chain_s"]], self.HA[-1, head] + self.HB[-1, head]
+            end = np.maximum(last + self.gpu_chain_s(m, first, head), self.HA[-1, head] + self.HB[-1, head]
                              + lin[:, col["cpu_s"]])
             schedule = fwd + early + np.maximum(end, last) + lin[:, col["ic_step_s"]]
         busy = lin[:, self.busy_cols].max(axis=1)
@@ -492,6 +539,24 @@ class GroupScreen:
         staged = top[:, 3]
         staging = 2.0 * (np.vectorize(pinned_allocation_bytes, otypes=[float])(staged) if self.pin else staged)
         return iteration, gpu, lin[:, col["host_bytes"]] + staging, lin[:, col["disk_bytes"]]
+
+    def gpu_chain_s(self, m: np.ndarray, first: np.ndarray, head: np.ndarray) -> np.ndarray:
+        """The GPU steps' four-stage flow shop (``evaluate_training``'s ``gpu_chain``), exactly, per candidate:
+        the head's job, the first backward job, then each mode's ``m[:, k]`` jobs in the ranked order.
+
+        A run of ``n`` identical jobs ``p`` entering with stage completions ``C`` leaves
+        ``C'_j = max_{i <= j} (C_i + Σ_{s=i..j} p_s + (n - 1) max_{s=i..j} p_s)`` — the longest path
+        through the run's grid, which spends its extra jobs on the slowest stage it crosses — and
+        ``C`` unchanged when ``n = 0``; a CPU-stepped mode's job is all zeros, the identity."""
+        C = np.zeros((len(first), 4))
+        one = np.ones(len(first))
+        C = _flow_run(C, self.Hjob[head], one)
+        C = _flow_run(C, self.Ljob[first], one)
+        for ks in self.classes:
+            for k in ks:
+                if self.Ljob[k].any():
+                    C = _flow_run(C, self.Ljob[k], m[:, k])
+        return C[:, -1]
 
     def fits(self, gpu: np.ndarray, host: np.ndarray, disk: np.ndarray, margin: float = CAPACITY_MARGIN) -> np.ndarray:
         keep = 1.0 - margin
@@ -562,6 +627,24 @@ class GroupScreen:
                 mdl.add([(M, 1.0), (SB[g], -1.0), (u[g], -ac)] + ([(PA[g - 1], -1.0)] if g else []) + neg, GE, 0.0)
                 mdl.add([(M, 1.0), (PA[g], -1.0), (u[g], -bc)] + ([(SB[g + 1], -1.0)] if g + 1 < G else []) + neg,
                         GE, 0.0)
+        # The GPU steps' flow shop, bounded below (see the module docstring): each stage's total, and for each
+        # kind of job that is more than an update, the head's job followed by all the layers' jobs of that kind.
+        chain = mdl.var("gpu_chain_ms")
+        head_done = np.cumsum(self.Hjob, axis=1)  # (S, 4): the head's stage completions, alone
+        for j, name in enumerate(("step_in_s", "step_gpu_s", "step_out_s", "step_disk_s")):
+            # stage j starts no job before the head (the first) has left stage j - 1, then serves every job
+            if any(L[name]) or any(H[name]):
+                mdl.add([(chain, 1.0)] + [(c, -x) for c, x in lin(name, MS)]
+                        + ([(h[s], -head_done[s, j - 1] * MS) for s in range(S) if head_done[s, j - 1]] if j else []),
+                        GE, 0.0)
+        mdl.add([(chain, 1.0)] + [(h[s], -head_done[s, -1] * MS) for s in range(S)], GE, 0.0)
+        for c, (job, ks) in enumerate(self.job_kinds):
+            z = mdl.binary(f"zjob[{c}]")
+            mdl.add([(z, float(nl))] + [(n[k], -1.0) for k in ks], GE, 0.0)
+            for i in range(4):  # the path entering the run at stage i
+                top, rest = float(job[i:].max()), float(job[i:].sum() - job[i:].max())
+                mdl.add([(chain, 1.0), (z, -rest * MS)] + [(n[k], -top * MS) for k in ks]
+                        + [(h[s], -head_done[s, i] * MS) for s in range(S) if head_done[s, i]], GE, 0.0)
         weights = [c for _, c in self.phases]
         sched = [(T, 1.0)] + [(c, -x) for c, x in lin("fwd_s", MS, a)] + [(spans[p], -float(weights[p]))
                                                                           for p in range(len(spans) - 1)]
@@ -570,11 +653,11 @@ class GroupScreen:
         elif wl.overlap is Overlap.DEEPSPEED:
             step = mdl.var("step_ms")
             mdl.add([(step, 1.0)] + [(c, -x) for c, x in lin("cpu_s", MS) + lin("up_s", MS)], GE, 0.0)
-            mdl.add([(step, 1.0)] + [(c, -x) for c, x in lin("gpu_chain_s", MS)], GE, 0.0)
+            mdl.add([(step, 1.0), (chain, -1.0)], GE, 0.0)
             mdl.add(sched + [(spans[-1], -1.0), (step, -1.0)] + [(c, -x) for c, x in lin("ic_step_s", MS)], GE, 0.0)
         else:
             end = mdl.var("cpu_end_ms")
-            mdl.add([(end, 1.0), (spans[-1], -1.0)] + [(c, -x) for c, x in lin("gpu_chain_s", MS)], GE, 0.0)
+            mdl.add([(end, 1.0), (spans[-1], -1.0), (chain, -1.0)], GE, 0.0)
             mdl.add([(end, 1.0), (spans[-1], -1.0)], GE, 0.0)
             mdl.add([(end, 1.0)] + [(h[s], -(self.HA[-1, s] + self.HB[-1, s]) * MS) for s in range(S)]
                     + [(c, -x) for c, x in lin("cpu_s", MS)], GE, 0.0)

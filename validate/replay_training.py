@@ -53,14 +53,8 @@ device work (see :data:`validate.suite_embeddings.CPU_LINK_BYTES_PER_S`).
 
 Where the replay does what the cost model does not count
 --------------------------------------------------------
-* ``grad_accum > 2`` with gradients off the GPU: each middle micro-step copies the sum back to the
-  host (DeepSpeed does; :func:`costmodel.training.unit_phase_times` charges no D2H for it).
 * The head's gradients are complete only after the embeddings' backward, the last of the pass,
   so its D2H closes the backward (the model's flow shop puts the head's first).
-* A GPU step of host-resident states waits for them to arrive and sends them back after; with one
-  such unit nothing overlaps (the model takes ``max(gpu, h2d, d2h)`` per unit).
-* A GPU-stepped unit whose weights live off the GPU sends its updated weights back (a warning
-  says so).
 * Each unit whose weights live on disk has its own host staging buffer (reads run two units ahead).
 * On the CPU stand-in the copiers, the disk thread and the host's optimizer share one core.
 
@@ -759,9 +753,6 @@ class TrainReplayer:
                                 for _ in range(2)]
         else:
             self.state_stage = None
-        if any(not u.params_gpu and not u.cpu_step for u in units):
-            self.notes.append("a GPU-stepped unit keeps its weights off the GPU: the replay copies the updated "
-                              "weights back to their tier after the step, which the cost model does not count")
         # Inputs and constants (kept on the device by every pack hook).
         b, s = wl.micro_batch, wl.seq_len
         gen = torch.Generator().manual_seed(seed)

@@ -257,17 +257,86 @@ def test_zero_offload_times_by_hand(toy):
     assert cost.tokens_per_s == pytest.approx(256 / cost.iteration_s)
 
 
-def test_grad_accumulation_link_bytes_by_hand(toy):
-    # DeepSpeed stage_1_and_2.py (022f2236): micro-step 0 copies the fp16 gradients D2H, later micro-steps
-    # copy them back H2D, the boundary sends fp32 D2H. With A = 3 per parameter: D2H 2 + 4 B, H2D 2 + 2 B,
-    # plus the 2 B of updated weights; the host keeps a 2 B/param accumulation buffer.
-    wl = tiny_wl(grad_accum=3)
+@pytest.mark.parametrize("accum", [2, 3, 4])
+def test_grad_accumulation_link_bytes_by_hand(toy, accum):
+    # DeepSpeed stage_1_and_2.py (022f2236), async_accumulate_grad_in_cpu_via_gpu: every micro-step but the
+    # first fetches the host buffer and adds it (H2D 2 B/param), every micro-step but the boundary copies the
+    # sum back (D2H 2 B), and the boundary sends fp32 (D2H 4 B). So per parameter D2H 2 (A - 1) + 4 B and
+    # H2D 2 (A - 1) B plus the 2 B of updated weights; A = 3: D2H 8 B, H2D 6 B (the middle micro-step moves
+    # the partition both ways). The host keeps a 2 B/param accumulation buffer.
+    wl = tiny_wl(grad_accum=accum)
     cost = evaluate_training(wl, toy, baseline_policies("zero-offload", wl, toy))
     link = 5e9
-    assert cost.busy_s("d2h") == pytest.approx(6 * P_ALL / link, rel=1e-12)
-    assert cost.busy_s("h2d") == pytest.approx(6 * P_ALL / link, rel=1e-12)
+    assert cost.busy_s("d2h") == pytest.approx((2 * (accum - 1) + 4) * P_ALL / link, rel=1e-12)
+    assert cost.busy_s("h2d") == pytest.approx((2 * (accum - 1) + 2) * P_ALL / link, rel=1e-12)
     assert dict(cost.memory.host_breakdown)["grad_accum_buffer"] == 2 * P_ALL
-    assert cost.tokens_per_s == pytest.approx(3 * 256 / cost.iteration_s)
+    assert cost.tokens_per_s == pytest.approx(accum * 256 / cost.iteration_s)
+    t = unit_phase_times(unit_costs(wl, toy), baseline_policies("zero-offload", wl, toy)[0])
+    first, last = t[Phase.BACKWARD_FIRST], t[Phase.BACKWARD_LAST]
+    assert (first["d2h"], first["h2d"]) == (pytest.approx(2 * P_LAYER / link, rel=1e-12), 0.0)
+    assert (last["d2h"], last["h2d"]) == (pytest.approx(4 * P_LAYER / link, rel=1e-12),
+                                         pytest.approx(2 * P_LAYER / link, rel=1e-12))
+    mid = t[Phase.BACKWARD_MID]
+    assert mid["d2h"] == mid["h2d"] == pytest.approx(2 * P_LAYER / link, rel=1e-12)
+
+
+STREAMED = LayerTrainPolicy(master="host", moments="host")  # a GPU step of host-resident master and moments
+
+
+def test_streamed_gpu_step_is_a_flow_shop_by_hand(toy):
+    # Per streamed layer: master 4 B + moments 8 B per parameter in and out at 5 GB/s (pageable), the update
+    # 30 B/param at 1 TB/s on the GPU. The head's states stay on the GPU (its job is its update alone).
+    wl = tiny_wl()
+    link = 5e9
+    x, g = 12 * P_LAYER / link, 30 * P_LAYER / 1e12
+    g_head = 30 * P_HEAD / 1e12
+    assert g_head < x  # the first streamed layer's fetch outlasts the head's update
+    t = unit_phase_times(unit_costs(wl, toy), STREAMED)[Phase.STEP]
+    assert (t["stream_h2d"], t["gpu"], t["stream_d2h"]) == (pytest.approx(x), pytest.approx(g), pytest.approx(x))
+    # One streamed layer (the list's last, stepped right after the head): fetch, update, send back in series,
+    # x + g + x (the old max(x, g, x) per layer counted x only, 63 vs 138 ms in the replay); the other layer's
+    # update (g) runs while the streamed one's states go back: C = head (0, g_h, g_h); L1 (x, x + g, 2x + g);
+    # L0 (x, x + 2g, 2x + g).
+    one = evaluate_training(wl, toy, [LayerTrainPolicy(), STREAMED], head=LayerTrainPolicy())
+    assert one.step_s == pytest.approx(2 * x + g, rel=1e-9)
+    # Two streamed layers: the second's fetch overlaps the first's update and send-back; the flow shop
+    # C = head (0, g_h, g_h); L1 (x, x + g, 2x + g); L0 (2x, 2x + g, 3x + g): the makespan 3x + g.
+    two = evaluate_training(wl, toy, [STREAMED, STREAMED], head=LayerTrainPolicy())
+    assert two.step_s == pytest.approx(3 * x + g, rel=1e-9)
+    assert flow_shop_s([(0, g_head, 0), (x, g, x), (x, g, x)]) == pytest.approx(3 * x + g, rel=1e-12)
+
+
+def test_updated_weights_of_a_gpu_step_go_back_by_hand(toy):
+    # ZeRO-3 with the 16-bit weights on the host and the step on the GPU: each unit's updated weights go back
+    # D2H, 2 B/param at 5 GB/s, after its update (30 B/param at 1 TB/s). The flow shop over the head, L1, L0:
+    # the D2H engine starts after the head's update and then carries every unit's weights: g_h + 2 P_ALL / link.
+    wl = tiny_wl(zero_stage=3)
+    link = 5e9
+    host_w = LayerTrainPolicy(params="host")
+    t = unit_phase_times(unit_costs(wl, toy), host_w)[Phase.STEP]
+    assert t["d2h"] == pytest.approx(2 * P_LAYER / link, rel=1e-12)
+    assert unit_phase_times(unit_costs(wl, toy), LayerTrainPolicy())[Phase.STEP]["d2h"] == 0.0
+    cost = evaluate_training(wl, toy, [host_w, host_w], head=host_w)
+    g_head = 30 * P_HEAD / 1e12
+    assert cost.step_s == pytest.approx(g_head + 2 * P_ALL / link, rel=1e-9)
+    # Forward and backward fetch the weights up (2 + 2 B), nothing else crosses: D2H is the step's 2 B only.
+    assert cost.busy_s("d2h") == pytest.approx(2 * P_ALL / link, rel=1e-12)
+    assert cost.busy_s("h2d") == pytest.approx(4 * P_ALL / link, rel=1e-12)
+
+
+def test_updated_weights_of_a_gpu_step_go_back_to_disk_by_hand(toy):
+    # Weights on NVMe (2 GB/s writes) and the step on the GPU: the updated weights go D2H (2 B/param at 5 GB/s)
+    # then to disk (2 B/param at 2 GB/s), a fourth stage. The disk is the slowest stage: after the head's
+    # update and D2H, it writes every unit's weights: g_h + 2 P_HEAD / 5e9 + 2 P_ALL / 2e9.
+    system = apply_overrides(toy, ["disk=nvme-gen4", "disk.read_bandwidth=4GB/s", "disk.write_bandwidth=2GB/s",
+                                   "disk.latency=0us"])
+    wl = tiny_wl(zero_stage=3)
+    disk_w = LayerTrainPolicy(params="disk")
+    t = unit_phase_times(unit_costs(wl, system), disk_w)[Phase.STEP]
+    assert (t["d2h"], t["disk"]) == (pytest.approx(2 * P_LAYER / 5e9), pytest.approx(2 * P_LAYER / 2e9))
+    cost = evaluate_training(wl, system, [disk_w, disk_w], head=disk_w)
+    g_head = 30 * P_HEAD / 1e12
+    assert cost.step_s == pytest.approx(g_head + 2 * P_HEAD / 5e9 + 2 * P_ALL / 2e9, rel=1e-9)
 
 
 def test_gpu_step_by_hand(toy):

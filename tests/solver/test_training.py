@@ -28,6 +28,7 @@ from costmodel.training import (
     evaluate_training,
     unit_costs,
 )
+from costmodel.training_units import Phase, gpu_step_job, unit_phase_times
 from costmodel.transformer import TransformerSpec
 from hwprofiles import apply_overrides, load_system
 from solver.backends import SolveStatus, available_backends
@@ -146,10 +147,28 @@ def test_the_mip_objective_is_the_exact_cost_of_its_plan(overlap, accum, stage):
     wl = small_wl(stage, overlap=overlap, grad_accum=accum)
     plan = plan_training(wl, system, baselines=(), local_search=False)
     assert plan.selected == "mip" and plan.mip_cost is plan.cost and plan.cost.feasible
-    if overlap == "full":  # the MIP's step is a valid lower bound
-        assert plan.lp_estimate_s <= plan.cost.iteration_s * (1 + 1e-9)
-    else:  # HiGHS's primal tolerance (1e-7 on rows of milliseconds) bounds the difference
-        assert plan.lp_estimate_s == pytest.approx(plan.cost.iteration_s, rel=1e-7)
+    assert plan.lp_estimate_s <= plan.cost.iteration_s * (1 + 1e-7)  # never above: every bound is valid
+    if overlap == "full" or _gpu_step_kinds(wl, system, plan) > 1:
+        return  # the step's four-stage flow shops are bounded, left exact to the screen and the local search
+    # HiGHS's primal tolerance (1e-7 on rows of milliseconds) bounds the difference
+    assert plan.lp_estimate_s == pytest.approx(plan.cost.iteration_s, rel=1e-7)
+
+
+def _gpu_step_kinds(wl, system, plan) -> int:
+    """Distinct GPU-step jobs of the plan's layers that are more than an update (stream, or send weights back)."""
+    uc = unit_costs(wl, system)
+    jobs = {gpu_step_job(unit_phase_times(uc, p)[Phase.STEP]) for p in plan.policies if p.step is StepDevice.GPU}
+    return sum(1 for j in jobs if sum(x > 0 for x in j) > 1)
+
+
+def test_the_mip_is_exact_for_one_kind_of_streamed_step():
+    # ZeRO-2 with 12 GiB: the MIP streams the states of a GPU step (m:host o:host step:gpu) for some layers
+    # and steps the rest on the CPU; one kind of streamed job, so the MIP's flow-shop bound is the flow shop.
+    system = load_system("a100-40gb", ["gpu.memory=12GiB"])
+    wl = small_wl(2)
+    plan = plan_training(wl, system, baselines=(), local_search=False)
+    assert _gpu_step_kinds(wl, system, plan) == 1
+    assert plan.lp_estimate_s == pytest.approx(plan.cost.iteration_s, rel=1e-7)
 
 
 def test_the_first_backward_job_is_the_lists_last_layer(toy):
@@ -261,7 +280,9 @@ def test_backends_agree():
     wl = small_wl(3)
     plans = {b: plan_training(wl, system, backend=b, baselines=(), local_search=False) for b in available_backends()}
     assert plans
-    times = [p.iteration_s for p in plans.values()]
+    # The MIPs' objectives: at ZeRO-3 the plan mixes kinds of streamed GPU steps, whose flow shop the MIP
+    # bounds, so two optimal solutions of the MIP may cost differently when evaluated exactly.
+    times = [p.lp_estimate_s for p in plans.values()]
     assert all(p.status is SolveStatus.OPTIMAL for p in plans.values())
     assert max(times) <= min(times) * (1 + 1e-4)  # both optimal to the 1e-4 gap
 
