@@ -322,6 +322,8 @@ def test_a_truncated_yaml_plan_is_a_plan_error(plan, tmp_path):
     text = yaml.safe_dump(plan.to_dict(), sort_keys=False)
     path = tmp_path / "cut.yaml"
     for cut in range(1, len(text), max(1, len(text) // 41)):
+        if not text[cut:].strip():
+            continue  # only the final newline cut: the whole plan, which loads (the step lands there by chance)
         path.write_text(text[:cut])
         with pytest.raises(PlanError, match=r"cut\.yaml"):
             Plan.load(path)
