@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import enum
 import functools
+from pathlib import Path
 from collections.abc import Mapping, Sequence
 from typing import Any
 from dataclasses import dataclass, field, replace
@@ -232,7 +233,9 @@ class KvWorkload:
             raise WorkloadError(f"workload field {err} is missing") from None
 
     def summary(self) -> dict[str, object]:
-        return {"model": self.model.name, "model_file": self.model.source, "batch": self.batch, "prompt_len": self.prompt_len,
+        # the config's absolute path: a plan is re-costed from other folders than the one it was made in
+        model_file = str(Path(self.model.source).resolve()) if self.model.source else None
+        return {"model": self.model.name, "model_file": model_file, "batch": self.batch, "prompt_len": self.prompt_len,
                 "gen_len": self.gen_len, "dtype_bytes": self.dtype_bytes,
                 "prefill_chunk_tokens": self.prefill_chunk_tokens, "gpu_batch": self.micro_batch,
                 "gpu_batches": self.gpu_batches, "stream_granularity": self.stream_granularity,

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from costmodel import WorkloadError
@@ -38,7 +39,9 @@ _UNIT_DECISIONS = ("placement", "cache_rows", "cache_kind", "state_tier", "updat
 def workload_record(wl: EmbWorkload) -> dict[str, Any]:
     """The plan's ``workload`` field: enough to rebuild ``wl`` (:func:`workload_from_plan`)."""
     m = wl.model
-    return {"model": m.name, "model_file": m.file or None, "batch": wl.batch, "dtype_bytes": wl.dense_dtype_bytes,
+    # the spec's absolute path: a plan is re-costed from other folders than the one it was made in
+    model_file = str(Path(m.file).resolve()) if m.file else None
+    return {"model": m.name, "model_file": model_file, "batch": wl.batch, "dtype_bytes": wl.dense_dtype_bytes,
             "prefetch": bool(wl.prefetch), "tf32": bool(wl.tf32), "table_optimizer": m.table_optimizer.value}
 
 

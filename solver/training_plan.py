@@ -18,6 +18,7 @@ A plan of kind ``"training"`` holds
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from costmodel import WorkloadError, list_models, load_model
@@ -44,7 +45,9 @@ _BOOL_FIELDS = ("fp32_grad_copy", "fused_attention", "dropout", "pin_memory")
 
 def workload_record(wl: TrainWorkload) -> dict[str, Any]:
     """The plan's ``workload`` field: enough to rebuild ``wl`` (:func:`workload_from_plan`)."""
-    return {**wl.summary(), "model_file": wl.model.source or None, "allow_long_context": wl.allow_long_context}
+    # the config's absolute path: a plan is re-costed from other folders than the one it was made in
+    model_file = str(Path(wl.model.source).resolve()) if wl.model.source else None
+    return {**wl.summary(), "model_file": model_file, "allow_long_context": wl.allow_long_context}
 
 
 def policy_record(p: LayerTrainPolicy) -> dict[str, Any]:

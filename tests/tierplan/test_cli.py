@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -316,3 +317,26 @@ def test_a_tf32_embeddings_plan_keeps_tf32_when_re_costed(capsys, tmp_path):
                        "a100-80gb", "--batch", "32768", "--json")
     fp32 = json.loads(out)["predicted"]["samples_per_s"]
     assert plan["predicted"]["samples_per_s"] > fp32  # TF32 tensor cores beat the plain fp32 rate on an A100
+
+
+@pytest.mark.parametrize("family", ["kv", "embeddings", "training"])
+def test_a_plan_of_a_relative_model_path_re_costs_from_another_folder(capsys, tmp_path, monkeypatch, family):
+    import shutil
+
+    from costmodel.transformer import MODELS_DIR
+
+    made = tmp_path / "made"
+    made.mkdir()
+    if family == "embeddings":
+        shutil.copy(Path(__file__).resolve().parents[2] / "costmodel" / "recmodels" / "criteo-kaggle.yaml",
+                    made / "spec.yaml")
+        argv = ["plan", "embeddings", "--model", "./spec.yaml", "--batch", "1024"]
+    else:
+        shutil.copy(MODELS_DIR / "gpt2.json", made / "cfg.json")
+        argv = (["plan", "kv", "--model", "./cfg.json", "--hw", "t4", "--prompt", "64", "--gen", "4", "--batch", "2"]
+                if family == "kv" else ["plan", "training", "--model", "./cfg.json", "--hw", "t4", "--seq", "256"])
+    monkeypatch.chdir(made)
+    assert run(capsys, *argv, "-o", "plan.json")[0] == 0
+    monkeypatch.chdir(tmp_path)  # a user re-costs the plan from elsewhere
+    code, _, err = run(capsys, "evaluate", str(made / "plan.json"))
+    assert code == 0, err
