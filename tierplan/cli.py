@@ -213,6 +213,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         kv_only += [f"--{n.replace('_', '-')}" for n in ("prefetch", "allow_long_context") if getattr(args, n)]
         if kv_only:
             raise PlanError(f"{', '.join(kv_only)} are not options of sweep training")
+        if (args.gpus or 1) > 1 and not args.interconnect:
+            raise PlanError(f"--gpus {args.gpus} needs --interconnect BANDWIDTH, the bus bandwidth of the GPUs' ring "
+                            "(e.g. --interconnect 450GB/s)")
         params: dict = {}
         for name in ("grad_accum", "gpus", "zero_stage"):
             if getattr(args, name) is not None:

@@ -67,6 +67,10 @@ def workload(args: argparse.Namespace, *, zero_stage: int | None = None) -> Trai
     bw = None
     if args.interconnect is not None:
         bw = parse_quantity(args.interconnect, Dimension.BANDWIDTH, field="--interconnect")
+    elif args.gpus > 1:
+        raise PlanError(f"--gpus {args.gpus} needs --interconnect BANDWIDTH, the bus bandwidth of the GPUs' ring for "
+                        "the gradient reduce-scatter and all-gather (e.g. --interconnect 450GB/s); hardware profiles "
+                        "do not hold a GPU interconnect yet")
     stage = zero_stage if zero_stage is not None else (2 if args.zero_stage is None else args.zero_stage)
     return TrainWorkload(model=load_model(args.model), seq_len=args.seq, micro_batch=args.micro_batch,
                          grad_accum=args.grad_accum, gpus=args.gpus, precision=args.precision,
@@ -102,8 +106,9 @@ def _cost_lines(p: dict, memory: dict, cap: dict) -> list[str]:
              f"{p['backward_s']:.3f}, step {p['step_s']:.3f}), {p['tokens_per_s']:,.0f} tokens/s, MFU "
              f"{100 * p['mfu']:.1f} %; bound by {p['binding']}",
              f"busy s: {busy}",
-             f"gpu {format_bytes(memory['gpu_bytes'])} of {format_bytes(cap['gpu_bytes'])} (peak): {gpu}",
-             f"host {format_bytes(memory['host_bytes'])} of {format_bytes(cap['host_bytes'])}: {host}"]
+             f"gpu {format_bytes(memory['gpu_bytes'])} of {format_bytes(cap['gpu_bytes'])} (peak)"
+             + (f": {gpu}" if gpu else ""),
+             f"host {format_bytes(memory['host_bytes'])} of {format_bytes(cap['host_bytes'])}" + (f": {host}" if host else "")]
     if memory.get("disk_bytes"):
         lines.append(f"disk {format_bytes(memory['disk_bytes'])} of {format_bytes(cap['disk_bytes'])}")
     return lines

@@ -63,7 +63,7 @@ def test_evaluate_training_costs_the_named_policy_at_the_workload_asked(capsys):
     (["--policy", "twin-flow:1.5"], "ratio (DeepSpeed offload_optimizer.ratio) must be in [0, 1], got '1.5'"),
     (["--policy", "lamb-offload"], "baseline must be one of"),
     (["--policy", "zero-offload", "--seq", "-4"], "--seq must be a positive integer, got -4"),
-    (["--policy", "zero-offload", "--gpus", "2"], "interconnect_bytes_per_s is required when gpus > 1"),
+    (["--policy", "zero-offload", "--gpus", "2"], "--gpus 2 needs --interconnect BANDWIDTH"),
     (["--policy", "zero-offload", "--gpus", "100"], "--gpus must be at most 64, got 100"),
     (["--policy", "zero-offload", "--interconnect", "fast"], "--interconnect"),
     (["--policy", "zero-offload", "--seq", "100000"], "seq_len must be at most llama-2-7b's context"),
