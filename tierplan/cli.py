@@ -316,46 +316,22 @@ def cmd_profile(args: argparse.Namespace) -> int:
     return 0
 
 
-def _replay_embeddings(plan: Plan, system, args: argparse.Namespace) -> int:
-    """``tierplan replay`` of an embeddings plan: a slice of its tables trained with torch."""
-    try:
-        from validate import replay_embeddings as re_
-    except ImportError as err:
-        raise PlanError(f"this command needs torch ({err}); install it with pip install 'tierplan[validate]'") from None
-    from validate import report
+def _replay_family(plan: Plan, system, args: argparse.Namespace, module: str, refused: tuple[str, ...],
+                   why: str, **kwargs) -> int:
+    """``tierplan replay`` of an embeddings or training plan with ``validate.<module>`` (its
+    ``replay_plan`` and ``replay_table``); ``refused`` flags are another family's (``why`` says so)."""
+    import importlib
 
-    for flag in ("layers", "steps"):
+    _, _, report, _ = _validate_modules()  # torch, or one line saying how to install it
+    replayer = importlib.import_module(f"validate.{module}")
+    for flag in refused:
         if getattr(args, flag) is not None:
-            raise PlanError(f"--{flag} is for KV plans; an embeddings plan replays --tables and --iterations")
-    result = re_.replay_plan(plan, system, tables=args.tables, iterations=args.iterations or 8,
-                             repeats=args.repeats, device=args.device,
-                             progress=lambda m: print(m, file=sys.stderr, flush=True))
+            raise PlanError(f"--{flag} {why}")
+    result = replayer.replay_plan(plan, system, device=args.device,
+                                  progress=lambda m: print(m, file=sys.stderr, flush=True), **kwargs)
     result.update({"plan": str(args.plan), "profile": system.summary(),
                    "command": " ".join(["tierplan", "replay", *args.argv])})
-    print(json.dumps(result, indent=1, default=str) if args.json else re_.replay_table(result))
-    if args.report:
-        report.write_json(result, Path(args.report) / "replay.json")
-        print(f"report: {Path(args.report) / 'replay.json'}", file=sys.stderr)
-    return 0
-
-
-def _replay_training(plan: Plan, system, args: argparse.Namespace) -> int:
-    """``tierplan replay`` of a training plan: a slice of its layers trained with torch."""
-    try:
-        from validate import replay_training as rt
-    except ImportError as err:
-        raise PlanError(f"this command needs torch ({err}); install it with pip install 'tierplan[validate]'") from None
-    from validate import report
-
-    for flag in ("steps", "tables"):
-        if getattr(args, flag) is not None:
-            raise PlanError(f"--{flag} is not an option for training plans; they replay --layers and --iterations")
-    result = rt.replay_plan(plan, system, layers=args.layers, iterations=args.iterations or 3,
-                            repeats=min(args.repeats, 3), device=args.device,
-                            progress=lambda m: print(m, file=sys.stderr, flush=True))
-    result.update({"plan": str(args.plan), "profile": system.summary(),
-                   "command": " ".join(["tierplan", "replay", *args.argv])})
-    print(json.dumps(result, indent=1, default=str) if args.json else rt.replay_table(result))
+    print(json.dumps(result, indent=1, default=str) if args.json else replayer.replay_table(result))
     if args.report:
         report.write_json(result, Path(args.report) / "replay.json")
         print(f"report: {Path(args.report) / 'replay.json'}", file=sys.stderr)
@@ -366,9 +342,13 @@ def cmd_replay(args: argparse.Namespace) -> int:
     plan = Plan.load(args.plan)
     system = _plan_system(plan, args)
     if plan.kind == "embeddings":
-        return _replay_embeddings(plan, system, args)
+        return _replay_family(plan, system, args, "replay_embeddings", ("layers", "steps"),
+                              "is for KV plans; an embeddings plan replays --tables and --iterations",
+                              tables=args.tables, iterations=args.iterations or 8, repeats=args.repeats)
     if plan.kind == "training":
-        return _replay_training(plan, system, args)
+        return _replay_family(plan, system, args, "replay_training", ("steps", "tables"),
+                              "is not an option for training plans; they replay --layers and --iterations",
+                              layers=args.layers, iterations=args.iterations or 3, repeats=min(args.repeats, 3))
     for flag in ("tables", "iterations"):
         if getattr(args, flag) is not None:
             raise PlanError(f"--{flag} is for embeddings plans; a KV plan replays --layers and --steps")
@@ -436,31 +416,18 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if args.suite not in ("kv", "embeddings", "training"):
         raise PlanError(f"--suite must be 'kv', 'embeddings' or 'training', got {args.suite!r}")
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
-    if args.suite == "training":
-        from validate import suite_training
+    if args.suite in ("embeddings", "training"):
+        import importlib
 
+        family_suite = importlib.import_module(f"validate.suite_{args.suite}")
         for flag in ("layers", "steps"):
             if getattr(args, flag) is not None:
-                raise PlanError(f"--{flag} is for --suite kv; --suite training takes --iterations and --repeats")
-        result = suite_training.run_training_validation(
-            hw=args.hw, overrides=args.set or [], quick=args.quick, device=args.device, iterations=args.iterations,
-            repeats=args.repeats, output=args.output,
-            records_dir=None if args.no_record else (args.records or suite.RECORDS_DIR),
-            command=" ".join(["tierplan", "validate", *args.argv]), progress=log)
-        print(report.suite_table(result["cases"], result["summary"]))
-        print(f"results: {result['output_json']}" + (f"; record: {result['record']}" if result.get("record") else ""))
-        return 0
-    if args.suite == "embeddings":
-        from validate import suite_embeddings
-
-        for flag in ("layers", "steps"):
-            if getattr(args, flag) is not None:
-                raise PlanError(f"--{flag} is for --suite kv; --suite embeddings takes --iterations and --repeats")
-        result = suite_embeddings.run_embeddings_validation(
-            hw=args.hw, overrides=args.set or [], quick=args.quick, device=args.device, iterations=args.iterations,
-            repeats=args.repeats, output=args.output,
-            records_dir=None if args.no_record else (args.records or suite.RECORDS_DIR),
-            command=" ".join(["tierplan", "validate", *args.argv]), progress=log)
+                raise PlanError(f"--{flag} is for --suite kv; --suite {args.suite} takes --iterations and --repeats")
+        run = getattr(family_suite, f"run_{args.suite}_validation")
+        result = run(hw=args.hw, overrides=args.set or [], quick=args.quick, device=args.device,
+                     iterations=args.iterations, repeats=args.repeats, output=args.output,
+                     records_dir=None if args.no_record else (args.records or suite.RECORDS_DIR),
+                     command=" ".join(["tierplan", "validate", *args.argv]), progress=log)
         print(report.suite_table(result["cases"], result["summary"]))
         for model, ratios in result.get("baseline_time_over_plan_time", {}).items():
             print(f"{model}: measured baseline time / plan time: " + ", ".join(f"{b} {r:.2f}x" for b, r in ratios.items()))
