@@ -55,7 +55,7 @@ import re
 import statistics
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -223,6 +223,41 @@ def kv_view(buf: torch.Tensor, which: int, n: int) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------------ copy engines
+def byte_views(pairs: Sequence[tuple[torch.Tensor, torch.Tensor]], name: str) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(destination, source) byte views of CPU tensor pairs for a copier thread (empty ones left out).
+
+    Raises
+    ------
+    ReplayError
+        A tensor off the CPU, or a pair that is not contiguous and of one dtype and size (``name``
+        names the copier).
+    """
+    views = []
+    for dst, src in pairs:
+        if dst.device.type != "cpu" or src.device.type != "cpu":
+            raise ReplayError(f"the {name} copier copies CPU tensors, got {src.device} -> {dst.device}")
+        if not (dst.is_contiguous() and src.is_contiguous()) or dst.nbytes != src.nbytes or dst.dtype != src.dtype:
+            raise ReplayError(f"the {name} copier needs contiguous tensors of one dtype and size, got "
+                              f"{tuple(src.shape)} {src.dtype} -> {tuple(dst.shape)} {dst.dtype}")
+        if dst.nbytes:
+            views.append((dst.reshape(-1).view(torch.uint8).numpy(), src.reshape(-1).view(torch.uint8).numpy()))
+    return views
+
+
+def memory_record(predicted_gpu_bytes: float, breakdown: Iterable[tuple[str, float]], note: str,
+                  peak: float | None) -> dict:
+    """A replay result's ``memory``: the prediction with its terms beside the measured CUDA peak."""
+    return {
+        "predicted_gpu_bytes": predicted_gpu_bytes,
+        "predicted_gpu_breakdown": {k: float(v) for k, v in breakdown},
+        "predicted_note": note,
+        "measured_peak_gpu_bytes": peak,
+        "measured": ("torch.cuda.max_memory_allocated over the replay, less what was allocated before"
+                     if peak is not None else "not measured (no GPU: the CPU stands in)"),
+        "error_pct": 100 * (predicted_gpu_bytes - peak) / peak if peak else None,
+    }
+
+
 class ThrottledLink:
     """The CPU stand-in for one direction of the link: a copier thread on its own core, paced to
     ``bytes_per_s``.
@@ -261,15 +296,7 @@ class ThrottledLink:
     def submit(self, pairs: Sequence[tuple[torch.Tensor, torch.Tensor]], *, after_compute: bool = True) -> Future:
         """Queue copies; returns a future done when they are. (CPU compute is synchronous, so a
         job submitted now is already ordered after the compute issued before it.)"""
-        views = []
-        for dst, src in pairs:
-            if dst.device.type != "cpu" or src.device.type != "cpu":
-                raise ReplayError(f"the {self.name} copier copies CPU tensors, got {src.device} -> {dst.device}")
-            if not (dst.is_contiguous() and src.is_contiguous()) or dst.nbytes != src.nbytes or dst.dtype != src.dtype:
-                raise ReplayError(f"the {self.name} copier needs contiguous tensors of one dtype and size, got "
-                                  f"{tuple(src.shape)} {src.dtype} -> {tuple(dst.shape)} {dst.dtype}")
-            if dst.nbytes:
-                views.append((dst.reshape(-1).view(torch.uint8).numpy(), src.reshape(-1).view(torch.uint8).numpy()))
+        views = byte_views(pairs, self.name)
         fut: Future = Future()
         if self.inline:
             self._copy(views)
@@ -890,18 +917,12 @@ def replay_policies(wl: KvWorkload, system: System, policies: Sequence[LayerPoli
                   "note": "predicted and measured cover the same layers and steps; the LM head is not replayed"},
         "predicted_s": pred, "measured_s": meas, "error_pct": 100 * (pred - meas) / meas,
         "steps": per_step, "layers": layer_rows,
-        "memory": {
-            "predicted_gpu_bytes": predicted_gpu,
-            "predicted_gpu_breakdown": dict(mem.gpu_breakdown),
-            "predicted_note": ("costmodel.kv.memory_use of the sliced layers, head on the host"
-                               + (": its decode phase" if getattr(mem, "gpu_decode_bytes", 0.0) else
-                                  "; decode and prefill not separated (the working set and KV buffers include "
-                                  "prefill's, which the replay does not run)")),
-            "measured_peak_gpu_bytes": peak,
-            "measured": ("torch.cuda.max_memory_allocated over the replay, less what was allocated before"
-                         if peak is not None else "not measured (no GPU: the CPU stands in)"),
-            "error_pct": 100 * (predicted_gpu - peak) / peak if peak else None,
-        },
+        "memory": memory_record(
+            predicted_gpu, mem.gpu_breakdown,
+            "costmodel.kv.memory_use of the sliced layers, head on the host"
+            + (": its decode phase" if getattr(mem, "gpu_decode_bytes", 0.0) else
+               "; decode and prefill not separated (the working set and KV buffers include prefill's, which the "
+               "replay does not run)"), peak),
         "warnings": warnings,
     }
     if peak is not None:

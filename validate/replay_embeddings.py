@@ -120,6 +120,7 @@ from validate.replay import (
     _hardware_warnings,
     _random_,
     machine_name,
+    memory_record,
     profile_tags,
 )
 
@@ -1287,15 +1288,7 @@ def replay_embeddings(wl: EmbWorkload, system: System, policies: Sequence[TableP
         "predicted_full_model_s": full,
         "settings": {"iterations": iterations, "repeats": repeats, "warmup": warmup, "seed": seed},
         "iterations": rows, "stages": stages, "tables": table_rows,
-        "memory": {
-            "predicted_gpu_bytes": float(mem.gpu_bytes),
-            "predicted_gpu_breakdown": {k: float(v) for k, v in mem.gpu_breakdown},
-            "predicted_note": "costmodel.embeddings_cost.memory_use of the replayed slice",
-            "measured_peak_gpu_bytes": peak,
-            "measured": ("torch.cuda.max_memory_allocated over the replay, less what was allocated before"
-                         if peak is not None else "not measured (no GPU: the CPU stands in)"),
-            "error_pct": _err(float(mem.gpu_bytes), peak) if peak else None,
-        },
+        "memory": memory_record(float(mem.gpu_bytes), mem.gpu_breakdown, "costmodel.embeddings_cost.memory_use of the replayed slice", peak),
         "warnings": warnings,
     }
     return out

@@ -112,8 +112,10 @@ from validate.replay import (
     _cores,
     _hardware_warnings,
     _random_,
+    byte_views,
     choose_slice,
     machine_name,
+    memory_record,
     profile_tags,
 )
 
@@ -291,15 +293,7 @@ class FileLink(ThrottledLink):
         self.write_bytes_per_s = _rate(write_bytes_per_s, "the disk's write rate")
 
     def _views(self, pairs):
-        views = []
-        for dst, src in pairs:
-            if dst.device.type != "cpu" or src.device.type != "cpu":
-                raise ReplayError(f"the disk copier copies CPU tensors, got {src.device} -> {dst.device}")
-            if not (dst.is_contiguous() and src.is_contiguous()) or dst.nbytes != src.nbytes or dst.dtype != src.dtype:
-                raise ReplayError(f"the disk copier needs contiguous tensors of one dtype and size, got "
-                                  f"{tuple(src.shape)} {src.dtype} -> {tuple(dst.shape)} {dst.dtype}")
-            if dst.nbytes:
-                views.append((dst.reshape(-1).view(torch.uint8).numpy(), src.reshape(-1).view(torch.uint8).numpy()))
+        views = byte_views(pairs, "disk")
         return views
 
     def _queue_at(self, pairs, rate: float) -> Future:
@@ -1607,15 +1601,7 @@ def replay_training(wl: TrainWorkload, system: System, policies: Sequence[LayerT
         "stepped": stepped,
         "settings": {"iterations": iterations, "repeats": repeats, "warmup": warmup, "seed": seed,
                      "layers": layers, "seq_len": wl_run.seq_len},
-        "memory": {
-            "predicted_gpu_bytes": float(mem.gpu_bytes),
-            "predicted_gpu_breakdown": {k: float(v) for k, v in mem.gpu_breakdown},
-            "predicted_note": "costmodel.training.memory_use of the replayed slice and head",
-            "measured_peak_gpu_bytes": peak,
-            "measured": ("torch.cuda.max_memory_allocated over the replay, less what was allocated before"
-                         if peak is not None else "not measured (no GPU: the CPU stands in)"),
-            "error_pct": _err(float(mem.gpu_bytes), peak) if peak else None,
-        },
+        "memory": memory_record(float(mem.gpu_bytes), mem.gpu_breakdown, "costmodel.training.memory_use of the replayed slice and head", peak),
         "warnings": warnings,
     }
     return out
