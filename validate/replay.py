@@ -223,6 +223,48 @@ def kv_view(buf: torch.Tensor, which: int, n: int) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------------ copy engines
+class CoreSplit:
+    """On the CPU stand-in, compute on every core but the last and the copiers on the last one, as
+    the profile measured it; :meth:`restore` puts the caller's threads and affinity back. Under CUDA
+    (``cpu=False``) it changes nothing.
+
+    ``copier_core`` is the core a copier thread pins itself to (None: a single core, or CUDA).
+    """
+
+    def __init__(self, cpu: bool, compute_threads: int | None = None) -> None:
+        self.cpu = cpu
+        self._threads_before = torch.get_num_threads()
+        self._affinity_before = None
+        cores = _cores()
+        if cpu:
+            torch.set_num_threads(compute_threads or max(1, len(cores) - 1))
+            if len(cores) > 1:
+                try:
+                    self._affinity_before = os.sched_getaffinity(0)
+                    os.sched_setaffinity(0, set(cores[:-1]))
+                except (AttributeError, OSError):
+                    self._affinity_before = None
+        self.copier_core = cores[-1] if len(cores) > 1 else None
+
+    def restore(self) -> None:
+        if self.cpu:
+            torch.set_num_threads(self._threads_before)
+            if self._affinity_before is not None:
+                try:
+                    os.sched_setaffinity(0, self._affinity_before)
+                except OSError:
+                    pass
+                self._affinity_before = None
+
+    def pin_host_thread(self, core: int | None) -> None:
+        """A host worker thread's initializer: pin it to ``core`` (the copiers'), on the CPU stand-in."""
+        if self.cpu and core is not None:
+            try:
+                os.sched_setaffinity(0, {core})
+            except (AttributeError, OSError):
+                pass
+
+
 def byte_views(pairs: Sequence[tuple[torch.Tensor, torch.Tensor]], name: str) -> list[tuple[np.ndarray, np.ndarray]]:
     """(destination, source) byte views of CPU tensor pairs for a copier thread (empty ones left out).
 
@@ -521,20 +563,9 @@ class Replayer:
         self.pinned = device.type == "cuda"  # page-locked host memory: async DMA, no staging copy
         self.kernel = attention_kernel(device, dtype)
         self.cpu_kernel = attention_kernel(torch.device("cpu"), torch.float32)
-        self._threads_before = torch.get_num_threads()
-        self._affinity_before = None
-        cores = _cores()
-        if not self.cuda:
-            # The copiers get the last core; compute runs on the others, as the profile measured it.
-            threads = compute_threads or max(1, len(cores) - 1)
-            torch.set_num_threads(threads)
-            if len(cores) > 1:
-                try:
-                    self._affinity_before = os.sched_getaffinity(0)
-                    os.sched_setaffinity(0, set(cores[:-1]))
-                except (AttributeError, OSError):
-                    self._affinity_before = None
-        copier_core = cores[-1] if len(cores) > 1 else None
+        # The copiers get the last core; compute runs on the others, as the profile measured it.
+        self._cores = CoreSplit(not self.cuda, compute_threads)
+        copier_core = self._cores.copier_core
         try:
             self._build(wl, layers, device, dtype)
             if self.cuda:
@@ -553,11 +584,7 @@ class Replayer:
         self._slot = 0
 
     def _pin_host_thread(self, core: int | None) -> None:
-        if not self.cuda and core is not None:
-            try:
-                os.sched_setaffinity(0, {core})
-            except (AttributeError, OSError):
-                pass
+        self._cores.pin_host_thread(core)
 
     def _build(self, wl: KvWorkload, layers: Sequence[LayerPolicy], device, dtype) -> None:
         m, b = wl.model, wl.batch
@@ -579,13 +606,7 @@ class Replayer:
         self.x0 = _dev((b, m.hidden), dtype, device)
 
     def _restore(self) -> None:
-        if not self.cuda:
-            torch.set_num_threads(self._threads_before)
-            if self._affinity_before is not None:
-                try:
-                    os.sched_setaffinity(0, self._affinity_before)
-                except OSError:
-                    pass
+        self._cores.restore()
 
     def close(self) -> None:
         for name in ("h2d", "d2h", "ret"):

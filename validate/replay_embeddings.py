@@ -78,7 +78,6 @@ import hashlib
 import itertools
 import math
 import numbers
-import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -115,8 +114,8 @@ from validate.errors import ReplayError
 from validate.replay import (
     MIN_SLEEP_S,
     CudaLink,
+    CoreSplit,
     ThrottledLink,
-    _cores,
     _hardware_warnings,
     _random_,
     machine_name,
@@ -770,18 +769,8 @@ class EmbReplayer:
         self.cuda = device.type == "cuda"
         self.pinned = self.cuda
         self.n_batches = n_batches
-        self._threads_before = torch.get_num_threads()
-        self._affinity_before = None
-        cores = _cores()
-        if not self.cuda:
-            torch.set_num_threads(compute_threads or max(1, len(cores) - 1))
-            if len(cores) > 1:
-                try:
-                    self._affinity_before = os.sched_getaffinity(0)
-                    os.sched_setaffinity(0, set(cores[:-1]))
-                except (AttributeError, OSError):
-                    self._affinity_before = None
-        copier_core = cores[-1] if len(cores) > 1 else None
+        self._cores = CoreSplit(not self.cuda, compute_threads)
+        copier_core = self._cores.copier_core
         try:
             rng = np.random.default_rng(seed)
             self.tables = []
@@ -841,13 +830,7 @@ class EmbReplayer:
         self.labels = torch.randint(0, 2, (b,), generator=gen).float().to(dev)
 
     def _restore(self) -> None:
-        if not self.cuda:
-            torch.set_num_threads(self._threads_before)
-            if self._affinity_before is not None:
-                try:
-                    os.sched_setaffinity(0, self._affinity_before)
-                except OSError:
-                    pass
+        self._cores.restore()
 
     def close(self) -> None:
         for name in ("h2d", "d2h", "ret_h2d", "ret_d2h"):

@@ -108,8 +108,8 @@ from validate.errors import ReplayError
 from validate.replay import (
     MIN_SLEEP_S,
     CudaLink,
+    CoreSplit,
     ThrottledLink,
-    _cores,
     _hardware_warnings,
     _random_,
     byte_views,
@@ -632,18 +632,8 @@ class TrainReplayer:
         # Bytes a layer saves, to size an offload share before a forward has measured it (all, by default).
         self.predicted_keep_bytes = math.inf
         self._tmp: str | None = None
-        self._threads_before = torch.get_num_threads()
-        self._affinity_before = None
-        cores = _cores()
-        if not self.cuda:
-            torch.set_num_threads(compute_threads or max(1, len(cores) - 1))
-            if len(cores) > 1:
-                try:
-                    self._affinity_before = os.sched_getaffinity(0)
-                    os.sched_setaffinity(0, set(cores[:-1]))
-                except (AttributeError, OSError):
-                    self._affinity_before = None
-        copier_core = cores[-1] if len(cores) > 1 else None
+        self._cores = CoreSplit(not self.cuda, compute_threads)
+        copier_core = self._cores.copier_core
         self.h2d = self.d2h = self.disk = self.host = None
         try:
             pols = list(policies)
@@ -670,11 +660,7 @@ class TrainReplayer:
 
     # -- construction --------------------------------------------------------------------------
     def _pin_host_thread(self, core: int | None) -> None:
-        if not self.cuda and core is not None:
-            try:
-                os.sched_setaffinity(0, {core})
-            except (AttributeError, OSError):
-                pass
+        self._cores.pin_host_thread(core)
 
     def host_tensor(self, numel: int, dtype: torch.dtype) -> torch.Tensor:
         return torch.empty(numel, dtype=dtype, pin_memory=self.pinned)
@@ -771,14 +757,7 @@ class TrainReplayer:
         self.micro_id = self._micro_count = 0
 
     def _restore(self) -> None:
-        if not self.cuda:
-            torch.set_num_threads(self._threads_before)
-            if self._affinity_before is not None:
-                try:
-                    os.sched_setaffinity(0, self._affinity_before)
-                except OSError:
-                    pass
-                self._affinity_before = None
+        self._cores.restore()
 
     def close(self) -> None:
         for name in ("h2d", "d2h", "disk"):
