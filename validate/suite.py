@@ -184,19 +184,7 @@ def run_suite(system: System, *, layers: int | None = None, steps: int | None = 
             compare[name] = {b: measured[f"{name} {b}"] / measured[plan_case]
                              for b in BASELINES if f"{name} {b}" in measured}
     return {
-        "suite": "kv",
-        "quick": quick,
-        "settings": settings,
-        "command": command or " ".join(sys.argv),
-        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "device": str(dev),
-        "device_name": machine_name(dev),
-        "driver": _driver() if dev.type == "cuda" else None,
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-        "host": f"{platform.processor() or platform.machine()}, {len(_cores())} cores, {platform.platform()}",
-        "tierplan_commit": _git_commit(),
-        "profile": system.summary(),
+        **record_header("kv", quick=quick, settings=settings, command=command, dev=dev, system=system),
         "cases": cases,
         "summary": summary(cases, margin=ORDER_MARGIN),
         "baseline_time_over_plan_time": compare,
@@ -241,6 +229,43 @@ def write_record(result: dict, records_dir: str | Path = RECORDS_DIR, profile: s
     return path
 
 
+def record_header(suite: str, *, quick: bool, settings: dict, command: str, dev: torch.device,
+                  system: System) -> dict:
+    """What identifies a suite's record, for every family: the suite, its settings and command, the
+    date, the device (name, driver, torch, CUDA), the host, tierplan's commit and the profile."""
+    return {
+        "suite": suite,
+        "quick": quick,
+        "settings": settings,
+        "command": command or " ".join(sys.argv),
+        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "device": str(dev),
+        "device_name": machine_name(dev),
+        "driver": _driver() if dev.type == "cuda" else None,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "host": f"{platform.processor() or platform.machine()}, {len(_cores())} cores, {platform.platform()}",
+        "tierplan_commit": _git_commit(),
+        "profile": system.summary(),
+    }
+
+
+def validation_system(hw: str | None, overrides: Sequence[str], *, device: str | None, command: str, out: Path,
+                      progress: Callable[[str], None]) -> tuple[System, Path | None]:
+    """The system a ``tierplan validate --suite`` run predicts with, and its profile file: ``hw``
+    with ``overrides``, or (no ``hw``) this machine profiled with ``--quick`` into ``out/profile.yaml``."""
+    from validate.profile import profile_machine, write_profile
+
+    if hw:
+        system = load_system(hw, list(overrides))
+        return system, (Path(system.file) if system.file and Path(system.file).is_file() else None)
+    progress("no --hw: profiling this machine first (quick)")
+    data = profile_machine(quick=True, device=device, command=f"{command} (profile --quick)", progress=progress)
+    profile_path = out / "profile.yaml"
+    write_profile(data, profile_path)
+    return load_system(profile_path, list(overrides)), profile_path
+
+
 def run_validation(*, hw: str | None = None, overrides: Sequence[str] = (), quick: bool = False,
                    device: str | None = None, layers: int | None = None, steps: int | None = None,
                    repeats: int | None = None, output: str | Path = "validate-out",
@@ -251,21 +276,11 @@ def run_validation(*, hw: str | None = None, overrides: Sequence[str] = (), quic
 
     Returns the suite result with ``output_json``, ``plot`` and ``record`` (paths or None) added.
     """
-    from validate.profile import profile_machine, write_profile
     from validate.report import plot, write_json
 
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
-    profile_path = None
-    if hw:
-        system = load_system(hw, list(overrides))
-        profile_path = Path(system.file) if system.file and Path(system.file).is_file() else None
-    else:
-        progress("no --hw: profiling this machine first (quick)")
-        data = profile_machine(quick=True, device=device, command=f"{command} (profile --quick)", progress=progress)
-        profile_path = out / "profile.yaml"
-        write_profile(data, profile_path)
-        system = load_system(profile_path, list(overrides))
+    system, profile_path = validation_system(hw, overrides, device=device, command=command, out=out, progress=progress)
     result = run_suite(system, layers=layers, steps=steps, repeats=repeats, quick=quick, device=device,
                        workloads=workloads, progress=progress, command=command)
     result["output_json"] = str(write_json(result, out / "validate-kv.json"))

@@ -31,11 +31,8 @@ this machine unless a profile is given, run the suite, write the results and kee
 
 from __future__ import annotations
 
-import datetime as _dt
 import os
-import platform
 import shutil
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -50,10 +47,9 @@ from costmodel.embeddings_cost import (
     evaluate_embeddings,
 )
 from costmodel.errors import WorkloadError
-from hwprofiles import System, apply_overrides, load_system
+from hwprofiles import System, apply_overrides
 from solver.embeddings import plan_embeddings
 from validate.errors import ReplayError
-from validate.replay import _cores, machine_name
 from validate.replay_embeddings import (
     CPU_TABLE_BYTES,
     CUDA_TABLE_BYTES,
@@ -62,7 +58,7 @@ from validate.replay_embeddings import (
     scale_slice,
 )
 from validate.report import ORDER_MARGIN, ordering, summary
-from validate.suite import RECORDS_DIR, _driver, _git_commit, record_name
+from validate.suite import RECORDS_DIR, record_header, record_name, validation_system
 
 SUITE_BASELINES = ("all-gpu", "cpu-hybrid", "uvm", "torchrec-uvm-cache:0.2")
 # The CPU stand-in's link for this suite (prediction and copiers alike). One CPU core runs the
@@ -240,19 +236,7 @@ def run_embeddings_suite(system: System, *, quick: bool = False, device: str | N
             compare[name] = {b: measured[f"{name} {b}"] / measured[plan_case]
                              for b in baselines if f"{name} {b}" in measured}
     return {
-        "suite": "embeddings",
-        "quick": quick,
-        "settings": settings,
-        "command": command or " ".join(sys.argv),
-        "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "device": str(dev),
-        "device_name": machine_name(dev),
-        "driver": _driver() if dev.type == "cuda" else None,
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-        "host": f"{platform.processor() or platform.machine()}, {len(_cores())} cores, {platform.platform()}",
-        "tierplan_commit": _git_commit(),
-        "profile": system.summary(),
+        **record_header("embeddings", quick=quick, settings=settings, command=command, dev=dev, system=system),
         "cases": cases,
         "summary": summary(cases, margin=ORDER_MARGIN),
         "baseline_time_over_plan_time": compare,
@@ -299,20 +283,11 @@ def run_embeddings_validation(*, hw: str | None = None, overrides: Sequence[str]
 
     Returns the suite result with ``output_json``, ``plot`` and ``record`` (paths or None) added.
     """
-    from validate.profile import profile_machine, write_profile
     from validate.report import plot, write_json
 
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
-    if hw:
-        system = load_system(hw, list(overrides))
-        profile_path = Path(system.file) if system.file and Path(system.file).is_file() else None
-    else:
-        progress("no --hw: profiling this machine first (quick)")
-        data = profile_machine(quick=True, device=device, command=f"{command} (profile --quick)", progress=progress)
-        profile_path = out / "profile.yaml"
-        write_profile(data, profile_path)
-        system = load_system(profile_path, list(overrides))
+    system, profile_path = validation_system(hw, overrides, device=device, command=command, out=out, progress=progress)
     result = run_embeddings_suite(system, quick=quick, device=device, iterations=iterations, repeats=repeats,
                                   workloads=workloads, progress=progress, command=command)
     result["output_json"] = str(write_json(result, out / "validate-embeddings.json"))

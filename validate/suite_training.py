@@ -22,9 +22,6 @@ machine unless a profile is given, run the suite, write the results and keep a r
 
 from __future__ import annotations
 
-import datetime as _dt
-import platform
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -32,14 +29,13 @@ import torch
 
 from costmodel import TrainWorkload, evaluate_training, load_model, train_baseline_policies
 from costmodel.errors import WorkloadError
-from hwprofiles import System, apply_overrides, load_system
+from hwprofiles import System, apply_overrides
 from solver.training import plan_training
 from solver.training_plan import baseline_workload
 from validate.errors import ReplayError
-from validate.replay import _cores, machine_name
 from validate.replay_training import replay_training
 from validate.report import ORDER_MARGIN, summary
-from validate.suite import RECORDS_DIR, _driver, _git_commit
+from validate.suite import RECORDS_DIR, record_header, validation_system
 from validate.suite_embeddings import write_embeddings_record
 
 SUITE_BASELINES = ("all-gpu", "full-recompute", "zero-offload+full-recompute", "zero-offload")
@@ -131,12 +127,8 @@ def run_training_suite(system: System, *, quick: bool = False, device: str | Non
                       **{k: r[k] for k in ("predicted_s", "measured_s", "error_pct", "phases", "slice", "warnings",
                                            "link") if k in r}})
     return {
-        "suite": "training", "quick": quick, "settings": settings, "command": command or " ".join(sys.argv),
-        "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"), "device": str(dev),
-        "device_name": machine_name(dev), "driver": _driver() if dev.type == "cuda" else None,
-        "torch": torch.__version__, "cuda": torch.version.cuda,
-        "host": f"{platform.processor() or platform.machine()}, {len(_cores())} cores, {platform.platform()}",
-        "tierplan_commit": _git_commit(), "profile": system.summary(), "cases": cases,
+        **record_header("training", quick=quick, settings=settings, command=command, dev=dev, system=system),
+        "cases": cases,
         "summary": summary(cases, margin=ORDER_MARGIN), "link": link_note,
         "plan": {"selected": tp.selected, "status": tp.status.value, "mode_counts": [list(m) for m in tp.mode_counts]},
     }
@@ -149,20 +141,11 @@ def run_training_validation(*, hw: str | None = None, overrides: Sequence[str] =
                             progress: Callable[[str], None] = print) -> dict:
     """``tierplan validate --suite training``: profile (quick) unless ``hw`` is given, run the suite,
     write ``validate-training.json`` (and a plot) in ``output`` and a record in ``records_dir``."""
-    from validate.profile import profile_machine, write_profile
     from validate.report import plot, write_json
 
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
-    if hw:
-        system = load_system(hw, list(overrides))
-        profile_path = Path(system.file) if system.file and Path(system.file).is_file() else None
-    else:
-        progress("no --hw: profiling this machine first (quick)")
-        data = profile_machine(quick=True, device=device, command=f"{command} (profile --quick)", progress=progress)
-        profile_path = out / "profile.yaml"
-        write_profile(data, profile_path)
-        system = load_system(profile_path, list(overrides))
+    system, profile_path = validation_system(hw, overrides, device=device, command=command, out=out, progress=progress)
     result = run_training_suite(system, quick=quick, device=device, iterations=iterations, repeats=repeats,
                                 progress=progress, command=command)
     result["output_json"] = str(write_json(result, out / "validate-training.json"))
