@@ -30,7 +30,7 @@ from costmodel.embeddings import CurveKind, Optimizer, RecModel, list_rec_models
 from costmodel.embeddings_cost import EmbCost, EmbWorkload, Placement, StateTier, TablePolicy, UpdateOn, evaluate_embeddings
 from hwprofiles import System
 from solver.errors import PlanError
-from solver.plan import Plan, _Checker, register_kind
+from solver.plan import Plan, _Checker, register_kind, shortfall_bytes
 
 KIND = "embeddings"
 _UNIT_DECISIONS = ("placement", "cache_rows", "cache_kind", "state_tier", "update_on", "prefetch")
@@ -75,7 +75,7 @@ def baseline_record(name: str, cost: EmbCost, plan_samples_per_s: float | None) 
     """One ``baselines`` entry: the baseline costed at the plan's batch, and the plan's speed-up over it."""
     if not cost.feasible:
         return {"status": "infeasible", "reason": cost.explain_shortfall(),
-                "shortfall_bytes": {k.removesuffix("_bytes"): v for k, v in cost.shortfalls().items()}}
+                "shortfall_bytes": shortfall_bytes(cost.shortfalls())}
     entry: dict[str, Any] = {"status": "feasible", "predicted": {"samples_per_s": cost.samples_per_s,
                                                                   "iteration_s": cost.iteration_s}}
     if plan_samples_per_s is not None:

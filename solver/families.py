@@ -22,7 +22,7 @@ from typing import Any
 
 from hwprofiles import System
 from solver.errors import PlanError
-from solver.plan import Plan
+from solver.plan import Plan, shortfall_bytes
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -58,18 +58,15 @@ class Family:
 
 
 def _evaluate_kv(plan: Plan, system: System) -> PlanEvaluation:
-    from costmodel import KvWorkload, list_models, load_model
     from costmodel.kv import explain_shortfall
-    from solver.kv import evaluate_plan, memory_record
+    from solver.kv import evaluate_plan, memory_record, workload_from_plan
 
-    w = plan.workload
-    model = load_model(w["model"] if w["model"] in list_models() else w.get("model_file") or w["model"])
-    cost, pred = evaluate_plan(plan, KvWorkload.from_summary(w, model), system)
+    cost, pred = evaluate_plan(plan, workload_from_plan(plan), system)
     feasible = cost.feasible
     return PlanEvaluation(status="feasible" if feasible else "infeasible", predicted=pred,
                           memory=memory_record(cost.memory), capacity=dict(cost.capacity),
                           reason="" if feasible else explain_shortfall(cost.memory, cost.capacity),
-                          shortfall_bytes={k.removesuffix("_bytes"): v for k, v in cost.shortfalls().items()})
+                          shortfall_bytes=shortfall_bytes(cost.shortfalls()))
 
 
 def _evaluation(cost: Any, predicted: Mapping[str, Any], memory: Mapping[str, Any]) -> PlanEvaluation:
@@ -77,7 +74,7 @@ def _evaluation(cost: Any, predicted: Mapping[str, Any], memory: Mapping[str, An
     feasible = cost.feasible
     return PlanEvaluation(status="feasible" if feasible else "infeasible", predicted=predicted, memory=memory,
                           capacity=dict(cost.capacity), reason="" if feasible else cost.explain_shortfall(),
-                          shortfall_bytes={k.removesuffix("_bytes"): v for k, v in cost.shortfalls().items()})
+                          shortfall_bytes=shortfall_bytes(cost.shortfalls()))
 
 
 def _evaluate_embeddings(plan: Plan, system: System) -> PlanEvaluation:

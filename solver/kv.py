@@ -21,8 +21,11 @@ from costmodel import (
     LayerPolicy,
     Memory,
     TokenSplit,
+    TransformerSpec,
     capacity,
     evaluate,
+    list_models,
+    load_model,
     memory_use,
     range_bounds,
     shortfalls,
@@ -688,6 +691,16 @@ def memory_record(mem: Memory) -> dict:
             "host_breakdown": dict(mem.host_breakdown)}
 
 
+def workload_from_plan(plan: Plan, model: TransformerSpec | None = None) -> KvWorkload:
+    """The workload a KV plan was made for (its batch, GPU batch, chunking and streaming included);
+    its model by bundled name when it is one (paths differ between machines), else its config file."""
+    w = plan.workload
+    if model is None:
+        name = w["model"]
+        model = load_model(name if name in list_models() else w.get("model_file") or name)
+    return KvWorkload.from_summary(w, model)
+
+
 def evaluate_plan(plan: Plan, wl: KvWorkload, system: System) -> tuple[KvCost, dict[str, float]]:
     """Re-cost a plan's decisions on (possibly other) hardware."""
     pols, head = plan.policies()
@@ -699,5 +712,6 @@ def evaluate_plan(plan: Plan, wl: KvWorkload, system: System) -> tuple[KvCost, d
 
 
 __all__ = ["BASELINES", "OBJECTIVES", "Evaluated", "PolicyResult", "batch_candidates", "evaluate_plan",
-           "evaluate_policy", "explain_infeasible", "memory_record", "metrics", "parse_flexgen", "plan_kv"]
+           "evaluate_policy", "explain_infeasible", "memory_record", "metrics", "parse_flexgen", "plan_kv",
+           "workload_from_plan"]
 

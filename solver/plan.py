@@ -200,6 +200,16 @@ class Plan:
         return tuple(pols), head if isinstance(head, bool) else float(head)
 
 
+def shortfall_bytes(shortfalls: Mapping[str, float]) -> dict[str, float]:
+    """Bytes missing per tier as plans and answers report them (``gpu``, ``host``, ``disk``), from a
+    cost's ``shortfalls()`` (keyed ``gpu_bytes``, ...).
+
+    >>> shortfall_bytes({"gpu_bytes": 2.0})
+    {'gpu': 2.0}
+    """
+    return {k.removesuffix("_bytes"): v for k, v in shortfalls.items()}
+
+
 def migrate_v1(data: Mapping[str, Any], where: str = "") -> dict[str, Any]:
     """A version-1 plan (KV only) as version 2: ``layers`` become ``units``; ``head``,
     ``activations`` and ``context_ranges`` move into ``extras``.

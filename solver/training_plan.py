@@ -36,7 +36,7 @@ from costmodel.training import (
 from costmodel.training_units import Tier
 from hwprofiles import System
 from solver.errors import PlanError
-from solver.plan import Plan, _Checker, register_kind
+from solver.plan import Plan, _Checker, register_kind, shortfall_bytes
 
 KIND = "training"
 POLICY_FIELDS = ("params", "grads", "master", "moments", "step", "activations", "offload_share")
@@ -74,7 +74,7 @@ def baseline_record(cost: TrainCost, plan_tokens_per_s: float | None) -> dict[st
     """One ``baselines`` entry: the baseline costed on the plan's workload, and the plan's speed-up over it."""
     if not cost.feasible:
         return {"status": "infeasible", "reason": cost.explain_shortfall(),
-                "shortfall_bytes": {k.removesuffix("_bytes"): v for k, v in cost.shortfalls().items()}}
+                "shortfall_bytes": shortfall_bytes(cost.shortfalls())}
     entry: dict[str, Any] = {"status": "feasible", "predicted": {"tokens_per_s": cost.tokens_per_s,
                                                                   "iteration_s": cost.iteration_s, "mfu": cost.mfu}}
     if plan_tokens_per_s is not None:

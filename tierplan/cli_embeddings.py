@@ -20,6 +20,7 @@ from hwprofiles import format_bytes, load_system
 from solver import Plan
 from solver import embeddings_plan as ep
 from solver.errors import PlanError
+from solver.plan import shortfall_bytes
 
 DEFAULTS = {"model": "criteo-kaggle", "hw": "a100-40gb", "batch": 16384}
 
@@ -136,7 +137,7 @@ def _eval_record(label: str, wl: EmbWorkload, policies, cost, system) -> dict:
         out["predicted"] = ep.predicted_record(cost)
     else:
         out["reason"] = cost.explain_shortfall()
-        out["shortfall_bytes"] = {k.removesuffix("_bytes"): v for k, v in cost.shortfalls().items()}
+        out["shortfall_bytes"] = shortfall_bytes(cost.shortfalls())
     return out
 
 

@@ -7,11 +7,12 @@ import argparse
 import json
 import textwrap
 
-from costmodel import KvWorkload, WorkloadError, capacity, list_models, load_model
+from costmodel import KvWorkload, WorkloadError, capacity, load_model
 from costmodel.kv import KV_DTYPES, explain_shortfall
 from hwprofiles import format_bytes, load_system
 from solver import BASELINES, OBJECTIVES, Plan, PlanError, available_backends, evaluate_plan, evaluate_policy, plan_kv
-from solver.kv import FLEXGEN_ENGINE, memory_record, metrics
+from solver.kv import FLEXGEN_ENGINE, memory_record, metrics, workload_from_plan
+from solver.plan import shortfall_bytes
 from tierplan._format import _ms, _pct, _table
 
 DEFAULTS = {"model": "llama-2-7b", "hw": "a100-40gb", "batch": 64, "prompt": 512, "gen": 128}
@@ -176,12 +177,6 @@ def cmd_plan_kv(args: argparse.Namespace) -> int:
     return 0 if plan.predicted is not None else 1
 
 
-def _plan_model(workload: dict):
-    """The plan's model: by bundled name when it is one (paths differ between machines), else its file."""
-    name = workload["model"]
-    return load_model(name if name in list_models() else workload.get("model_file") or name)
-
-
 def cmd_evaluate_policy(args: argparse.Namespace) -> int:
     """``tierplan evaluate kv --policy P``: the policy costed at the batch asked, or infeasible."""
     if not args.policy:
@@ -198,7 +193,7 @@ def cmd_evaluate_policy(args: argparse.Namespace) -> int:
         out["capacity"] = capacity(system)
     if res.evaluated is None:
         out["reason"] = res.reason
-        out["shortfall_bytes"] = {k.removesuffix("_bytes"): v for k, v in res.shortfalls.items()}
+        out["shortfall_bytes"] = shortfall_bytes(res.shortfalls)
     else:
         ev = res.evaluated
         out["predicted"] = metrics(ev.workload, ev.cost)
@@ -222,7 +217,7 @@ def evaluate_plan_file(plan: Plan, system, args: argparse.Namespace) -> int:
 
 def plan_workload(plan: Plan, *, model=None) -> KvWorkload:
     """The workload a plan was made for (its batch, GPU batch, chunking and streaming included)."""
-    return KvWorkload.from_summary(plan.workload, model or _plan_model(plan.workload))
+    return workload_from_plan(plan, model)
 
 
 def _print_eval(out: dict, as_json: bool) -> None:

@@ -20,6 +20,7 @@ from hwprofiles import Dimension, format_bytes, load_system, parse_quantity
 from solver import Plan
 from solver import training_plan as tp
 from solver.errors import PlanError
+from solver.plan import shortfall_bytes
 
 DEFAULTS = {"model": "llama-2-7b", "hw": "a100-40gb", "seq": 2048, "micro_batch": 1}
 
@@ -164,7 +165,7 @@ def _eval_record(label: str, wl: TrainWorkload, policies, head, cost, system) ->
         out["predicted"] = tp.predicted_record(cost)
     else:
         out["reason"] = cost.explain_shortfall()
-        out["shortfall_bytes"] = {k.removesuffix("_bytes"): v for k, v in cost.shortfalls().items()}
+        out["shortfall_bytes"] = shortfall_bytes(cost.shortfalls())
     return out
 
 
