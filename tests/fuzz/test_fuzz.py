@@ -260,30 +260,37 @@ def embeddings_plan_file(tmp_path_factory) -> Path:
     return path
 
 
+def _corrupted_plan(text: str, rng: random.Random, *, unit_values: list, other_kinds: list,
+                    field_values: list) -> str | bytes:
+    """A plan file's text with one field of a family's plan broken (a unit's field, the kind, a
+    section's key dropped or given a bad value, a section replaced), or the text itself mutated."""
+    if rng.random() >= 0.6:
+        return _mutate_text(text, rng)
+    data = json.loads(text)
+    target = rng.choice(["workload", "units", "extras", "hardware", "kind", "unit", "unit"])
+    if target == "unit":
+        entry = data["units"][rng.randrange(len(data["units"]))]
+        entry[rng.choice(sorted(entry))] = rng.choice(unit_values)
+    elif target == "kind":
+        data["kind"] = rng.choice(other_kinds)
+    elif isinstance(data[target], dict) and data[target]:
+        key = rng.choice(sorted(data[target]))
+        if rng.random() < 0.5:
+            data[target].pop(key)
+        else:
+            data[target][key] = rng.choice(field_values)
+    else:
+        data[target] = rng.choice([None, "x", [], {}])
+    return json.dumps(data)
+
+
 @settings(FUZZ, max_examples=120)
 @given(seed=st.integers(0, 2**32 - 1))
 def test_truncated_and_corrupted_embeddings_plans(tmp_path, embeddings_plan_file, seed):
-    rng = random.Random(seed)
-    text = embeddings_plan_file.read_text()
-    if rng.random() < 0.6:
-        data = json.loads(text)
-        target = rng.choice(["workload", "units", "extras", "hardware", "kind", "unit", "unit"])
-        if target == "unit":
-            entry = data["units"][rng.randrange(len(data["units"]))]
-            entry[rng.choice(sorted(entry))] = rng.choice([None, "x", -1, 2**70, {}, [], True, "cpu", 0.5])
-        elif target == "kind":
-            data["kind"] = rng.choice(["kv", "training", 3, None])
-        elif isinstance(data[target], dict) and data[target]:
-            key = rng.choice(sorted(data[target]))
-            if rng.random() < 0.5:
-                data[target].pop(key)
-            else:
-                data[target][key] = rng.choice([None, "x", -1, 0, 2**70, [], {}, True])
-        else:
-            data[target] = rng.choice([None, "x", [], {}])
-        content: str | bytes = json.dumps(data)
-    else:
-        content = _mutate_text(text, rng)
+    content = _corrupted_plan(embeddings_plan_file.read_text(), random.Random(seed),
+                              unit_values=[None, "x", -1, 2**70, {}, [], True, "cpu", 0.5],
+                              other_kinds=["kv", "training", 3, None],
+                              field_values=[None, "x", -1, 0, 2**70, [], {}, True])
     path = _write(tmp_path / "emb.json", content)
     check(["evaluate", str(path)])
     check(["export", "torchrec", str(path)])
@@ -301,27 +308,10 @@ def training_plan_file(tmp_path_factory) -> Path:
 @settings(FUZZ, max_examples=120)
 @given(seed=st.integers(0, 2**32 - 1))
 def test_truncated_and_corrupted_training_plans(tmp_path, training_plan_file, seed):
-    rng = random.Random(seed)
-    text = training_plan_file.read_text()
-    if rng.random() < 0.6:
-        data = json.loads(text)
-        target = rng.choice(["workload", "units", "extras", "hardware", "kind", "unit", "unit"])
-        if target == "unit":
-            entry = data["units"][rng.randrange(len(data["units"]))]
-            entry[rng.choice(sorted(entry))] = rng.choice([None, "x", -1, 2**70, {}, [], True, "disk", "cpu", 1.5])
-        elif target == "kind":
-            data["kind"] = rng.choice(["kv", "embeddings", 3, None])
-        elif isinstance(data[target], dict) and data[target]:
-            key = rng.choice(sorted(data[target]))
-            if rng.random() < 0.5:
-                data[target].pop(key)
-            else:
-                data[target][key] = rng.choice([None, "x", -1, 0, 2**70, [], {}, True, 7])
-        else:
-            data[target] = rng.choice([None, "x", [], {}])
-        content: str | bytes = json.dumps(data)
-    else:
-        content = _mutate_text(text, rng)
+    content = _corrupted_plan(training_plan_file.read_text(), random.Random(seed),
+                              unit_values=[None, "x", -1, 2**70, {}, [], True, "disk", "cpu", 1.5],
+                              other_kinds=["kv", "embeddings", 3, None],
+                              field_values=[None, "x", -1, 0, 2**70, [], {}, True, 7])
     path = _write(tmp_path / "train.json", content)
     check(["evaluate", str(path)])
     check(["export", "deepspeed", str(path)])
