@@ -29,7 +29,6 @@ from costmodel.training import (
     unit_costs,
 )
 from costmodel.training_units import Phase, gpu_step_job, unit_phase_times
-from costmodel.transformer import TransformerSpec
 from hwprofiles import apply_overrides, load_system
 from solver.backends import SolveStatus, available_backends
 from solver.errors import PlanError
@@ -48,18 +47,9 @@ from solver.training_formulation import (
     solve_training,
 )
 
-# The two-layer GPT-2-style model of tests/costmodel/test_training.py: per layer 49,984 parameters, the head
-# (tied embeddings, 128 positions, final norm) 72,320.
-TINY = TransformerSpec(name="tiny-gpt", family="gpt2", n_layers=2, hidden=64, n_heads=4, n_kv_heads=4, head_dim=16,
-                       intermediate=256, vocab=1000, max_positions=128, gated_mlp=False, layer_norm=True,
-                       linear_bias=True, learned_positions=128, tied_embeddings=True)
-P_LAYER, P_HEAD = 49_984, 72_320
-P_ALL = 2 * P_LAYER + P_HEAD  # 172,288
-
-
-def tiny_wl(**kw) -> TrainWorkload:
-    args = {"model": TINY, "seq_len": 128, "micro_batch": 2, "fused_attention": False, "dropout": True}
-    return TrainWorkload(**{**args, **kw})
+# The two-layer GPT-2-style model of the cost model's tests: per layer 49,984 parameters, the head (tied
+# embeddings, 128 positions, final norm) 72,320.
+from tests.costmodel.test_training import P_ALL, P_HEAD, P_LAYER, TINY, tiny_wl  # noqa: E402,F401
 
 
 def _exact(plan: TrainPlan, wl: TrainWorkload, system):
