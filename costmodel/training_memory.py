@@ -48,6 +48,30 @@ def _stored_act_bytes(uc: TrainUnitCosts, pol: LayerTrainPolicy) -> float:
             ActAction.OFFLOAD: (1.0 - pol.offloaded_share) * uc.act_keep_bytes}[pol.activations]
 
 
+def unit_pinned_rounding_bytes(wl: TrainWorkload, u: TrainUnitCosts, p: LayerTrainPolicy, ws: float,
+                               os_: float) -> float:
+    """The pinned allocator's rounding of one unit's host allocations, when ``wl.pin_memory``: each
+    page-locked allocation is rounded up to a power of two (:func:`pinned_allocation_bytes`). The
+    allocations (bytes of one, how many): the unit's host weights (one per GPU at stage 3), its host
+    fp32 gradients, accumulation buffer, master weights (one per partition, ``1 / os_``), each moment
+    tensor, and its offloaded activations (one per GPU). ``ws``/``os_``: the weight and state shards."""
+    n = wl.gpus
+    allocs: list[tuple[float, int]] = []  # (bytes of one allocation, how many)
+    if p.params is Tier.HOST:
+        allocs.append((u.weights_bytes * ws, n if wl.zero_stage >= 3 else 1))
+    if p.grads is Tier.HOST:
+        allocs.append((u.step_grad_bytes * os_, round(1 / os_)))
+    if p.grads is not Tier.GPU and wl.grad_accum > 1:
+        allocs.append((u.grads_bytes * os_, round(1 / os_)))
+    if p.master is Tier.HOST:
+        allocs.append((u.master_bytes * os_, round(1 / os_)))
+    if p.moments is Tier.HOST and u.moment_tensors:
+        allocs.append((u.moments_bytes * os_ / u.moment_tensors, round(1 / os_) * u.moment_tensors))
+    if p.offloaded_share:
+        allocs.append((p.offloaded_share * u.act_keep_bytes, n))
+    return sum(k * (pinned_allocation_bytes(b) - b) for b, k in allocs)
+
+
 def memory_use(wl: TrainWorkload, system: System, policies: Sequence[LayerTrainPolicy],
                head: LayerTrainPolicy) -> TrainMemory:
     """GPU peak, host and disk bytes of a per-layer policy, term by term.
@@ -120,21 +144,7 @@ def memory_use(wl: TrainWorkload, system: System, policies: Sequence[LayerTrainP
     host["disk_staging"] = 2.0 * max(staged)
     rounding = 0.0
     if wl.pin_memory:
-        for u, p in units:
-            allocs: list[tuple[float, int]] = []  # (bytes of one allocation, how many)
-            if p.params is Tier.HOST:
-                allocs.append((u.weights_bytes * ws, n if wl.zero_stage >= 3 else 1))
-            if p.grads is Tier.HOST:
-                allocs.append((u.step_grad_bytes * os_, round(1 / os_)))
-            if p.grads is not Tier.GPU and wl.grad_accum > 1:
-                allocs.append((u.grads_bytes * os_, round(1 / os_)))
-            if p.master is Tier.HOST:
-                allocs.append((u.master_bytes * os_, round(1 / os_)))
-            if p.moments is Tier.HOST and u.moment_tensors:
-                allocs.append((u.moments_bytes * os_ / u.moment_tensors, round(1 / os_) * u.moment_tensors))
-            if p.offloaded_share:
-                allocs.append((p.offloaded_share * u.act_keep_bytes, n))
-            rounding += sum(k * (pinned_allocation_bytes(b) - b) for b, k in allocs)
+        rounding += sum(unit_pinned_rounding_bytes(wl, u, p, ws, os_) for u, p in units)
         if host["disk_staging"]:
             rounding += pinned_allocation_bytes(host["disk_staging"] / 2) * 2 - host["disk_staging"]
     host["pinned_rounding"] = rounding
@@ -150,4 +160,4 @@ def memory_use(wl: TrainWorkload, system: System, policies: Sequence[LayerTrainP
                        host_pageable_bytes=host_total - pinned)
 
 
-__all__ = ["TrainMemory", "memory_use"]
+__all__ = ["TrainMemory", "memory_use", "unit_pinned_rounding_bytes"]

@@ -74,6 +74,7 @@ import numpy as np
 
 from costmodel.errors import WorkloadError
 from costmodel.kv import capacity
+from costmodel.training_memory import unit_pinned_rounding_bytes
 from costmodel.training_states import pinned_allocation_bytes
 from costmodel.training_units import (
     ActAction,
@@ -266,20 +267,7 @@ def mode_coef(wl: TrainWorkload, uc: TrainUnitCosts, pol: LayerTrainPolicy) -> M
             + (uc.moments_bytes if pol.moments is Tier.HOST else 0.0)
             + n * pol.offloaded_share * uc.act_keep_bytes)
     if wl.pin_memory:
-        allocs: list[tuple[float, int]] = []
-        if pol.params is Tier.HOST:
-            allocs.append((uc.weights_bytes * ws, n if wl.zero_stage >= 3 else 1))
-        if pol.grads is Tier.HOST:
-            allocs.append((uc.step_grad_bytes * os_, round(1 / os_)))
-        if not g_gpu and wl.grad_accum > 1:
-            allocs.append((uc.grads_bytes * os_, round(1 / os_)))
-        if pol.master is Tier.HOST:
-            allocs.append((uc.master_bytes * os_, round(1 / os_)))
-        if pol.moments is Tier.HOST and uc.moment_tensors:
-            allocs.append((uc.moments_bytes * os_ / uc.moment_tensors, round(1 / os_) * uc.moment_tensors))
-        if pol.offloaded_share:
-            allocs.append((pol.offloaded_share * uc.act_keep_bytes, n))
-        host += sum(k * (pinned_allocation_bytes(b) - b) for b, k in allocs)
+        host += unit_pinned_rounding_bytes(wl, uc, pol, ws, os_)
     staged = ((uc.step_grad_bytes if pol.grads is Tier.DISK else 0.0)
               + (uc.master_bytes if pol.master is Tier.DISK else 0.0)
               + (uc.moments_bytes if pol.moments is Tier.DISK else 0.0))
