@@ -64,7 +64,7 @@ import itertools
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 
@@ -205,6 +205,7 @@ class BaselineResult:
     iteration_s: float | None
     speedup: float | None
     reason: str = ""
+    cost: EmbCost | None = field(default=None, compare=False, repr=False)  # the exact cost, for the plan's record
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -822,11 +823,11 @@ def plan_embeddings(wl: EmbWorkload, system: System, *, baselines: Sequence[str]
     for name, cost in evaluated:
         if not cost.feasible:
             base.append(BaselineResult(name=name, feasible=False, samples_per_s=None, iteration_s=None, speedup=None,
-                                       reason=cost.explain_shortfall()))
+                                       reason=cost.explain_shortfall(), cost=cost))
             continue
         speedup = None if best_cost is None else best_cost.samples_per_s / cost.samples_per_s
         base.append(BaselineResult(name=name, feasible=True, samples_per_s=cost.samples_per_s,
-                                   iteration_s=cost.iteration_s, speedup=speedup))
+                                   iteration_s=cost.iteration_s, speedup=speedup, cost=cost))
     status = sol.status
     if best_cost is None and status in (SolveStatus.OPTIMAL, SolveStatus.FEASIBLE):
         status = SolveStatus.INFEASIBLE  # the MIP's extraction did not fit exactly, and no baseline does

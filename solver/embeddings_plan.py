@@ -102,8 +102,8 @@ def torchrec_hit_rates(wl: EmbWorkload, policies: Sequence[TablePolicy], cost: E
 def to_plan(wl: EmbWorkload, system: System, emb: Any, *, cache_kind: CurveKind | str = CurveKind.STATIC) -> Plan:
     """The envelope of a :class:`solver.embeddings.EmbPlan` (``plan_embeddings``'s result).
 
-    Each baseline is re-costed here with :func:`costmodel.embeddings_cost.baseline_policies` so its
-    entry holds the same figures as the plan's (and the infeasible ones their shortfall per tier).
+    Each baseline's entry is made from its exact cost (the planner's, else costed here) so it holds the
+    same figures as the plan's (and the infeasible ones their shortfall per tier).
     """
     from costmodel.embeddings_cost import baseline_policies
 
@@ -111,10 +111,13 @@ def to_plan(wl: EmbWorkload, system: System, emb: Any, *, cache_kind: CurveKind 
     plan_rate = None if cost is None else cost.samples_per_s
     baselines = {}
     for b in emb.baselines:
-        pols = baseline_policies(b.name, wl, system)
-        bcost = evaluate_embeddings(wl, system, pols)
+        # the planner's exact cost of the baseline (the same workload and system), else costed here
+        bcost = getattr(b, "cost", None)
+        pols = baseline_policies(b.name, wl, system) if bcost is None or b.name.startswith("torchrec") else ()
+        if bcost is None:
+            bcost = evaluate_embeddings(wl, system, pols)
         baselines[b.name] = baseline_record(b.name, bcost, plan_rate)
-        if b.name.startswith("torchrec") and any(p.placement is Placement.CACHE for p in pols):
+        if any(p.placement is Placement.CACHE for p in pols):
             baselines[b.name]["hit_rates"] = torchrec_hit_rates(wl, pols, bcost)
     solver_info = {"status": emb.status.value, "selected_from": emb.selected, "solve_time_s": emb.solve_time_s,
                    "lp_estimate_s": emb.lp_estimate_s,
