@@ -42,7 +42,8 @@ prefetches and updated weights) is never over-committed.
 
 Memory is counted as the runtime allocates it, per GPU for the GPU and for the whole node for the
 host and disk (the ``gpus`` processes share one host, its memory bandwidth and CPU, and the disk;
-each GPU has its own link). Every term is named in :class:`TrainMemory`'s breakdowns; formulas are
+each GPU has its own link; a host profile that is one GPU's share of its node counts ``gpus`` shares,
+:func:`~costmodel.training_units.node_host`). Every term is named in :class:`TrainMemory`'s breakdowns; formulas are
 in :func:`memory_use`.
 """
 
@@ -52,7 +53,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 from costmodel.errors import WorkloadError
-from costmodel.kv import capacity
 from costmodel.training_memory import TrainMemory, memory_use
 from costmodel.training_states import (
     OptimizerKind,
@@ -79,10 +79,13 @@ from costmodel.training_units import (
     TrainWorkload,
     _gpu_proc,
     activation_bytes,
+    check_node,
     flow_shop_s,
     gpu_step_job,
     head_ops,
     layer_ops,
+    node_capacity,
+    node_host,
     unit_costs,
     unit_phase_times,
 )
@@ -157,6 +160,7 @@ class TrainCost:
 
 
 def _check(wl: TrainWorkload, system: System, units: Sequence[LayerTrainPolicy]) -> None:
+    check_node(wl, system)
     for i, p in enumerate(units):
         where = "head policy" if i == len(units) - 1 else f"layer {i}"
         if p.params is not Tier.GPU and wl.zero_stage != 3:
@@ -287,7 +291,7 @@ def evaluate_training(wl: TrainWorkload, system: System, policies: Sequence[Laye
         step_s=iteration - forward_total - backward_total, schedule_s=schedule,
         tokens_per_s=wl.tokens_per_iteration / iteration, mfu=model_flop / (iteration * gpu.peak_flop_per_s),
         busy=tuple(busy.items()), binding=binding, memory=memory_use(wl, system, policies, head),
-        capacity=capacity(system), unit_times=unit_times)
+        capacity=node_capacity(wl, system), unit_times=unit_times)
 
 
 def model_flop_per_token(wl: TrainWorkload) -> float:
@@ -419,8 +423,9 @@ def baseline_policies(name: str, wl: TrainWorkload, system: System | None) -> tu
 __all__ = [
     "ACTIVATION_BASELINES", "BASELINES", "STATE_BASELINES", "ActAction", "LayerTrainPolicy", "OptimizerKind", "Overlap",
     "Phase", "Precision", "StateBytes", "StepDevice", "Tier", "TrainCost", "TrainMemory", "TrainOp", "TrainResource",
-    "TrainUnitCosts", "TrainWorkload", "activation_bytes", "baseline_policies", "deepspeed_zero2_estimate",
+    "TrainUnitCosts", "TrainWorkload", "activation_bytes", "baseline_policies", "check_node", "deepspeed_zero2_estimate",
     "deepspeed_zero3_estimate", "evaluate_training", "flow_shop_s", "gpu_step_job", "head_ops", "layer_ops",
-    "megatron_bytes_per_param", "memory_use", "model_flop_per_token", "pinned_allocation_bytes", "state_bytes", "step_bytes_per_param",
+    "megatron_bytes_per_param", "memory_use", "model_flop_per_token", "node_capacity", "node_host",
+    "pinned_allocation_bytes", "state_bytes", "step_bytes_per_param",
     "unit_costs", "unit_phase_times", "zero_paper_model_state_bytes",
 ]

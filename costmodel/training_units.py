@@ -27,7 +27,7 @@ from costmodel.training_states import (
     step_bytes_per_param,
 )
 from costmodel.transformer import TransformerSpec
-from hwprofiles import OpClass, System
+from hwprofiles import Host, OpClass, System
 
 MASK_BYTES = 1  # a dropout mask element is one byte (torch.bool / uint8), as Korthikanti et al. count it
 LSE_BYTES = 4  # flash attention keeps one fp32 log-sum-exp per head and query row for its backward
@@ -96,10 +96,10 @@ class TrainWorkload:
     ``pin_memory``: host buffers are page-locked (rounded up to powers of two, full link rate); else
     pageable, at the link's ``pageable_factor`` (DeepSpeed's ``offload_optimizer.pin_memory``
     defaults to false, deepspeed/runtime/zero/offload_config.py). ``interconnect_bytes_per_s``: the
-    bus bandwidth between the GPUs for ring collectives; required when ``gpus > 1`` (a System has no
-    GPU-interconnect field). With ``gpus > 1`` the system's host and disk are the ones all the GPUs
-    share (the bundled ``*-gpu-share`` hosts are one GPU's share: scale them with overrides), and each
-    GPU has its own link.
+    bus bandwidth between the GPUs for ring collectives, overriding the system's ``interconnect``
+    (one of the two is needed when ``gpus > 1``: :func:`check_node`). With ``gpus > 1`` the GPUs share
+    one host and disk (:func:`node_host`: a host profile that is one GPU's share of its node counts
+    ``gpus`` shares), and each GPU has its own link.
 
     Examples
     --------
@@ -142,10 +142,6 @@ class TrainWorkload:
         bw = self.interconnect_bytes_per_s
         if bw is not None and (isinstance(bw, bool) or not isinstance(bw, int | float) or not 0 < bw < math.inf):
             raise WorkloadError(f"interconnect_bytes_per_s must be a positive number of bytes/s, got {bw!r}")
-        if self.gpus > 1 and bw is None:
-            raise WorkloadError(f"interconnect_bytes_per_s is required when gpus > 1 (got gpus={self.gpus}): the "
-                                "system profile has no GPU-interconnect bandwidth; give the bus bandwidth of "
-                                "the ring (e.g. NVLink)")
         if self.seq_len > self.model.max_context_tokens and not self.allow_long_context:
             raise WorkloadError(f"seq_len must be at most {self.model.name}'s context of "
                                 f"{self.model.max_context_tokens} tokens, got {self.seq_len}; set "
@@ -485,6 +481,55 @@ class TrainUnitCosts:
         return 1.0 / self.gpus if self.zero_stage >= 1 else 1.0
 
 
+def check_node(wl: TrainWorkload, system: System) -> None:
+    """Raise :class:`WorkloadError` unless ``system`` can run ``wl.gpus`` data-parallel GPUs: a host
+    that is one GPU's share of its node (``node_share`` s < 1) has at most round(1/s) GPUs, and more
+    than one GPU needs a bus bandwidth for the collectives (the workload's or the system's
+    ``interconnect``)."""
+    n, share = wl.gpus, system.host.node_share
+    if n > 1 and share < 1.0 and n * share > 1.0 + 1e-9:
+        raise WorkloadError(f"gpus={n}: system {system.name!r}'s host {system.host.name!r} is one GPU's share of a "
+                            f"{round(1.0 / share)}-GPU node (node_share {share:.4g}), so at most {round(1.0 / share)} "
+                            "GPUs share it")
+    if n > 1 and wl.interconnect_bytes_per_s is None and system.interconnect is None:
+        raise WorkloadError(f"gpus={n} needs the GPUs' bus bandwidth for the gradient reduce-scatter and all-gather: "
+                            f"system {system.name!r} has no interconnect (add one with --set interconnect=NAME, e.g. "
+                            "nvswitch-h100) and the workload gives no interconnect_bytes_per_s (--interconnect)")
+
+
+def node_host(wl: TrainWorkload, system: System) -> Host:
+    """The host the ``gpus`` processes share. A whole host (``node_share`` 1) is shared as it is; a
+    profile of one GPU's share of its node (``node_share`` s < 1, the bundled ``*-gpu-share`` hosts)
+    counts N = ``gpus`` shares: memory, reserved memory, memory bandwidth and FLOP/s times N, share N s."""
+    host, n = system.host, wl.gpus
+    if n == 1 or host.node_share >= 1.0:
+        return host
+    return replace(host, memory_bytes=host.memory_bytes * n, reserved_bytes=host.reserved_bytes * n,
+                   memory_bytes_per_s=host.memory_bytes_per_s * n, fp32_flop_per_s=host.fp32_flop_per_s * n,
+                   node_share=min(host.node_share * n, 1.0))
+
+
+def node_capacity(wl: TrainWorkload, system: System) -> dict[str, float]:
+    """Usable bytes per tier for the node of ``wl.gpus`` GPUs: one GPU's memory (each GPU holds its own
+    partition and is checked alone), the shared host of :func:`node_host`, the disk."""
+    host = node_host(wl, system)
+    return {"gpu_bytes": system.gpu.memory_bytes - system.gpu.reserved_bytes,
+            "host_bytes": host.memory_bytes - host.reserved_bytes,
+            "disk_bytes": system.disk.capacity_bytes if system.disk else 0.0}
+
+
+def interconnect_rate(wl: TrainWorkload, system: System) -> float:
+    """Bus bandwidth of the collectives: the workload's ``interconnect_bytes_per_s`` if given, else the
+    system interconnect's ``bus_bytes_per_s``; infinite for one GPU (no collectives)."""
+    if wl.interconnect_bytes_per_s is not None:
+        return float(wl.interconnect_bytes_per_s)
+    if wl.gpus == 1:
+        return math.inf
+    if system.interconnect is None:
+        check_node(wl, system)  # raises, naming both ways to give the bandwidth
+    return system.interconnect.bus_bytes_per_s
+
+
 def _gpu_proc(wl: TrainWorkload, system: System) -> Processor:
     gpu = Processor.gpu(system.gpu)
     if wl.precision is Precision.FP32:
@@ -539,14 +584,14 @@ def unit_costs(wl: TrainWorkload, system: System, *, head: bool = False) -> Trai
         step_grad_bytes=params * sb.step_grad, master_bytes=params * (sb.master or sb.weights),
         master_gpu_bytes=params * sb.master, moments_bytes=params * sb.moments, moment_tensors=sb.moment_tensors,
         # The N processes step their partitions at once on the shared host: the node's CPU work is the unit.
-        cpu_step_s=_step_s(params, sb, wl.optimizer, Processor.cpu(system.host)),
+        cpu_step_s=_step_s(params, sb, wl.optimizer, Processor.cpu(node_host(wl, system))),
         gpu_step_s=_step_s(params * shard, sb, wl.optimizer, replace(gpu, peak_flop_per_s=system.gpu.fp32_flop_per_s)),
         h2d_bytes_per_s=link.h2d_bytes_per_s * pageable, d2h_bytes_per_s=link.d2h_bytes_per_s * pageable,
         link_latency_s=link.latency_s,
         disk_read_bytes_per_s=disk.read_bytes_per_s if disk else math.inf,
         disk_write_bytes_per_s=disk.write_bytes_per_s if disk else math.inf,
         disk_latency_s=disk.latency_s if disk else 0.0,
-        interconnect_bytes_per_s=wl.interconnect_bytes_per_s or math.inf,
+        interconnect_bytes_per_s=interconnect_rate(wl, system),
         gpus=n, zero_stage=wl.zero_stage, grad_accum=wl.grad_accum,
     )
 
@@ -713,6 +758,6 @@ def flow_shop_s(jobs: Sequence[Sequence[float]]) -> float:
 
 __all__ = [
     "ActAction", "LayerTrainPolicy", "Overlap", "Phase", "StepDevice", "Tier", "TrainOp", "TrainResource",
-    "TrainUnitCosts", "TrainWorkload", "activation_bytes", "flow_shop_s", "gpu_step_job", "head_ops", "layer_ops",
-    "unit_costs", "unit_phase_times",
+    "TrainUnitCosts", "TrainWorkload", "activation_bytes", "check_node", "flow_shop_s", "gpu_step_job", "head_ops",
+    "interconnect_rate", "layer_ops", "node_capacity", "node_host", "unit_costs", "unit_phase_times",
 ]

@@ -24,6 +24,7 @@ from hwprofiles.types import (
     Disk,
     Gpu,
     Host,
+    Interconnect,
     Link,
     OpClass,
     Part,
@@ -36,7 +37,10 @@ from hwprofiles.units import UNITS, Dimension, format_bytes, parse_quantity
 DATA_DIR = Path(__file__).parent / "data"
 CURVES_DIR = Path(__file__).parent / "curves"
 
-PART_DIRS = {"gpu": "gpus", "host": "hosts", "link": "links", "disk": "disks", "system": "systems"}
+PART_DIRS = {"gpu": "gpus", "host": "hosts", "link": "links", "disk": "disks", "interconnect": "interconnects",
+             "system": "systems"}
+# A system's parts, in file order; disk and interconnect are optional.
+SYSTEM_PARTS = ("gpu", "host", "link", "disk", "interconnect")
 
 # yaml key -> (dataclass field, dimension) for each part kind; every key is required but those in DEFAULTS.
 SCHEMA: dict[str, dict[str, tuple[str, Dimension]]] = {
@@ -54,6 +58,7 @@ SCHEMA: dict[str, dict[str, tuple[str, Dimension]]] = {
         "memory_bandwidth": ("memory_bytes_per_s", Dimension.BANDWIDTH),
         "flops_fp32": ("fp32_flop_per_s", Dimension.COMPUTE),
         "reserved_memory": ("reserved_bytes", Dimension.BYTES),
+        "node_share": ("node_share", Dimension.RATIO),
     },
     "link": {
         "h2d": ("h2d_bytes_per_s", Dimension.BANDWIDTH),
@@ -68,6 +73,9 @@ SCHEMA: dict[str, dict[str, tuple[str, Dimension]]] = {
         "write_bandwidth": ("write_bytes_per_s", Dimension.BANDWIDTH),
         "latency": ("latency_s", Dimension.TIME),
     },
+    "interconnect": {
+        "bus_bandwidth": ("bus_bytes_per_s", Dimension.BANDWIDTH),
+    },
 }
 # Optional keys: (part kind, key) -> the key whose value (and source) it takes when absent, and why.
 # gpu.flops_tf32 is optional so that GPU files written before it existed (measured profiles, systems with an
@@ -78,14 +86,20 @@ DEFAULTS: dict[tuple[str, str], tuple[str, str]] = {
     ("gpu", "flops_tf32"): ("flops_fp32", "flops_tf32 not given: taken equal to flops_fp32 (no TF32 tensor-core "
                                           "rate stated)"),
 }
+# Optional keys with a fixed value when absent: (part kind, key) -> (value, unit string, why).
+# host.node_share: files written before it existed describe a whole host.
+CONSTANT_DEFAULTS: dict[tuple[str, str], tuple[float, str]] = {
+    ("host", "node_share"): (1.0, "node_share not given: the profile is the whole host"),
+}
 # "part.field" -> dimension, for overrides and sweeps given on the command line.
 SCHEMA_DIMENSIONS: dict[str, Dimension] = {
     f"{kind}.{key}": dim for kind, fields in SCHEMA.items() for key, (_, dim) in fields.items()
 }
 # Quantities that may be zero (a zero latency is a valid what-if; zero capacity is not).
 ZERO_OK = {"reserved_memory", "launch_overhead", "latency"}
-RATIO_MAX = {"pageable_factor", "bidirectional_factor"}
-PART_CLASSES: dict[str, type[Part]] = {"gpu": Gpu, "host": Host, "link": Link, "disk": Disk}
+RATIO_MAX = {"pageable_factor", "bidirectional_factor", "node_share"}
+PART_CLASSES: dict[str, type[Part]] = {"gpu": Gpu, "host": Host, "link": Link, "disk": Disk,
+                                       "interconnect": Interconnect}
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -237,7 +251,11 @@ def parse_part(kind: str, data: Mapping[str, Any], *, file: str, prefix: str = "
     provenance = []
     for key, (attr, dimension) in schema.items():
         if key not in data:
-            if (kind, key) not in DEFAULTS:
+            if (kind, key) in CONSTANT_DEFAULTS:
+                value, why = CONSTANT_DEFAULTS[kind, key]
+                kwargs[attr] = value
+                provenance.append((key, Provenance(source=Source.ESTIMATE, ref=why)))
+            elif (kind, key) not in DEFAULTS:
                 raise ProfileError(f"{prefix}.{key} is missing ({file})")
             continue
         kwargs[attr], prov = _quantity(data[key], key, dimension, f"{prefix}.{key}", file)
@@ -380,7 +398,7 @@ def system_from_dict(data: Mapping[str, Any], *, file: str) -> System:
 
 def _build_system(data: Mapping[str, Any], *, file: str, base: Path, default_name: str, record: bool) -> System:
     """A system from its mapping; ``record`` also accepts the fields :meth:`System.to_dict` adds."""
-    allowed = {"kind", "name", "description", "gpu", "host", "link", "disk"} | ({"file", "overrides"} if record else set())
+    allowed = {"kind", "name", "description", *SYSTEM_PARTS} | ({"file", "overrides"} if record else set())
     unknown = set(data) - allowed
     if unknown:
         raise ProfileError(f"system has unknown fields {sorted(map(str, unknown))}; allowed: {sorted(allowed)} ({file})")
@@ -395,7 +413,8 @@ def _build_system(data: Mapping[str, Any], *, file: str, base: Path, default_nam
         if kind not in data:
             raise ProfileError(f"system.{kind} is missing ({file})")
         parts[kind] = _system_part(kind, data[kind], base, file, record)
-    parts["disk"] = _system_part("disk", data["disk"], base, file, record) if data.get("disk") else None
+    for kind in ("disk", "interconnect"):
+        parts[kind] = _system_part(kind, data[kind], base, file, record) if data.get(kind) else None
     overrides = data.get("overrides", []) if record else []
     if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
         raise ProfileError(f"system.overrides must be a list of strings, got {overrides!r} ({file})")
@@ -481,7 +500,7 @@ def system_to_dict(system: System) -> dict[str, Any]:
     """See :meth:`System.to_dict`."""
     out: dict[str, Any] = {"kind": "system", "name": system.name, "description": system.description,
                            "file": system.file, "overrides": list(system.overrides)}
-    for kind in ("gpu", "host", "link", "disk"):
+    for kind in SYSTEM_PARTS:
         part = getattr(system, kind)
         out[kind] = part_to_dict(kind, part) if part is not None else None
     return out

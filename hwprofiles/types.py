@@ -125,10 +125,15 @@ class Gpu(Part):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Host(Part):
+    """A host (CPUs and memory). ``node_share`` is the fraction of the node's host the figures
+    describe: 1 for a whole host; 1/8 for one GPU's share of an 8-GPU node (``*-gpu-share``), so that
+    a job on N of its GPUs gets N shares (:func:`costmodel.training_units.node_host`)."""
+
     memory_bytes: float
     memory_bytes_per_s: float
     fp32_flop_per_s: float
     reserved_bytes: float
+    node_share: float
     curves: CurveSet
 
 
@@ -152,8 +157,18 @@ class Disk(Part):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Interconnect(Part):
+    """The GPU-to-GPU fabric of a node: ``bus_bytes_per_s`` is the bus bandwidth a ring
+    reduce-scatter or all-gather reaches per GPU on large messages (nccl-tests' ``busbw``), the rate
+    the data-parallel gradient and parameter collectives run at."""
+
+    bus_bytes_per_s: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class System:
-    """One GPU, its host, the link between them and optionally a disk.
+    """One GPU, its host, the link between them, optionally a disk, and optionally the interconnect
+    to the node's other GPUs (for data-parallel training).
 
     ``source`` (the bundled name, or the absolute path it was loaded from) and ``content_sha256``
     (of that file; ``None`` for a bundled system) say where it came from; they are a record, not
@@ -167,6 +182,7 @@ class System:
     host: Host
     link: Link
     disk: Disk | None
+    interconnect: Interconnect | None = None
     overrides: tuple[str, ...] = ()
     source: str = field(default="", compare=False)
     content_sha256: str | None = field(default=None, compare=False)
@@ -176,7 +192,7 @@ class System:
         # Hashed once: the cost model caches per (workload, system), and hashing the nested parts
         # on every lookup cost more than the lookups saved.
         object.__setattr__(self, "_hash", hash((self.name, self.description, self.file, self.gpu, self.host,
-                                                self.link, self.disk, self.overrides)))
+                                                self.link, self.disk, self.interconnect, self.overrides)))
 
     def __hash__(self) -> int:
         return self._hash
@@ -216,6 +232,7 @@ class System:
             "host": self.host.name,
             "link": self.link.name,
             "disk": self.disk.name if self.disk else None,
+            "interconnect": self.interconnect.name if self.interconnect else None,
             "overrides": list(self.overrides),
             "gpu_memory_bytes": self.gpu.memory_bytes,
             "host_memory_bytes": self.host.memory_bytes,

@@ -21,7 +21,6 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from costmodel.errors import WorkloadError
-from costmodel.kv import capacity
 from costmodel.training import (
     TrainCost,
     baseline_policies,
@@ -30,6 +29,8 @@ from costmodel.training import (
 )
 from costmodel.training_units import (
     LayerTrainPolicy,
+    check_node,
+    node_capacity,
     Overlap,
     TrainWorkload,
     unit_costs,
@@ -277,7 +278,7 @@ def explain_infeasible(wl: TrainWorkload, system: System, *, backend: str | None
     >>> explain_infeasible(wl, load_system("rtx4090")).startswith("no placement fits the GPU")
     True
     """
-    cap = capacity(system)
+    cap = node_capacity(wl, system)
     uc, hc = unit_costs(wl, system), unit_costs(wl, system, head=True)
     lay = min((mode_coef(wl, uc, p) for p in layer_modes(wl, system, space="full", prune=False)), key=_gpu_need)
     hed = min((mode_coef(wl, hc, p) for p in layer_modes(wl, system, head=True, space="full", prune=False)),
@@ -345,7 +346,7 @@ def _disk_may_help(wl: TrainWorkload, system: System) -> bool:
     uc, hc = unit_costs(wl, system), unit_costs(wl, system, head=True)
     worst = (wl.model.n_layers * max(mode_coef(wl, uc, p).host_bytes for p in layer_modes(wl, system, disk=False))
              + max(mode_coef(wl, hc, p).host_bytes for p in layer_modes(wl, system, head=True, disk=False)))
-    return worst > capacity(system)["host_bytes"] * (1.0 - CAPACITY_MARGIN)
+    return worst > node_capacity(wl, system)["host_bytes"] * (1.0 - CAPACITY_MARGIN)
 
 
 def _baseline(name: str, wl: TrainWorkload, system: System):
@@ -442,6 +443,7 @@ def plan_training(wl: TrainWorkload, system: System, *, baselines: Sequence[str]
     ('optimal', 'mip', True)
     """
     _check_args(wl, system, baselines, time_limit_s)
+    check_node(wl, system)
     stages = (wl.zero_stage,) if zero_stages is None else _check_stages(zero_stages)
     started = time.perf_counter()
     best = None  # (workload, policies, head, cost, selected)

@@ -73,10 +73,10 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from costmodel.errors import WorkloadError
-from costmodel.kv import capacity
 from costmodel.training_memory import unit_pinned_rounding_bytes
 from costmodel.training_states import pinned_allocation_bytes
 from costmodel.training_units import (
+    node_capacity,
     ActAction,
     LayerTrainPolicy,
     Overlap,
@@ -393,7 +393,7 @@ class GroupScreen:
         self.hc = [mode_coef(wl, hc, p) for p in self.head]
         self.phases = backward_phases(wl.grad_accum)
         self.n_layers = wl.model.n_layers
-        cap = capacity(system)
+        cap = node_capacity(wl, system)
         self.cap = (cap["gpu_bytes"], cap["host_bytes"], cap["disk_bytes"])
         self.keep_work_bytes = uc.act_keep_bytes + uc.act_transient_bytes
         self.head_keep_work_bytes = hc.act_keep_bytes + hc.act_transient_bytes

@@ -120,7 +120,7 @@ def to_plan(wl: TrainWorkload, system: System, tp: Any) -> Plan:
                    "n_variables": getattr(tp, "n_variables", None), "n_constraints": getattr(tp, "n_constraints", None)}
     if cost is None:
         return Plan(kind=KIND, status=tp.status.value, objective="throughput", workload=workload_record(wl),
-                    hardware=system.summary(), capacity=_capacity(system), baselines=baselines, solver=solver_info,
+                    hardware=system.summary(), capacity=_capacity(wl, system), baselines=baselines, solver=solver_info,
                     explanation=getattr(tp, "explanation", "") or "no placement fits")
     head = tp.head if getattr(tp, "head", None) is not None else tp.policies[0]
     return Plan(kind=KIND, status=tp.status.value, objective="throughput", workload=workload_record(wl),
@@ -129,10 +129,10 @@ def to_plan(wl: TrainWorkload, system: System, tp: Any) -> Plan:
                 extras={"head": policy_record(head)}, baselines=baselines, solver=solver_info)
 
 
-def _capacity(system: System) -> dict[str, float]:
-    from costmodel.kv import capacity
+def _capacity(wl: TrainWorkload, system: System) -> dict[str, float]:
+    from costmodel.training import node_capacity
 
-    return capacity(system)
+    return node_capacity(wl, system)
 
 
 # ---------------------------------------------------------------------------------------------

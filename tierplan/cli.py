@@ -10,7 +10,7 @@ from pathlib import Path
 
 from costmodel import WorkloadError, list_models, load_model, model_info
 from hwprofiles import Dimension, format_bytes, format_quantity, list_systems, load_system
-from hwprofiles.loader import SCHEMA
+from hwprofiles.loader import SCHEMA, SYSTEM_PARTS
 from solver import BASELINES, OBJECTIVES, Plan, PlanError
 from tierplan import cli_kv
 from tierplan._format import _ms, _pct, _table  # noqa: F401  (the modules' shared formatting)
@@ -49,7 +49,7 @@ def cmd_hw_show(args: argparse.Namespace) -> int:
     s = load_system(args.name, args.set or [])
     if args.json:
         out = {"system": s.summary(), "description": s.description, "parts": {}}
-        for kind in ("gpu", "host", "link", "disk"):
+        for kind in SYSTEM_PARTS:
             part = getattr(s, kind)
             if part is None:
                 continue
@@ -61,7 +61,7 @@ def cmd_hw_show(args: argparse.Namespace) -> int:
     print(f"{s.name}: {s.description}")
     if s.overrides:
         print(f"overrides: {', '.join(s.overrides)}")
-    for kind in ("gpu", "host", "link", "disk"):
+    for kind in SYSTEM_PARTS:
         part = getattr(s, kind)
         if part is None:
             print(f"\n[{kind}] none")
@@ -214,8 +214,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         if kv_only:
             raise PlanError(f"{', '.join(kv_only)} are not options of sweep training")
         if (args.gpus or 1) > 1 and not args.interconnect:
-            raise PlanError(f"--gpus {args.gpus} needs --interconnect BANDWIDTH, the bus bandwidth of the GPUs' ring "
-                            "(e.g. --interconnect 450GB/s)")
+            bare = [name for name in split_names(args.hw, option="--hw")
+                    if load_system(name, args.set or []).interconnect is None]
+            if bare:
+                raise PlanError(f"--gpus {args.gpus} needs the GPUs' bus bandwidth: {', '.join(bare)} "
+                                f"{'has' if len(bare) == 1 else 'have'} no interconnect; give --interconnect BANDWIDTH "
+                                "(e.g. --interconnect 370GB/s) or --set interconnect=NAME")
         params: dict = {}
         for name in ("grad_accum", "gpus", "zero_stage"):
             if getattr(args, name) is not None:

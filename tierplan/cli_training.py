@@ -16,7 +16,7 @@ from pathlib import Path
 
 from costmodel import TRAIN_BASELINES, TrainWorkload, evaluate_training, load_model, train_baseline_policies
 from costmodel.training import OptimizerKind, Overlap, Precision
-from hwprofiles import Dimension, format_bytes, load_system, parse_quantity
+from hwprofiles import Dimension, format_bytes, format_quantity, load_system, parse_quantity
 from solver import Plan
 from solver import training_plan as tp
 from solver.errors import PlanError
@@ -50,7 +50,7 @@ def add_workload_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpus", type=int, default=1, help="data-parallel GPUs of one node (default: 1)")
     p.add_argument("--interconnect", default=None, metavar="BANDWIDTH",
                    help="bus bandwidth between the GPUs for the gradient reduce-scatter / all-gather, e.g. "
-                        "'150GB/s' (required with --gpus > 1)")
+                        "'150GB/s' (default: the system's interconnect; one of the two is needed with --gpus > 1)")
     p.add_argument("--precision", choices=[x.value for x in Precision], default="fp16",
                    help="weights and activations: fp16 or bf16 with fp32 master weights, or fp32 (default: fp16)")
     p.add_argument("--optimizer", choices=[x.value for x in OptimizerKind], default="adamw")
@@ -68,10 +68,6 @@ def workload(args: argparse.Namespace, *, zero_stage: int | None = None) -> Trai
     bw = None
     if args.interconnect is not None:
         bw = parse_quantity(args.interconnect, Dimension.BANDWIDTH, field="--interconnect")
-    elif args.gpus > 1:
-        raise PlanError(f"--gpus {args.gpus} needs --interconnect BANDWIDTH, the bus bandwidth of the GPUs' ring for "
-                        "the gradient reduce-scatter and all-gather (e.g. --interconnect 450GB/s); hardware profiles "
-                        "do not hold a GPU interconnect yet")
     stage = zero_stage if zero_stage is not None else (2 if args.zero_stage is None else args.zero_stage)
     return TrainWorkload(model=load_model(args.model), seq_len=args.seq, micro_batch=args.micro_batch,
                          grad_accum=args.grad_accum, gpus=args.gpus, precision=args.precision,
@@ -115,12 +111,23 @@ def _cost_lines(p: dict, memory: dict, cap: dict) -> list[str]:
     return lines
 
 
+def _interconnect_text(plan) -> str:
+    """`` over nvswitch-h100 (370 GB/s)`` for several GPUs: the bus bandwidth the collectives were costed at."""
+    w = plan.workload
+    if w["gpus"] <= 1:
+        return ""
+    if w.get("interconnect_bytes_per_s") is not None:
+        return f" over {format_quantity(w['interconnect_bytes_per_s'], Dimension.BANDWIDTH)} (--interconnect)"
+    ic = plan.hardware.get("resolved", {}).get("interconnect") or {}
+    return f" over {ic.get('name', '?')} ({ic.get('bus_bandwidth', {}).get('value', '?')})"
+
+
 def render_plan(plan: Plan) -> str:
     """The text ``tierplan plan training`` prints."""
     w, s = plan.workload, plan.solver
     lines = [f"tierplan training plan: {w['model']} on {plan.hardware['system']}, seq {w['seq_len']}, micro-batch "
              f"{w['micro_batch']} x {w['grad_accum']} accumulation x {w['gpus']} GPU{'s' if w['gpus'] > 1 else ''}, "
-             f"{w['precision']} {w['optimizer']}, ZeRO stage {w['zero_stage']}",
+             f"{w['precision']} {w['optimizer']}, ZeRO stage {w['zero_stage']}{_interconnect_text(plan)}",
              f"status: {plan.status} (from {s['selected_from'] or 'nothing'}; solved in {s['solve_time_s']:.2f} s)"]
     if plan.predicted is None:
         lines += textwrap.wrap(plan.explanation, width=110)

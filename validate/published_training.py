@@ -123,6 +123,14 @@ class TrainingRow:
     def is_range(self) -> bool:
         return self.high > self.low
 
+    def _profile_has_interconnect(self) -> bool:
+        if self.hw_profile is None:
+            return False
+        try:
+            return load_system(self.hw_profile, self.hw_overrides).interconnect is not None
+        except ProfileError:
+            return False
+
     def skip_reasons(self) -> tuple[str, ...]:
         """Why the cost model cannot predict this row (empty when it can)."""
         reasons = []
@@ -131,9 +139,10 @@ class TrainingRow:
                            "parallel on one node)")
         if self.model not in list_models():
             reasons.append(f"model {self.model!r} is not bundled")
-        if int(self.workload.get("gpus", 1)) > 1 and self.workload.get("interconnect_bytes_per_s") is None:
+        if int(self.workload.get("gpus", 1)) > 1 and self.workload.get("interconnect_bytes_per_s") is None \
+                and not self._profile_has_interconnect():
             reasons.append(f"gpus={self.workload['gpus']} needs the GPU interconnect's bus bandwidth, which is not "
-                           "stated (workload.interconnect_bytes_per_s)")
+                           "stated (workload.interconnect_bytes_per_s) and not in the hardware profile")
         if self.unstated:
             reasons.append(f"not stated in the source: {', '.join(self.unstated)}")
         if self.metric in _FLOP_METRICS and self.flop_count != "model" and "flop_count" not in self.unstated:

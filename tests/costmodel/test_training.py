@@ -35,6 +35,8 @@ from costmodel.training import (
     flow_shop_s,
     layer_ops,
     megatron_bytes_per_param,
+    node_capacity,
+    node_host,
     pinned_allocation_bytes,
     state_bytes,
     step_bytes_per_param,
@@ -42,6 +44,7 @@ from costmodel.training import (
     unit_phase_times,
     zero_paper_model_state_bytes,
 )
+from costmodel.training_units import interconnect_rate
 from costmodel.transformer import TransformerSpec
 from hwprofiles import OpClass, apply_overrides, load_system
 
@@ -377,6 +380,46 @@ def test_data_parallel_zero2_by_hand(toy):
     assert cost.tokens_per_s == pytest.approx(2 * 256 / cost.iteration_s)
 
 
+def test_node_interconnect_and_host_shares(toy):
+    # The system's interconnect carries the collectives unless the workload names a bandwidth; a host
+    # that is one GPU's share of its node counts one share per GPU; a whole host is shared as it is.
+    ic = load_system("h100-sxm").interconnect
+    assert ic is not None and ic.bus_bytes_per_s == 370e9
+    with_ic = dataclasses.replace(toy, interconnect=ic)
+    wl = tiny_wl(gpus=2)
+    assert interconnect_rate(wl, with_ic) == 370e9
+    assert interconnect_rate(dataclasses.replace(wl, interconnect_bytes_per_s=100e9), with_ic) == 100e9
+    cost = evaluate_training(wl, with_ic, baseline_policies("all-gpu", wl, with_ic))
+    assert cost.busy_s("interconnect") == pytest.approx(2 * 0.5 * 2 * P_ALL / 370e9, rel=1e-12)
+    with pytest.raises(WorkloadError, match=r"gpus=2 needs the GPUs' bus bandwidth .* has no interconnect"):
+        evaluate_training(wl, toy, baseline_policies("all-gpu", wl, toy))
+    assert toy.host.node_share == 1.0 and node_host(wl, toy) is toy.host
+    share = apply_overrides(with_ic, ["host.node_share=25%"])
+    host4 = node_host(tiny_wl(gpus=4), share)
+    assert (host4.memory_bytes, host4.reserved_bytes, host4.memory_bytes_per_s, host4.fp32_flop_per_s) == (
+        4 * toy.host.memory_bytes, 4 * toy.host.reserved_bytes, 4 * toy.host.memory_bytes_per_s,
+        4 * toy.host.fp32_flop_per_s)
+    assert node_capacity(tiny_wl(gpus=4), share)["host_bytes"] == 4 * capacity(toy)["host_bytes"]
+    assert node_capacity(tiny_wl(gpus=4), share)["gpu_bytes"] == capacity(toy)["gpu_bytes"]  # each GPU alone
+    wl4 = tiny_wl(gpus=4)
+    pols = baseline_policies("zero-offload", wl4, share)
+    assert evaluate_training(wl4, share, pols).capacity["host_bytes"] == 4 * capacity(toy)["host_bytes"]
+    # The CPU step of the node's four shares runs 4x the share's rate (a memory-bound op).
+    assert unit_costs(wl4, share).cpu_step_s == pytest.approx(unit_costs(tiny_wl(), toy).cpu_step_s / 4, rel=1e-9)
+    with pytest.raises(WorkloadError, match=r"gpus=5: .* one GPU's share of a 4-GPU node .* at most 4 GPUs"):
+        evaluate_training(tiny_wl(gpus=5), share, baseline_policies("all-gpu", tiny_wl(gpus=5), share))
+
+
+def test_bundled_node_shares():
+    # Every bundled *-gpu-share host says which share of its node it is; whole hosts default to 1.
+    from hwprofiles import list_parts, load_part
+
+    for name in list_parts("host"):
+        host = load_part("host", name)
+        expected = {"dgx2-gpu-share": 1 / 16}.get(name, 1 / 8) if name.endswith("-gpu-share") else 1.0
+        assert host.node_share == expected, name
+
+
 def test_recompute_and_offload_terms(toy):
     wl = tiny_wl()
     uc = unit_costs(wl, toy)
@@ -573,7 +616,6 @@ def test_gpt2_10b_is_bundled():
     (dict(moments_dtype="fp8"), r"moments_dtype must be one of fp32, bf16, got 'fp8'"),
     (dict(zero_stage=4), r"zero_stage must be 0, 1, 2 or 3, got 4"),
     (dict(overlap="some"), r"overlap must be one of none, deepspeed, full, got 'some'"),
-    (dict(gpus=2), r"interconnect_bytes_per_s is required when gpus > 1 \(got gpus=2\)"),
     (dict(interconnect_bytes_per_s=-5.0), r"interconnect_bytes_per_s must be a positive number of bytes/s, got -5.0"),
     (dict(seq_len=4096), r"seq_len must be at most tiny-gpt's context of 128 tokens, got 4096"),
 ])

@@ -82,8 +82,11 @@ def test_quick_cpu_profile_is_a_loadable_measured_system(cpu_profile):
     # The link is the throttled copier, measured: never faster than the 1 GB/s it is paced to, and
     # far from a memcpy's tens of GB/s. Pacing only ever adds time, and one full-suite run on this
     # shared 2-core machine failed a 0.85 GB/s floor (the value was not captured): the floor is 0.5 GB/s.
+    # The rate is the slope of a latency + bytes / rate fit over several sizes, so noise moves it a few
+    # percent either way of the pace: one loaded run fitted 1.035 GB/s against a 1.02 ceiling. The
+    # ceiling is 1.10 GB/s, still far below an unpaced memcpy.
     assert s.link.source_of("h2d").source.value == "measured" and "throttled stand-in" in s.link.source_of("h2d").ref
-    assert 0.5e9 < s.link.h2d_bytes_per_s <= 1.0e9 * 1.02 and 0.5e9 < s.link.d2h_bytes_per_s <= 1.0e9 * 1.02
+    assert 0.5e9 < s.link.h2d_bytes_per_s <= 1.0e9 * 1.10 and 0.5e9 < s.link.d2h_bytes_per_s <= 1.0e9 * 1.10
     assert 0 <= s.link.latency_s < 1e-3
     tags = profile_tags(s.description)
     assert tags["compute_dtype"] == "fp32" and float(tags["link_throttle_bytes_per_s"]) == 1e9
