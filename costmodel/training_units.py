@@ -31,6 +31,12 @@ from hwprofiles import Host, OpClass, System
 
 MASK_BYTES = 1  # a dropout mask element is one byte (torch.bool / uint8), as Korthikanti et al. count it
 LSE_BYTES = 4  # flash attention keeps one fp32 log-sum-exp per head and query row for its backward
+STAT_BYTES = 4  # a norm's per-row statistics (LayerNorm mean and rstd, RMSNorm rstd) are fp32
+# How the layer's norms and MLP activation are implemented, which sets what they save for the backward
+# (:func:`norm_saved_bytes`, :func:`layer_ops`): "eager" is Hugging Face transformers' PyTorch code
+# (LlamaRMSNorm upcasts to fp32; act_fn(gate) * up as separate ops), "fused" is fused kernels
+# (Megatron-Core / Transformer Engine / Apex RMSNorm and LayerNorm, a fused SwiGLU).
+KERNELS = ("eager", "fused")
 # FlashAttention's backward does 2.5x its forward FLOPs (Dao-AILab/flash-attention,
 # benchmarks/benchmark_flash_attention.py, flops(): "2.5 * f if mode == 'bwd'").
 FLASH_BWD_FACTOR = 2.5
@@ -93,6 +99,9 @@ class TrainWorkload:
     16 B/param leaves it out). ``zero_stage`` partitions optimizer states (1), gradients (2) and
     weights (3) over the ``gpus``. ``fused_attention``: a flash kernel that keeps no s x s score
     matrix; ``dropout``: dropout after the softmax, the attention and the MLP (1-byte masks).
+    ``kernels``: ``eager`` (Hugging Face transformers' PyTorch code, the default) or ``fused`` (fused
+    norm and activation kernels as Megatron-Core and Transformer Engine run them); it sets what the
+    norms and the gated MLP save (:func:`norm_saved_bytes`, :func:`layer_ops`).
     ``pin_memory``: host buffers are page-locked (rounded up to powers of two, full link rate); else
     pageable, at the link's ``pageable_factor`` (DeepSpeed's ``offload_optimizer.pin_memory``
     defaults to false, deepspeed/runtime/zero/offload_config.py). ``interconnect_bytes_per_s``: the
@@ -124,6 +133,7 @@ class TrainWorkload:
     pin_memory: bool = False
     overlap: Overlap | str = Overlap.DEEPSPEED
     interconnect_bytes_per_s: float | None = None
+    kernels: str = "eager"
     allow_long_context: bool = False
 
     def __post_init__(self) -> None:
@@ -132,6 +142,8 @@ class TrainWorkload:
         object.__setattr__(self, "precision", _enum(Precision, "precision", self.precision))
         object.__setattr__(self, "optimizer", _enum(OptimizerKind, "optimizer", self.optimizer))
         object.__setattr__(self, "overlap", _enum(Overlap, "overlap", self.overlap))
+        if self.kernels not in KERNELS:
+            raise WorkloadError(f"kernels must be one of {', '.join(KERNELS)}, got {self.kernels!r}")
         if self.moments_dtype not in MOMENT_DTYPES:
             raise WorkloadError(f"moments_dtype must be one of {', '.join(MOMENT_DTYPES)}, got {self.moments_dtype!r}")
         if isinstance(self.zero_stage, bool) or self.zero_stage not in (0, 1, 2, 3):
@@ -172,7 +184,8 @@ class TrainWorkload:
                 "optimizer": str(self.optimizer), "moments_dtype": self.moments_dtype,
                 "fp32_grad_copy": self.fp32_grad_copy, "zero_stage": self.zero_stage,
                 "fused_attention": self.fused_attention, "dropout": self.dropout, "pin_memory": self.pin_memory,
-                "overlap": str(self.overlap), "interconnect_bytes_per_s": self.interconnect_bytes_per_s}
+                "overlap": str(self.overlap), "interconnect_bytes_per_s": self.interconnect_bytes_per_s,
+                "kernels": self.kernels}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -271,6 +284,26 @@ def _elementwise(name: str, elements: float, d: int, *, flop_per: float = 1.0, s
                    work_bytes=2.0 * elements * d, core=core)
 
 
+def norm_saved_bytes(wl: TrainWorkload, rows: float, width: int) -> float:
+    """Bytes a norm over ``rows`` rows of ``width`` saves for its backward (d: activation bytes).
+
+    * LayerNorm (``torch.nn.functional.layer_norm``, either kernel style): its input and the fp32 mean
+      and rstd per row, ``rows (width d + 2 x 4)``;
+    * fused RMSNorm (Apex / Transformer Engine / Megatron-Core): its input and the fp32 rstd,
+      ``rows (width d + 4)``;
+    * eager RMSNorm (Hugging Face ``LlamaRMSNorm``: ``x.to(float32)``, ``pow(2).mean``, ``* rsqrt``,
+      ``weight * normed.to(dtype)``): the fp32 copy of the input (saved by ``pow`` and the ``*``), the
+      rsqrt per row and the normalised tensor in the activation dtype (saved by the weight's ``*``),
+      ``rows (width (4 + d) + 4)``; the input itself is not kept.
+    """
+    d = wl.act_bytes
+    if wl.model.layer_norm:
+        return rows * (width * d + 2 * STAT_BYTES)
+    if wl.kernels == "eager":
+        return rows * (width * (STAT_BYTES + d) + STAT_BYTES)
+    return rows * (width * d + STAT_BYTES)
+
+
 def layer_ops(wl: TrainWorkload) -> tuple[TrainOp, ...]:
     """The ops of one decoder layer over one micro-batch, with what each saves for the backward.
 
@@ -279,20 +312,24 @@ def layer_ops(wl: TrainWorkload) -> tuple[TrainOp, ...]:
     T = b s tokens, d bytes per element, a heads, q = heads x head_dim, k = kv_heads x head_dim,
     f the MLP width:
 
-    * each norm keeps its input, T h d; the QKV projection its input, T h d;
+    * each norm what :func:`norm_saved_bytes` says (its input T h d and fp32 statistics per token; an
+      eager RMSNorm an fp32 copy and its output instead); the QKV projection its input, T h d; a
+      per-head q/k norm (qwen3) the same over T heads rows of head_dim;
     * unfused attention: Q and K for QK^T, T (q + k') d; the softmax output, a b s^2 d; with
       dropout its 1-byte mask a b s^2 and its output a b s^2 d; V for the PV product, T k' d
       (k' = q for GQA, since the eager kernel repeats K and V to every head before the matmul);
     * fused (flash) attention: Q, K, V, T (q + 2k) d, and an fp32 log-sum-exp per head and row,
       T a 4 — no s^2 term;
     * the output projection its input, T q d; the attention and MLP dropouts their masks, T h each;
+      with parallel attention and MLP (Falcon) the one norm output feeds both and is kept once;
     * GELU MLP: up-projection input T h d, GELU input T f d, down-projection input T f d;
-      SwiGLU: up/gate input T h d, gate and up outputs 2 T f d (a fused SwiGLU keeps only its input),
-      down input T f d; MoE: per token ``experts_per_token`` routed copies of the expert terms plus
+      SwiGLU / GeGLU: up/gate input T h d, gate and up outputs 2 T f d (all a fused kernel keeps;
+      eager ``act(gate) * up`` also keeps act(gate), T f d), down input T f d; MoE: per token ``experts_per_token`` routed copies of the expert terms plus
       the router's fp32 probabilities, T experts 4, and the shared experts' terms.
 
     For a GPT layer (LayerNorm, MHA, GELU, f = 4h) with unfused attention, dropout and d = 2 this is
-    exactly ``s b h (34 + 5 a s / h)`` (Korthikanti eq. 1, no tensor parallelism).
+    exactly ``s b h (34 + 5 a s / h)`` (Korthikanti eq. 1, no tensor parallelism) plus the two
+    LayerNorms' fp32 mean and rstd, ``2 x 2 x 4 s b``, which eq. 1 leaves out.
 
     FLOPs: each GEMM ``2 rows k n`` forward and 2x that backward; unfused attention computes the
     full s x s matrix (``2 T s q`` each for QK^T and PV), flash the causal half and 2.5x backward.
@@ -300,7 +337,7 @@ def layer_ops(wl: TrainWorkload) -> tuple[TrainOp, ...]:
     m, d, t, s, b = wl.model, wl.act_bytes, float(wl.tokens), float(wl.seq_len), float(wl.micro_batch)
     h, q, kv, heads = m.hidden, m.q_dim, m.kv_dim, m.n_heads
     drop = wl.dropout
-    ops: list[TrainOp] = [_elementwise("norm1", t * h, d, flop_per=5.0, saved=t * h * d)]
+    ops: list[TrainOp] = [_elementwise("norm1", t * h, d, flop_per=5.0, saved=norm_saved_bytes(wl, t, h))]
     # Q, K, V (or MLA's compressions and up-projections) as one GEMM of their summed weights; MLA's
     # latent inputs to its up-projections are not counted among the saved bytes.
     qkv = m.attention_linears()[:-1]
@@ -309,6 +346,10 @@ def layer_ops(wl: TrainWorkload) -> tuple[TrainOp, ...]:
     ops.append(TrainOp(name="qkv_proj", op_class=OpClass.GEMM, flop=2.0 * t * qkv_weights, bytes=nbytes,
                        bwd_flop=4.0 * t * qkv_weights, bwd_bytes=2.0 * nbytes, saved_bytes=t * h * d,
                        work_bytes=t * (h + qkv_out) * d))
+    if m.qk_norm:  # per-head RMSNorm of q and k before the rotation
+        ops.append(_elementwise("qk_norm", t * (q + kv), d, flop_per=5.0,
+                                saved=norm_saved_bytes(wl, t * heads, m.head_dim)
+                                + norm_saved_bytes(wl, t * m.n_kv_heads, m.head_dim)))
     if not m.learned_positions and m.family != "falcon":  # rotary embeddings (their backward needs no input)
         ops.append(_elementwise("rope", t * (q + kv), d, flop_per=3.0))
     scores = b * heads * s * s  # elements of the full score matrix
@@ -340,13 +381,16 @@ def layer_ops(wl: TrainWorkload) -> tuple[TrainOp, ...]:
         ops.append(_elementwise("attn_out_dropout", t * h, d, saved=t * h * MASK_BYTES, extra_bytes=t * h * MASK_BYTES))
     ops.append(_elementwise("residual1", t * h, d))
     if m.norms_per_layer > 1:
-        ops.append(_elementwise("norm2", t * h, d, flop_per=5.0, saved=t * h * d))
-    ops.extend(_mlp_ops(wl))
+        ops.append(_elementwise("norm2", t * h, d, flop_per=5.0, saved=norm_saved_bytes(wl, t, h)))
+    mlp = _mlp_ops(wl)
+    if m.norms_per_layer == 1 and m.n_experts == 1:  # parallel attention and MLP (Falcon): one norm output
+        mlp[0] = replace(mlp[0], saved_bytes=0.0)  # feeds both, kept once (by the QKV projection)
+    ops.extend(mlp)
     if drop:
         ops.append(_elementwise("mlp_dropout", t * h, d, saved=t * h * MASK_BYTES, extra_bytes=t * h * MASK_BYTES))
     ops.append(_elementwise("residual2", t * h, d))
     for extra in range(max(m.norms_per_layer - 2, 0)):  # gemma2/3 post-norms
-        ops.append(_elementwise(f"post_norm{extra + 1}", t * h, d, flop_per=5.0, saved=t * h * d))
+        ops.append(_elementwise(f"post_norm{extra + 1}", t * h, d, flop_per=5.0, saved=norm_saved_bytes(wl, t, h)))
     return tuple(ops)
 
 
@@ -356,7 +400,8 @@ def _mlp_ops(wl: TrainWorkload) -> list[TrainOp]:
 
     def one(prefix: str, rows: float, width: int) -> list[TrainOp]:
         up = 2 if m.gated_mlp else 1
-        act_saved = (2 if m.gated_mlp else 1) * rows * width * d  # gate and up outputs / the GELU input
+        # gate and up outputs (+ act(gate) when eager) / the GELU input
+        act_saved = ((3 if wl.kernels == "eager" else 2) if m.gated_mlp else 1) * rows * width * d
         return [_gemm(f"{prefix}up", rows, h, up * width, d, saved=rows * h * d),
                 _elementwise(f"{prefix}act", rows * width, d, flop_per=8.0, saved=act_saved),
                 _gemm(f"{prefix}down", rows, width, h, d, saved=rows * width * d)]
@@ -375,13 +420,13 @@ def _mlp_ops(wl: TrainWorkload) -> list[TrainOp]:
 def head_ops(wl: TrainWorkload) -> tuple[TrainOp, ...]:
     """Embedding, final norm, LM head and cross entropy over one micro-batch.
 
-    tierplan's count (Korthikanti §4.1 covers the transformer layer only): the final norm's input,
-    T h d, the LM head's input, T h d, and the fp32 softmax the cross entropy keeps, T V 4 (the
+    tierplan's count (Korthikanti §4.1 covers the transformer layer only): the final norm's
+    (:func:`norm_saved_bytes`), the LM head's input, T h d, and the fp32 softmax the cross entropy keeps, T V 4 (the
     16-bit logits are cast to fp32 and freed); its backward holds dlogits in fp32 and 16-bit."""
     m, d, t = wl.model, wl.act_bytes, float(wl.tokens)
     h, v = m.hidden, m.vocab
     ops = [_elementwise("embedding", t * h, d, saved=t * h * MASK_BYTES if wl.dropout else 0.0),
-           _elementwise("final_norm", t * h, d, flop_per=5.0, saved=t * h * d),
+           _elementwise("final_norm", t * h, d, flop_per=5.0, saved=norm_saved_bytes(wl, t, h)),
            _gemm("lm_head", t, h, v, d, saved=t * h * d)]
     ce = _elementwise("cross_entropy", t * v, 4, flop_per=5.0, saved=t * v * 4, extra_bytes=t * v * d)
     ops.append(replace(ce, work_bytes=t * v * (4 + d)))
@@ -402,9 +447,10 @@ def activation_bytes(wl: TrainWorkload, action: ActAction | str = ActAction.KEEP
     >>> wl = TrainWorkload(model=load_model("gpt2"), seq_len=1024, micro_batch=1, fused_attention=False,
     ...                    dropout=True)
     >>> s, b, h, a = 1024, 1, 768, 12
-    >>> activation_bytes(wl) == s * b * h * (34 + 5 * a * s / h)
+    >>> stats = 2 * 2 * 4 * s * b  # the two LayerNorms' fp32 mean and rstd, which eq. 1 leaves out
+    >>> activation_bytes(wl) == s * b * h * (34 + 5 * a * s / h) + stats
     True
-    >>> activation_bytes(wl, "selective") == 34 * s * b * h, activation_bytes(wl, "recompute") == 2 * s * b * h
+    >>> activation_bytes(wl, "selective") == 34 * s * b * h + stats, activation_bytes(wl, "recompute") == 2 * s * b * h
     (True, True)
     """
     action = ActAction(action)
@@ -758,6 +804,6 @@ def flow_shop_s(jobs: Sequence[Sequence[float]]) -> float:
 
 __all__ = [
     "ActAction", "LayerTrainPolicy", "Overlap", "Phase", "StepDevice", "Tier", "TrainOp", "TrainResource",
-    "TrainUnitCosts", "TrainWorkload", "activation_bytes", "check_node", "flow_shop_s", "gpu_step_job", "head_ops",
-    "interconnect_rate", "layer_ops", "node_capacity", "node_host", "unit_costs", "unit_phase_times",
+    "TrainUnitCosts", "TrainWorkload", "KERNELS", "activation_bytes", "check_node", "flow_shop_s", "gpu_step_job", "head_ops",
+    "interconnect_rate", "layer_ops", "node_capacity", "node_host", "norm_saved_bytes", "unit_costs", "unit_phase_times",
 ]

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from costmodel import TRAIN_BASELINES, TrainWorkload, evaluate_training, load_model, train_baseline_policies
 from costmodel.training import OptimizerKind, Overlap, Precision
+from costmodel.training_units import KERNELS
 from hwprofiles import Dimension, format_bytes, format_quantity, load_system, parse_quantity
 from solver import Plan
 from solver import training_plan as tp
@@ -62,6 +63,10 @@ def add_workload_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pin-memory", action="store_true", help="page-locked host buffers (DeepSpeed pin_memory)")
     p.add_argument("--unfused-attention", action="store_true", help="attention keeps its s x s scores (no flash)")
     p.add_argument("--dropout", action="store_true", help="dropout masks are kept for the backward")
+    p.add_argument("--kernels", choices=KERNELS, default="eager",
+                   help="how norms and the MLP activation run, which sets what they keep for the backward: eager "
+                        "(Hugging Face transformers' PyTorch code, default) or fused (Megatron-Core / Transformer "
+                        "Engine kernels)")
 
 
 def workload(args: argparse.Namespace, *, zero_stage: int | None = None) -> TrainWorkload:
@@ -72,7 +77,7 @@ def workload(args: argparse.Namespace, *, zero_stage: int | None = None) -> Trai
     return TrainWorkload(model=load_model(args.model), seq_len=args.seq, micro_batch=args.micro_batch,
                          grad_accum=args.grad_accum, gpus=args.gpus, precision=args.precision,
                          optimizer=args.optimizer, zero_stage=stage, overlap=args.overlap, pin_memory=args.pin_memory,
-                         fused_attention=not args.unfused_attention, dropout=args.dropout,
+                         fused_attention=not args.unfused_attention, dropout=args.dropout, kernels=args.kernels,
                          interconnect_bytes_per_s=bw)
 
 
@@ -127,7 +132,8 @@ def render_plan(plan: Plan) -> str:
     w, s = plan.workload, plan.solver
     lines = [f"tierplan training plan: {w['model']} on {plan.hardware['system']}, seq {w['seq_len']}, micro-batch "
              f"{w['micro_batch']} x {w['grad_accum']} accumulation x {w['gpus']} GPU{'s' if w['gpus'] > 1 else ''}, "
-             f"{w['precision']} {w['optimizer']}, ZeRO stage {w['zero_stage']}{_interconnect_text(plan)}",
+             f"{w['precision']} {w['optimizer']}, {w.get('kernels', 'eager')} kernels, ZeRO stage {w['zero_stage']}"
+             f"{_interconnect_text(plan)}",
              f"status: {plan.status} (from {s['selected_from'] or 'nothing'}; solved in {s['solve_time_s']:.2f} s)"]
     if plan.predicted is None:
         lines += textwrap.wrap(plan.explanation, width=110)

@@ -5,10 +5,13 @@ What runs
 ---------
 A slice of the model's decoder layers (each distinct layer policy keeps its share,
 :func:`validate.replay.choose_slice`) and the head (embeddings, final norm, LM head and cross
-entropy) train for real: a GPT/LLaMA-style block of the spec's shapes (LayerNorm or RMSNorm, one
-fused QKV projection, rotary embeddings unless the model has learned positions, causal attention
+entropy) train for real: a GPT/LLaMA-style block of the spec's shapes (LayerNorm or RMSNorm -- for
+``kernels="eager"`` Hugging Face's ``LlamaRMSNorm`` code, for ``"fused"`` a kernel that keeps its input
+and fp32 rstd --, one fused QKV projection split into separate q, k, v tensors as separate projections
+give them where a rotation or q/k norm follows, rotary embeddings unless the model has learned positions, causal attention
 with :func:`torch.nn.functional.scaled_dot_product_attention` -- or the eager softmax(QK^T)V when
-the workload says ``fused_attention=False`` --, the output projection, a GELU or SwiGLU MLP,
+the workload says ``fused_attention=False`` --, the output projection, a GELU or SwiGLU MLP (eager
+``silu(gate) * up``, or with ``kernels="fused"`` one op that keeps only its input),
 dropout where the workload has it), forward and backward over ``micro_batch x seq_len`` random
 tokens, ``grad_accum`` micro-steps, then the optimizer step. Each layer does what its
 :class:`~costmodel.training.LayerTrainPolicy` says:
@@ -144,6 +147,56 @@ _NP_BITS = {torch.float32: np.float32, torch.float16: np.float16, torch.bfloat16
 
 
 # ------------------------------------------------------------------------------------ arguments
+def _hf_rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+    """Hugging Face transformers' ``LlamaRMSNorm.forward``, op for op (what it saves is what
+    :func:`costmodel.training_units.norm_saved_bytes` counts for ``kernels="eager"``)."""
+    dtype = x.dtype
+    h = x.to(torch.float32)
+    variance = h.pow(2).mean(-1, keepdim=True)
+    h = h * torch.rsqrt(variance + eps)
+    return w * h.to(dtype)
+
+
+class _FusedRMSNorm(torch.autograd.Function):
+    """RMSNorm as fused kernels run it (Apex ``FusedRMSNorm``, Transformer Engine): the forward keeps its
+    input and the fp32 rstd per row, the backward recomputes the normalised tensor."""
+
+    @staticmethod
+    def forward(ctx, x, w, eps):
+        rstd = torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + eps)
+        ctx.save_for_backward(x, w, rstd)
+        return (x.float() * rstd).to(x.dtype) * w
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, w, rstd = ctx.saved_tensors
+        n = x.float() * rstd
+        g = grad.float()
+        gw = (g * n).sum(dim=tuple(range(g.dim() - 1))).to(w.dtype)
+        gn = g * w.float()
+        gx = rstd * (gn - n * (gn * n).mean(-1, keepdim=True))
+        return gx.to(x.dtype), gw, None
+
+
+class _FusedSwiGLU(torch.autograd.Function):
+    """``silu(gate) * up`` of the up-projection's output as one fused op (Megatron-Core's
+    ``bias_swiglu``): it keeps only its input and recomputes silu in the backward."""
+
+    @staticmethod
+    def forward(ctx, up):
+        ctx.save_for_backward(up)
+        g, u = up.chunk(2, dim=-1)
+        return F.silu(g) * u
+
+    @staticmethod
+    def backward(ctx, grad):
+        (up,) = ctx.saved_tensors
+        g, u = up.chunk(2, dim=-1)
+        sig = torch.sigmoid(g)
+        silu = g * sig
+        return torch.cat((grad * u * sig * (1 + g * (1 - sig)), grad * silu), dim=-1)
+
+
 def _positive_int(value, name: str, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         rule = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
@@ -923,7 +976,12 @@ class TrainReplayer:
     def _norm(self, x, w, prefix: str):
         if self.m.layer_norm:
             return F.layer_norm(x, (x.shape[-1],), w[f"{prefix}.w"], w[f"{prefix}.b"], NORM_EPS)
-        return F.rms_norm(x, (x.shape[-1],), w[f"{prefix}.w"], NORM_EPS)
+        return self._rms(x, w[f"{prefix}.w"])
+
+    def _rms(self, x, w):
+        if self.wl.kernels == "fused":
+            return _FusedRMSNorm.apply(x, w, NORM_EPS)
+        return _hf_rms_norm(x, w, NORM_EPS)
 
     def _rotate(self, x):
         x1, x2 = x.chunk(2, dim=-1)
@@ -948,12 +1006,17 @@ class TrainReplayer:
         b, s, _ = h.shape
         qkv = F.linear(h, w["qkv.w"], w.get("qkv.b"))
         q, k, v = qkv.split([m.q_dim, m.kv_dim, m.kv_dim], dim=-1)
+        if self.rope or m.qk_norm:
+            # Separate q, k, v projections give separate (tokens, width) tensors, as Hugging Face's
+            # q_proj / k_proj / v_proj do: a saved v (or q, k) must not keep the fused projection's whole
+            # output, whose q and k parts the rotation or norm replaces.
+            q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         q = q.view(b, s, m.n_heads, m.head_dim).transpose(1, 2)
         k = k.view(b, s, m.n_kv_heads, m.head_dim).transpose(1, 2)
         v = v.view(b, s, m.n_kv_heads, m.head_dim).transpose(1, 2)
         if m.qk_norm:
-            q = F.rms_norm(q, (m.head_dim,), w["q_norm.w"], NORM_EPS)
-            k = F.rms_norm(k, (m.head_dim,), w["k_norm.w"], NORM_EPS)
+            q = self._rms(q, w["q_norm.w"])
+            k = self._rms(k, w["k_norm.w"])
         if self.rope:
             q, k = self._rotate(q), self._rotate(k)
         if selective:
@@ -965,7 +1028,9 @@ class TrainReplayer:
 
     def _mlp(self, w, h):
         up = F.linear(h, w["up.w"], w.get("up.b"))
-        if self.m.gated_mlp:
+        if self.m.gated_mlp and self.wl.kernels == "fused":
+            a = _FusedSwiGLU.apply(up)
+        elif self.m.gated_mlp:
             g, u = up.chunk(2, dim=-1)
             a = F.silu(g) * u
         else:

@@ -76,13 +76,17 @@ def test_tiny_parameter_counts():
                                             (TINY, 128, 2)])
 def test_korthikanti_gpt_layer_exactly(name, seq, batch):
     # GPT layer, unfused attention, 16-bit activations, 1-byte dropout masks, no tensor parallelism:
-    # s b h (34 + 5 a s / h) bytes per layer.
+    # s b h (34 + 5 a s / h) bytes per layer, plus what eq. 1 leaves out: the fp32 mean and rstd per
+    # token of the two LayerNorms, 2 x 2 x 4 s b. LayerNorm saves the same in either kernel style.
     model = name if isinstance(name, TransformerSpec) else load_model(name)
-    wl = TrainWorkload(model=model, seq_len=seq, micro_batch=batch, fused_attention=False, dropout=True)
     s, b, h, a = seq, batch, model.hidden, model.n_heads
-    assert activation_bytes(wl) == s * b * h * (34 + 5 * a * s / h)
+    stats = 2 * 2 * 4 * s * b
+    for kernels in ("eager", "fused"):
+        wl = TrainWorkload(model=model, seq_len=seq, micro_batch=batch, fused_attention=False, dropout=True,
+                           kernels=kernels)
+        assert activation_bytes(wl) == s * b * h * (34 + 5 * a * s / h) + stats
     # Selective recompute keeps the 34 s b h and recomputes the 5 a s^2 b; full recompute keeps 2 s b h.
-    assert activation_bytes(wl, ActAction.SELECTIVE) == 34 * s * b * h
+    assert activation_bytes(wl, ActAction.SELECTIVE) == 34 * s * b * h + stats
     assert activation_bytes(wl, ActAction.RECOMPUTE) == 2 * s * b * h
 
 
@@ -96,7 +100,25 @@ def test_korthikanti_terms_by_op():
                                        "attn_out_dropout"))
     assert attention == 11 * sbh + 5 * a * s * s * b
     assert saved["mlp_up"] + saved["mlp_act"] + saved["mlp_down"] + saved["mlp_dropout"] == 19 * sbh
-    assert saved["norm1"] + saved["norm2"] == 4 * sbh
+    assert saved["norm1"] + saved["norm2"] == 4 * sbh + 2 * 2 * 4 * s * b  # + the fp32 mean and rstd
+
+
+def test_rmsnorm_and_swiglu_save_what_each_kernel_style_keeps():
+    # A LLaMA layer at bf16 (d = 2), T tokens: a fused RMSNorm keeps its input and an fp32 rstd, T (2 h + 4);
+    # Hugging Face's eager LlamaRMSNorm keeps an fp32 copy of the input, the rsqrt and the bf16 normalised
+    # tensor, T (4 h + 4 + 2 h). A fused SwiGLU keeps its input (gate and up, 2 T f 2); eager
+    # silu(gate) * up also keeps silu(gate), T f 2.
+    model = load_model("llama-2-7b")
+    h, f, t = model.hidden, model.intermediate, 2048
+    ops = {k: {op.name: op.saved_bytes for op in layer_ops(TrainWorkload(model=model, seq_len=2048, micro_batch=1,
+                                                                        precision="bf16", kernels=k))}
+           for k in ("eager", "fused")}
+    assert ops["fused"]["norm1"] == ops["fused"]["norm2"] == t * (2 * h + 4)
+    assert ops["eager"]["norm1"] == ops["eager"]["norm2"] == t * (4 * h + 4 + 2 * h)
+    assert ops["fused"]["mlp_act"] == 2 * t * f * 2 and ops["eager"]["mlp_act"] == 3 * t * f * 2
+    assert {k for k in ops["eager"] if ops["eager"][k] != ops["fused"][k]} == {"norm1", "norm2", "mlp_act"}
+    with pytest.raises(WorkloadError, match=r"kernels must be one of eager, fused, got 'triton'"):
+        TrainWorkload(model=model, seq_len=2048, micro_batch=1, kernels="triton")
 
 
 def test_fused_attention_keeps_no_scores_only_the_lse():
@@ -104,16 +126,16 @@ def test_fused_attention_keeps_no_scores_only_the_lse():
     # no s^2 term, and no dropout mask in the core (flash regenerates it from the RNG state).
     wl = TrainWorkload(model=TINY, seq_len=128, micro_batch=2, fused_attention=True, dropout=True)
     s, b, h, a = 128, 2, 64, 4
-    assert activation_bytes(wl) == 34 * s * b * h + 4 * s * b * a
+    assert activation_bytes(wl) == 34 * s * b * h + 4 * s * b * a + 2 * 2 * 4 * s * b  # + LayerNorm mean, rstd
     assert activation_bytes(wl, "selective") == activation_bytes(wl)  # nothing s^2 to drop
 
 
 def test_swiglu_gqa_layer_by_hand():
     # llama-3-8b: RMSNorm, GQA (8 of 32 heads), SwiGLU 14336, rotary, fused attention, no dropout, d = 2.
     m = load_model("llama-3-8b")
-    wl = TrainWorkload(model=m, seq_len=1024, micro_batch=1)
+    wl = TrainWorkload(model=m, seq_len=1024, micro_batch=1, kernels="fused")
     t, h, q, kv, f, a, d = 1024, 4096, 4096, 1024, 14336, 32, 2
-    expected = (2 * t * h * d            # two norms' inputs
+    expected = (2 * t * (h * d + 4)      # two fused RMSNorms: inputs and fp32 rstd
                 + t * h * d              # QKV input
                 + t * (q + 2 * kv) * d   # Q, K, V (K and V at kv width: GQA)
                 + t * a * 4              # LSE
@@ -122,6 +144,10 @@ def test_swiglu_gqa_layer_by_hand():
                 + 2 * t * f * d          # gate and up outputs
                 + t * f * d)             # down input
     assert activation_bytes(wl) == expected
+    # Eager (Hugging Face): each RMSNorm keeps an fp32 copy of its input besides its output, and silu(gate)
+    # is kept besides gate and up.
+    eager = dataclasses.replace(wl, kernels="eager")
+    assert activation_bytes(eager) == expected + 2 * t * h * 4 + t * f * d
     gemm = {op.name: op for op in layer_ops(wl)}
     assert gemm["qkv_proj"].flop == 2 * t * h * (q + 2 * kv)
     assert gemm["mlp_up"].flop == 2 * t * h * 2 * f and gemm["mlp_up"].bwd_flop == 2 * gemm["mlp_up"].flop
@@ -222,11 +248,13 @@ def test_zero_offload_memory_by_hand(toy):
     assert gpu["master"] == gpu["moments"] == gpu["grads"] == 0
     # Largest unit (the head): its 16-bit gradients twice (2 x 2 x 72,320) + the fp32 cast 4 x 72,320.
     assert gpu["grad_buffers"] == 8 * P_HEAD == 578_560
-    # Activations at the start of the backward: two layers' s b h (34 + 5 a s / h) = 1,212,416 each,
-    # the head's kept final-norm and LM-head inputs (2 x 256 x 64 x 2), embedding dropout mask (256 x 64)
-    # and fp32 softmax (256 x 1000 x 4) = 1,105,920, and its dlogits in fp32 and fp16 (256 x 1000 x 6).
-    assert gpu["activations"] == 2 * 1_212_416 + 1_105_920 + 1_536_000
-    assert cost.memory.gpu_bytes == 344_576 + 578_560 + 5_066_752
+    # Activations at the start of the backward: two layers' s b h (34 + 5 a s / h) = 1,212,416 each plus
+    # their two LayerNorms' fp32 mean and rstd (2 x 2 x 4 x 256 = 4,096), the head's kept final-norm and
+    # LM-head inputs (2 x 256 x 64 x 2) and final-norm mean and rstd (2 x 4 x 256), embedding dropout
+    # mask (256 x 64) and fp32 softmax (256 x 1000 x 4) = 1,107,968, and its dlogits in fp32 and fp16
+    # (256 x 1000 x 6).
+    assert gpu["activations"] == 2 * 1_216_512 + 1_107_968 + 1_536_000
+    assert cost.memory.gpu_bytes == 344_576 + 578_560 + 5_076_992
     host = dict(cost.memory.host_breakdown)
     assert (host["grad32"], host["master"], host["moments"]) == (4 * P_ALL, 4 * P_ALL, 8 * P_ALL)
     assert cost.memory.host_bytes == 16 * P_ALL and cost.memory.host_pinned_bytes == 0
@@ -432,9 +460,10 @@ def test_recompute_and_offload_terms(toy):
     # Offload is affine in the share: half the share, half the D2H (no link latency on the toy link).
     half, whole = (unit_phase_times(uc, LayerTrainPolicy(activations="offload", offload_share=s))
                    for s in (0.5, 1.0))
-    assert whole[Phase.FORWARD]["d2h"] == pytest.approx(1_212_416 / 5e9)
+    # A layer keeps Korthikanti's 1,212,416 B and its LayerNorms' fp32 mean and rstd, 4,096 B.
+    assert whole[Phase.FORWARD]["d2h"] == pytest.approx(1_216_512 / 5e9)
     assert half[Phase.FORWARD]["d2h"] == pytest.approx(whole[Phase.FORWARD]["d2h"] / 2)
-    assert whole[Phase.BACKWARD_LAST]["h2d"] == pytest.approx(1_212_416 / 5e9)
+    assert whole[Phase.BACKWARD_LAST]["h2d"] == pytest.approx(1_216_512 / 5e9)
 
 
 def test_flow_shop():
@@ -459,10 +488,10 @@ def test_combined_baseline(toy):
     pols = baseline_policies("zero-offload+full-recompute", wl, toy)
     assert all(p.activations is ActAction.RECOMPUTE and p.step is StepDevice.CPU for p in pols)
     cost = evaluate_training(wl, toy, pols)
-    # Full recompute keeps only the layer input, 2 s b h = 32,768 B, per layer.
+    # Full recompute keeps only the layer input, 2 s b h = 32,768 B, per layer (of 1,216,512 B kept).
     plain = evaluate_training(wl, toy, baseline_policies("zero-offload", wl, toy))
     drop = dict(plain.memory.gpu_breakdown)["activations"] - dict(cost.memory.gpu_breakdown)["activations"]
-    assert drop == 2 * (1_212_416 - 32_768)
+    assert drop == 2 * (1_216_512 - 32_768)
 
 
 # ---------------------------------------------------------------------------------------------

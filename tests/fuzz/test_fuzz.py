@@ -46,6 +46,8 @@ from tierplan.cli import main
 ROOT = Path(__file__).resolve().parents[2]
 SYSTEM_YAML = ROOT / "hwprofiles" / "data" / "gpus" / "a100-40gb.yaml"
 LINK_YAML = ROOT / "hwprofiles" / "data" / "links" / "pcie4-x16.yaml"
+HOST_YAML = ROOT / "hwprofiles" / "data" / "hosts" / "dgx-h100-gpu-share.yaml"  # with node_share
+INTERCONNECT_YAML = ROOT / "hwprofiles" / "data" / "interconnects" / "nvswitch-h100.yaml"
 CONFIG_JSON = ROOT / "costmodel" / "models" / "llama-3-8b.json"
 CASE_BOUND_S = 30.0
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
@@ -121,13 +123,14 @@ TRAIN_COMMANDS = [["evaluate", "training", "--policy", "zero-offload+full-recomp
                   ["evaluate", "training", "--policy", "twin-flow:0.5", "--zero-stage", "3"],
                   ["plan", "training", "--time-limit", "2"]]
 TRAIN_FLAGS = {
-    "--seq": INTS, "--micro-batch": INTS, "--grad-accum": INTS, "--gpus": st.sampled_from([0, 1, 2, 65, -1]),
+    "--seq": INTS, "--micro-batch": INTS, "--grad-accum": INTS, "--gpus": st.sampled_from([0, 1, 2, 8, 9, 65, -1]),
     "--zero-stage": st.sampled_from([0, 1, 2, 3, 4, -1]), "--interconnect": TEXT,
     "--precision": st.sampled_from(["fp16", "bf16", "fp8", ""]), "--optimizer": st.sampled_from(["adamw", "lamb"]),
     "--overlap": st.sampled_from(["none", "full", "deepspeed", "some"]),
+    "--kernels": st.sampled_from(["eager", "fused", "triton", ""]),
     "--policy": st.sampled_from(["zero-offload", "twin-flow:2", "twin-flow:nan", "twin-flow", "a+b",
                                  "zero-offload+zero-infinity-cpu", "activation-offload:0.5", ""]),
-    "--model": st.sampled_from(["gpt2", "llama-9", "", str(ROOT)]), "--hw": st.sampled_from(["t4", "a100-41gb", ""]),
+    "--model": st.sampled_from(["gpt2", "llama-9", "", str(ROOT)]), "--hw": st.sampled_from(["t4", "a100-41gb", "h100-sxm", ""]),
     "--set": FLAGS["--set"],
 }
 
@@ -190,15 +193,23 @@ def _write(path: Path, content: str | bytes) -> Path:
     return path
 
 
+PART_YAMLS = {"gpu": SYSTEM_YAML, "link": LINK_YAML, "host": HOST_YAML, "interconnect": INTERCONNECT_YAML}
+
+
 @FUZZ
-@given(seed=st.integers(0, 2**32 - 1), which=st.sampled_from([SYSTEM_YAML, LINK_YAML]))
-def test_mutated_part_yaml(tmp_path, seed, which):
+@given(seed=st.integers(0, 2**32 - 1), kind=st.sampled_from(sorted(PART_YAMLS)))
+def test_mutated_part_yaml(tmp_path, seed, kind):
     rng = random.Random(seed)
+    which = PART_YAMLS[kind]
     part = _write(tmp_path / which.name, _mutate_text(which.read_text(), rng))
-    kind = "gpu" if which == SYSTEM_YAML else "link"
-    system = _write(tmp_path / "system.yaml", f"kind: system\nname: fuzz\ndescription: x\ngpu: {part if kind == 'gpu' else 'a100-40gb'}\n"
-                    f"host: workstation-7950x-128gb\nlink: {part if kind == 'link' else 'pcie4-x16'}\n")
+    parts = {"gpu": "a100-40gb", "host": "workstation-7950x-128gb", "link": "pcie4-x16",
+             "interconnect": "nvswitch-a100", kind: part}
+    system = _write(tmp_path / "system.yaml", "kind: system\nname: fuzz\ndescription: x\n"
+                    + "".join(f"{k}: {v}\n" for k, v in parts.items()))
     check(["hw", "show", str(system)])
+    if kind in ("host", "interconnect"):  # what reads them: a data-parallel training evaluation
+        check(["evaluate", "training", "--policy", "zero-offload", "--model", "gpt2", "--seq", "256",
+               "--hw", str(system), "--gpus", "4"])
 
 
 @FUZZ
