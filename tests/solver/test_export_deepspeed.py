@@ -617,3 +617,24 @@ def test_export_object_validates_its_config():
         replace(ex, policies=ex.policies[:-1])
     with pytest.raises(PlanError, match="layers must be layer indices"):
         Unexpressed(decision="params=host", layers=(-1,), head=False, why="x", instead="params=gpu")
+
+
+def test_deepspeed_itself_parses_the_exported_configs():
+    # Where DeepSpeed is installed (not in CI: it is not a dependency), its own DeepSpeedConfig -- the parser
+    # deepspeed.initialize runs, which refuses unknown keys -- reads every exported config of
+    # benchmarks/deepspeed_config_check.py back as the export meant it. A subprocess: the check starts a
+    # one-process gloo group.
+    pytest.importorskip("deepspeed")
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "deepspeed_config_check.py"
+    out = subprocess.run([sys.executable, str(script), "--json"], capture_output=True, text=True, timeout=600, check=True)
+    rows = json.loads(out.stdout[out.stdout.index("{"):])["rows"]
+    assert len(rows) >= 6
+    for r in rows:
+        assert r["error"] is None and r["agree"], r
+    assert {r["deepspeed"]["offload_optimizer"] for r in rows} >= {"cpu", "nvme", None}
+    assert any(0 < r["deepspeed"]["ratio"] < 1 for r in rows if r["deepspeed"]["offload_optimizer"])
