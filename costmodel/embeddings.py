@@ -257,12 +257,23 @@ def _che_hit_rate(m: np.ndarray, p: np.ndarray, cache_rows: float) -> float:
     ITC 24, 2012, explain its accuracy). T >= C because ``1 - exp(-x) <= x``; T is bracketed by
     doubling ``log T`` and found by Brent's method.
     """
+    t = _che_time(m, p, cache_rows)
+    if t == 0.0:
+        return 0.0
+    if t == math.inf:
+        return 1.0
+    return float(min(1.0, np.dot(m * p, -np.expm1(-p * t))))
+
+
+def _che_time(m: np.ndarray, p: np.ndarray, cache_rows: float) -> float:
+    """Che's characteristic time T of an LRU cache of ``cache_rows`` rows (:func:`_che_hit_rate`):
+    0 for an empty cache, infinite for one that holds every row."""
     n_rows = float(m.sum())
     c = float(cache_rows)
     if c <= 0:
         return 0.0
     if c >= n_rows:
-        return 1.0
+        return math.inf
 
     def excess(log_t: float) -> float:
         return float(np.dot(m, -np.expm1(-p * math.exp(log_t)))) - c
@@ -278,8 +289,7 @@ def _che_hit_rate(m: np.ndarray, p: np.ndarray, cache_rows: float) -> float:
         from scipy.optimize import brentq  # here: scipy.optimize costs 0.35 s to import, and planning KV never needs it
 
         log_t = hi if excess(hi) <= 0 else brentq(excess, lo, hi, xtol=1e-13, rtol=1e-14, maxiter=200)
-    t = math.exp(log_t)
-    return float(min(1.0, np.dot(m * p, -np.expm1(-p * t))))
+    return math.exp(log_t)
 
 
 def _distinct(m: np.ndarray, p: np.ndarray, lookups: np.ndarray) -> np.ndarray:
@@ -298,13 +308,17 @@ def _distinct(m: np.ndarray, p: np.ndarray, lookups: np.ndarray) -> np.ndarray:
 
 
 def _upper_hull(x: np.ndarray, y: np.ndarray) -> list[int]:
-    """Indices of the upper concave hull of points sorted by x (a point strictly under a chord goes)."""
+    """Indices of the upper concave hull of points sorted by x (a point under a chord goes, and so does
+    one above it by float noise: a relative 1e-12 of the chord's rise. Dropping such a point moves the
+    hull below the curve there, never above, and spares a MIP chords of equal slope, which HiGHS can
+    fail on: a uniform table's curve is a line up to rounding)."""
     keep: list[int] = []
     for i in range(len(x)):
         while len(keep) >= 2:
             a, b = keep[-2], keep[-1]
-            # b is strictly below the chord a -> i
-            if (y[b] - y[a]) * (x[i] - x[a]) < (y[i] - y[a]) * (x[b] - x[a]):
+            # b is below the chord a -> i, or above it by no more than rounding
+            lhs, rhs = (y[b] - y[a]) * (x[i] - x[a]), (y[i] - y[a]) * (x[b] - x[a])
+            if lhs < rhs + 1e-12 * abs(rhs):
                 keep.pop()
             else:
                 break
@@ -398,6 +412,13 @@ def _lookups_arg(lookups: Any) -> tuple[np.ndarray, bool]:
     return arr, scalar
 
 
+def _one_lookups(lookups: Any) -> float:
+    arr, scalar = _lookups_arg(lookups)
+    if not scalar:
+        raise WorkloadError(f"lookups must be one non-negative number here, got {lookups!r}")
+    return float(arr[0])
+
+
 def _result(values: np.ndarray, scalar: bool) -> float | np.ndarray:
     return float(values[0]) if scalar else values
 
@@ -483,6 +504,29 @@ class _Buckets:
         out = cum_mass[j] + (kf - cum_rows[j]) * self.p[j]
         return np.minimum(out / cum_mass[-1], 1.0)
 
+    def distinct_top(self, k: np.ndarray, lookups: float) -> np.ndarray:
+        """Expected distinct rows among the k hottest that ``lookups`` lookups touch:
+        ``sum_{i <= k} 1 - (1 - p_i)^L``, whole groups plus a share of the next one."""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            touched = -np.expm1(float(lookups) * np.log1p(-self.p))  # per row of each group
+        cum_rows = np.concatenate(([0.0], np.cumsum(self.m)))
+        cum_touched = np.concatenate(([0.0], np.cumsum(self.m * touched)))
+        kf = np.minimum(k.astype(np.float64), cum_rows[-1])
+        j = np.clip(np.searchsorted(cum_rows, kf, side="right") - 1, 0, len(self.m) - 1)
+        return cum_touched[j] + (kf - cum_rows[j]) * touched[j]
+
+    def lru_cold(self, k: np.ndarray, lookups: float) -> np.ndarray:
+        """Expected distinct rows that ``lookups`` lookups touch and an LRU cache of k rows does not
+        hold (Che: row i is resident with probability ``1 - exp(-p_i T)``):
+        ``sum_i (1 - (1 - p_i)^L) exp(-p_i T(k))``."""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            touched = self.m * -np.expm1(float(lookups) * np.log1p(-self.p))
+        out = np.empty(len(k), dtype=np.float64)
+        for i, c in enumerate(k):
+            t = _che_time(self.m, self.p, float(c))
+            out[i] = float(touched.sum()) if t == 0.0 else 0.0 if t == math.inf else float(np.dot(touched, np.exp(-self.p * t)))
+        return out
+
 
 class _AccessBase:
     """The questions every access distribution answers; subclasses give ``_buckets()``."""
@@ -562,6 +606,53 @@ class _AccessBase:
         big_l, scalar = _lookups_arg(lookups)
         b = self._buckets()
         return _result(_distinct(b.m, b.p, big_l), scalar)
+
+    def cold_distinct_rows(self, cache_rows: Any, lookups: float, kind: CurveKind | str = CurveKind.STATIC
+                           ) -> float | np.ndarray:
+        """Expected distinct rows of ``lookups`` lookups that a cache of ``cache_rows`` rows does not
+        hold -- the rows a batch fetches over the link and writes back.
+
+        Static cache of the k hottest rows: ``sum_{i > k} 1 - (1 - p_i)^L``. LRU: ``sum_i (1 - (1 -
+        p_i)^L) exp(-p_i T)`` with Che's characteristic time T of the cache (row i is resident with
+        probability ``1 - exp(-p_i T)``; for a trace, over its histogram). Not ``U (1 - h)``: the
+        lookups that hit repeat the hot rows, so the distinct rows that miss are a larger share of
+        ``U`` than the lookups that miss are of ``L``.
+        """
+        kind = _enum(CurveKind, kind, "kind")
+        k, scalar = _cache_rows_arg(cache_rows)
+        big_l = _one_lookups(lookups)
+        b = self._buckets()
+        if kind is CurveKind.STATIC:
+            total = float(_distinct(b.m, b.p, np.asarray([big_l]))[0])
+            out = total - b.distinct_top(k, big_l)
+            # the two sums round differently: a cache of every touched row leaves none cold, exactly
+            out[(out <= 1e-12 * total) | (k >= b.m.sum())] = 0.0
+        else:
+            out = b.lru_cold(k, big_l)
+        return _result(out, scalar)
+
+    def distinct_hit_fraction(self, cache_rows: Any, lookups: float, kind: CurveKind | str = CurveKind.STATIC
+                              ) -> float | np.ndarray:
+        """The share of a batch's distinct rows a cache holds, ``1 - cold_distinct_rows / U``
+        (``U = expected_distinct_rows(lookups)``; 0 with no lookups). Concave in the cache size, as a
+        hit curve is (:meth:`distinct_concave_curve`)."""
+        k, scalar = _cache_rows_arg(cache_rows)
+        u = float(self.expected_distinct_rows(_one_lookups(lookups)))
+        cold = np.asarray(self.cold_distinct_rows(k, lookups, kind), dtype=np.float64)
+        out = np.zeros_like(cold) if u <= 0 else np.clip(1.0 - cold / u, 0.0, 1.0)
+        out[k == 0] = 0.0  # an empty cache holds nothing (the two sums of U round differently)
+        return _result(out, scalar)
+
+    def distinct_concave_curve(self, kind: CurveKind | str, lookups: float, n_points: int = 16) -> HitCurve:
+        """Breakpoints of :meth:`distinct_hit_fraction` over cache rows, a concave piecewise-linear
+        curve for a MIP (``hit_rate`` holds the fraction). Concave for a static cache (the increments
+        ``1 - (1 - p_i)^L`` fall with the rank) and under Che's approximation (``d/dC`` is a mean of
+        ``(1 - (1 - p)^L) / U`` over weights that move to colder rows as C grows): the chords lie
+        below it (``lower_bound``)."""
+        kind = _enum(CurveKind, kind, "kind")
+        xs = _curve_rows(self._hittable_rows(), n_points)
+        ys = np.asarray(self.distinct_hit_fraction(xs, lookups, kind), dtype=np.float64).reshape(-1)
+        return _curve(kind, xs, ys, True)
 
     def concave_curve(self, kind: CurveKind | str = CurveKind.STATIC, n_points: int = 16) -> HitCurve:
         """Breakpoints of a concave piecewise-linear hit curve over cache rows, for a MIP.

@@ -223,10 +223,13 @@ class TablePolicy:
 class TableTraffic:
     """One table's per-iteration rows and bytes, by resource and stage.
 
-    ``distinct_rows`` U = ``expected_distinct_rows(batch x pooling)``; ``hit_rate`` h (1 on the GPU,
-    the cache's curve, 0 over UVM or on the CPU); ``cold_rows`` M = U (1 - h), the distinct rows read
-    from host memory (an approximation: the share of distinct rows that miss is taken as the share
-    of lookups that miss).
+    ``distinct_rows`` U = ``expected_distinct_rows(batch x pooling)``; ``hit_rate`` h, the share of
+    lookups the GPU serves (1 on the GPU, the cache's curve, 0 over UVM or on the CPU); ``cold_rows``
+    M, the distinct rows read from host memory
+    (:meth:`~costmodel.embeddings.ZipfAccess.cold_distinct_rows`: for a cache, the distinct rows it
+    does not hold -- more than ``U (1 - h)``, since the lookups that hit repeat the hot rows); and
+    ``row_hit_fraction`` g = 1 - M / U, the share of the distinct rows in HBM. Every byte and FLOP
+    count is affine in g (the MIP's hit variable).
     """
 
     name: str
@@ -234,6 +237,7 @@ class TableTraffic:
     lookups: float
     distinct_rows: float
     hit_rate: float
+    row_hit_fraction: float
     cold_rows: float
     gpu_bytes: float  # HBM bytes read and written on the GPU
     uvm_h2d_bytes: float  # rows read over the link by GPU gathers (small transfers, UVM rate)
@@ -254,10 +258,19 @@ def _hit_rate(table: Table, pol: TablePolicy) -> float:
     return float(table.access.hit_rate(int(pol.cache_rows), pol.cache_kind))
 
 
+def _row_hit_fraction(table: Table, pol: TablePolicy, lookups: float) -> float:
+    """g: the share of a batch's distinct rows in HBM (1 on the GPU, 0 over UVM or on the CPU)."""
+    if pol.placement is Placement.GPU:
+        return 1.0
+    if pol.placement is not Placement.CACHE:
+        return 0.0
+    return float(table.access.distinct_hit_fraction(int(pol.cache_rows), lookups, pol.cache_kind))
+
+
 def table_traffic(wl: EmbWorkload, table: Table, pol: TablePolicy) -> TableTraffic:
     """Rows and bytes one table moves per iteration (``L = B P`` lookups, ``U``, ``h``, ``M`` as in
-    :class:`TableTraffic`; ``r`` row bytes, ``s`` optimizer-state bytes per row, ``g = B D 4`` the
-    table's pooled fp32 vectors).
+    :class:`TableTraffic`, ``U h`` below meaning the distinct rows in HBM, ``U - M``; ``r`` row bytes,
+    ``s`` optimizer-state bytes per row, ``g = B D 4`` the table's pooled fp32 vectors).
 
     * ids up (H2D, pinned): ``8 L`` for tables the GPU pools (TorchRec's int64 KJT ids); none for ``cpu``.
       Stage ``fetch``, or ``compute`` with ``prefetch`` (the next batch's ids, copied on a side stream).
@@ -287,7 +300,9 @@ def table_traffic(wl: EmbWorkload, table: Table, pol: TablePolicy) -> TableTraff
     lookups = b * float(table.pooling)
     u = float(table.access.expected_distinct_rows(lookups))
     h = _hit_rate(table, pol)
-    m = u * (1.0 - h)
+    frac = _row_hit_fraction(table, pol, lookups)
+    m = u * (1.0 - frac)
+    hot = u - m  # distinct rows served from HBM
     r, d = float(table.row_bytes), table.dim
     s = float(wl.model.optimizer_state_bytes_per_row(table))
     g = float(b * d * FP32_BYTES)
@@ -302,13 +317,13 @@ def table_traffic(wl: EmbWorkload, table: Table, pol: TablePolicy) -> TableTraff
     else:
         h2d += INDEX_BYTES * lookups
         uvm_b = m * r
-        gpu_b += u * h * r + (m * r if held else 0.0)  # forward gathers
+        gpu_b += hot * r + (m * r if held else 0.0)  # forward gathers
         if lru:
             gpu_b += m * r + LRU_STATE_BYTES * u
         elif pre:
             gpu_b += m * r
     if pol.update_on is UpdateOn.GPU:
-        gpu_b += 2 * u * h * r + (2 * m * r if held else 0.0)
+        gpu_b += 2 * hot * r + (2 * m * r if held else 0.0)
         d2h += m * r
         if pol.state_tier is StateTier.GPU:
             gpu_b += 2 * u * s
@@ -319,7 +334,7 @@ def table_traffic(wl: EmbWorkload, table: Table, pol: TablePolicy) -> TableTraff
         d2h += g
         cpu_upd_f, cpu_upd_b = lookups * d, 2 * u * (r + s) + g
     return TableTraffic(name=table.name, placement=pol.placement, lookups=lookups, distinct_rows=u, hit_rate=h,
-                        cold_rows=m, gpu_bytes=gpu_b, uvm_h2d_bytes=uvm_b, h2d_bytes=h2d, d2h_bytes=d2h,
+                        row_hit_fraction=frac, cold_rows=m, gpu_bytes=gpu_b, uvm_h2d_bytes=uvm_b, h2d_bytes=h2d, d2h_bytes=d2h,
                         cpu_fwd_flop=cpu_fwd_f, cpu_fwd_bytes=cpu_fwd_b, cpu_upd_flop=cpu_upd_f, cpu_upd_bytes=cpu_upd_b,
                         stage_of_cold=Stage.COMPUTE if pre else Stage.FETCH)
 

@@ -16,8 +16,10 @@ costs no cache maintenance).
 
 Identical tables (rows, dim, element size, pooling, access distribution, optimizer) form a group;
 each group gets an integer count ``n_k`` per mode and, for each sized cache mode ``k``, its own
-aggregate cache size ``C_k`` (in tables' worth of rows) and aggregate hit rate ``H_k`` (the sum of
-its tables' hit rates). The concave hit curve enters in perspective form,
+aggregate cache size ``C_k`` (in tables' worth of rows) and aggregate hit fraction ``H_k`` (the sum
+of its tables' shares of a batch's distinct rows held in HBM,
+:meth:`~costmodel.embeddings.ZipfAccess.distinct_hit_fraction`, the quantity the traffic is affine
+in). That concave curve enters in perspective form,
 ``H_k <= slope_j N C_k + intercept_j n_k`` for each chord ``j`` (``N`` the table's rows), so
 maximising hits stays linear; the chords lie below a concave curve, so the MIP never counts a hit
 that is not there. An equal split of ``C_k`` is optimal for identical tables (the curve is
@@ -27,7 +29,7 @@ hits than its cache holds when hits cost HBM time it would rather not spend; a s
 then the plan it costed).
 
 Coefficients. Every byte and FLOP count of :func:`costmodel.embeddings_cost.table_traffic` is
-affine in the hit rate ``h`` (the cold rows are ``U (1 - h)``), so a sized cache mode's coefficients
+affine in the hit fraction ``g`` (the cold rows are ``U (1 - g)``), so a sized cache mode's coefficients
 come from two calls (``h = 0`` and a full cache) and every other mode's from one; the memory terms
 are :func:`costmodel.embeddings_cost.memory_use`'s (optimizer state ``N s`` in HBM or host memory
 by ``state_tier``; prefetch buffers ``2 U (1 - h) r`` of HBM). The per-table contributions are
@@ -426,6 +428,10 @@ class _Group:
     coefs: tuple[_ModeCoef, ...]
 
 
+# HiGHS drops matrix entries of magnitude at most its small_matrix_value, 1e-9.
+SMALL_COEF = 1e-9
+
+
 def _traffic(memo: dict[TablePolicy, TableTraffic], wl: EmbWorkload, t: Table, pol: TablePolicy) -> TableTraffic:
     if pol not in memo:
         memo[pol] = table_traffic(wl, t, pol)
@@ -437,9 +443,10 @@ def _group_info(wl: EmbWorkload, rates: _Rates, modes: Sequence[TableMode], kind
     out = []
     for idx in _groups(wl):
         t = wl.model.tables[idx[0]]
-        curve = t.access.concave_curve(kind, n_points)
+        lookups = wl.batch * float(t.pooling)
+        curve = t.access.distinct_concave_curve(kind, lookups, n_points)
         # the hull's last vertex is every row that can be hit (two points stop at one row: ask three)
-        last = curve if n_points >= 3 else t.access.concave_curve(kind, 3)
+        last = curve if n_points >= 3 else t.access.distinct_concave_curve(kind, lookups, 3)
         full_rows = min(t.rows, int(last.cache_rows[-1]))
         coefs = []
         memo: dict[TablePolicy, TableTraffic] = {}  # a sized cache's full end is its full mode's traffic
@@ -454,9 +461,9 @@ def _group_info(wl: EmbWorkload, rates: _Rates, modes: Sequence[TableMode], kind
             if mode.sized_cache and full_rows > 0:
                 pol1 = mode.policy(full_rows, kind)
                 tr1 = _traffic(memo, wl, t, pol1)
-                if tr1.hit_rate > 0:
+                if tr1.row_hit_fraction > 0:
                     v1 = _terms(wl, t, pol1, tr1, rates)
-                    per_hit = (v1 - v0) / tr1.hit_rate
+                    per_hit = (v1 - v0) / tr1.row_hit_fraction
                     per_hit[list(LATENCY_TERMS)] = 0.0  # a sized cache pays a cold-row table's latencies
                     per_hit[CACHE_MEM_B] = 0.0  # cache rows enter through C
             coefs.append(_ModeCoef(mode=mode, base=v0, per_hit=per_hit, traffic0=tr0, traffic1=tr1,
@@ -494,7 +501,12 @@ def _build(wl: EmbWorkload, rates: _Rates, groups: list[_Group], slope: float, i
                 h_col = mip.var(f"H[{gi},{mc.mode.label}]", ub=float(n))
                 mip.add([(c_col, 1.0), (col, -share)], LE, 0.0)
                 for slope_j, icpt_j in grp.curve.segments():
-                    mip.add([(h_col, 1.0), (c_col, -slope_j * t.rows), (col, -icpt_j)], LE, 0.0)
+                    # A chord's intercept within 1e-9 of 0 is float noise of a curve that is linear at the
+                    # head (every hot row is touched); HiGHS would drop it (small_matrix_value 1e-9).
+                    # Rounding it to 0 lowers the bound by at most 1e-9 per table: never a hit not there.
+                    slope_n = slope_j * t.rows
+                    mip.add([(h_col, 1.0), (c_col, -slope_n if abs(slope_n) > SMALL_COEF else 0.0),
+                             (col, -icpt_j if icpt_j > SMALL_COEF else 0.0)], LE, 0.0)
                 mip.add([(h_col, 1.0), (col, -max(grp.curve.hit_rate))], LE, 0.0)
                 acc[CACHE_MEM_B].append((c_col, t.rows * float(t.row_bytes)))
             for j in range(N_TERMS):
@@ -665,8 +677,9 @@ class _Screen:
     """Per-table terms of any policy, cached per group, so a plan's iteration is a sum and a max.
 
     A sized cache of the MIP's kind in one of its modes is interpolated between the group's two
-    :func:`~costmodel.embeddings_cost.table_traffic` calls (every field is affine in the hit rate);
-    any other policy is costed by its own call.
+    :func:`~costmodel.embeddings_cost.table_traffic` calls (every field is affine in the hit
+    fraction g; the lookup hit rate, which is not, is set from the curve); any other policy is costed
+    by its own call.
     """
 
     def __init__(self, wl: EmbWorkload, rates: _Rates, groups: list[_Group], kind: CurveKind) -> None:
@@ -678,15 +691,25 @@ class _Screen:
         self._terms: dict[tuple[int, TablePolicy], np.ndarray] = {}
         self._hits: dict[tuple[int, int, CurveKind], float] = {}
         self._sized = [{mc.mode: mc for mc in grp.coefs if mc.per_hit is not None} for grp in groups]
+        self._fracs: dict[tuple[int, int, CurveKind], float] = {}
         for gi, grp in enumerate(groups):  # the hull's vertices are points of the true curve
-            for rows, h in zip(grp.curve.cache_rows, grp.curve.hit_rate):
-                self._hits[(gi, int(rows), kind)] = float(h)
+            for rows, g in zip(grp.curve.cache_rows, grp.curve.hit_rate):
+                self._fracs[(gi, int(rows), kind)] = float(g)
 
     def hit(self, gi: int, rows: int, kind: CurveKind) -> float:
+        """The lookup hit rate h of a cache of ``rows`` rows."""
         key = (gi, rows, kind)
         if key not in self._hits:
             self._hits[key] = float(self.groups[gi].table.access.hit_rate(rows, kind))
         return self._hits[key]
+
+    def fraction(self, gi: int, rows: int, kind: CurveKind) -> float:
+        """The distinct-row hit fraction g of a cache of ``rows`` rows."""
+        key = (gi, rows, kind)
+        if key not in self._fracs:
+            t = self.groups[gi].table
+            self._fracs[key] = float(t.access.distinct_hit_fraction(rows, self.wl.batch * float(t.pooling), kind))
+        return self._fracs[key]
 
     def terms(self, gi: int, pol: TablePolicy) -> np.ndarray:
         key = (gi, pol)
@@ -699,11 +722,11 @@ class _Screen:
                          prefetch=bool(pol.prefetch) if pol.prefetch is not None else bool(self.wl.prefetch))
         mc = self._sized[gi].get(mode) if pol.placement is Placement.CACHE and pol.cache_kind is self.kind else None
         if mc is not None and 0 < pol.cache_rows < grp.full_rows:
-            h = self.hit(gi, pol.cache_rows, pol.cache_kind)
-            f = h / mc.traffic1.hit_rate
+            g = self.fraction(gi, pol.cache_rows, pol.cache_kind)
+            f = g / mc.traffic1.row_hit_fraction
             t0, t1 = mc.traffic0, mc.traffic1
             tr = replace(t0, **{a: getattr(t0, a) + (getattr(t1, a) - getattr(t0, a)) * f for a in _AFFINE})
-            tr = replace(tr, hit_rate=h)
+            tr = replace(tr, hit_rate=self.hit(gi, pol.cache_rows, pol.cache_kind), row_hit_fraction=g)
         else:
             tr = table_traffic(self.wl, t, pol)
         v = _terms(self.wl, t, pol, tr, self.rates)

@@ -279,6 +279,61 @@ def test_expected_distinct_rows_against_simulation():
         assert z.expected_distinct_rows(lookups) == pytest.approx(np.mean(seen), rel=0.01)
 
 
+def test_cold_distinct_rows_of_a_static_cache_against_simulation():
+    # The distinct rows of a batch outside the k hottest: sampled batches against the expectation, and
+    # far above U (1 - h), which takes the share of distinct rows that miss as the share of lookups.
+    z = ZipfAccess(rows=50_000, alpha=1.0)
+    rng = np.random.default_rng(3)
+    lookups = 4096
+    batches = [z.sample(lookups, rng) for _ in range(200)]
+    for k in (0, 100, 5000, 49_999, 50_000):
+        seen = np.mean([len(np.unique(b[b >= k])) for b in batches])
+        model = z.cold_distinct_rows(k, lookups, "static")
+        assert model == pytest.approx(seen, rel=0.02, abs=0.5), k
+        u, h = z.expected_distinct_rows(lookups), z.static_hit_rate(k)
+        if 0 < k < 50_000:
+            assert model > 1.3 * u * (1 - h)
+        assert z.distinct_hit_fraction(k, lookups, "static") == pytest.approx(1 - model / u, abs=1e-12)
+    assert z.cold_distinct_rows(50_000, lookups, "static") == 0.0  # every row cached: exactly none
+
+
+def test_cold_distinct_rows_of_an_lru_cache_against_simulation():
+    # An LRU cache filled with each batch's missing rows (FBGEMM's lru_cache_populate) against Che:
+    # row i is resident with probability 1 - exp(-p_i T).
+    z = ZipfAccess(rows=20_000, alpha=0.9)
+    rng = np.random.default_rng(4)
+    lookups, cap = 2000, 2000
+    cache: OrderedDict[int, None] = OrderedDict()
+    misses = []
+    for it in range(300):
+        batch = np.unique(z.sample(lookups, rng))
+        miss = [int(i) for i in batch if int(i) not in cache]
+        if it >= 50:  # past the warm-up
+            misses.append(len(miss))
+        for i in batch:
+            cache[int(i)] = None
+            cache.move_to_end(int(i))
+        while len(cache) > cap:
+            cache.popitem(last=False)
+    model = z.cold_distinct_rows(cap, lookups, "lru")
+    assert model == pytest.approx(np.mean(misses), rel=0.1)
+    u = z.expected_distinct_rows(lookups)
+    assert model > 1.2 * u * (1 - z.lru_hit_rate(cap))
+    assert z.cold_distinct_rows(0, lookups, "lru") == pytest.approx(u) and z.cold_distinct_rows(20_000, lookups, "lru") == 0
+
+
+def test_distinct_hit_curve_is_concave_and_exact_at_its_breakpoints():
+    for access in (ZipfAccess(rows=10**7, alpha=1.45), HistogramAccess(rows=5, counts=np.array([9, 5, 3, 1, 1]))):
+        for kind in ("static", "lru"):
+            curve = access.distinct_concave_curve(kind, 65536.0, 12)
+            x, y = np.asarray(curve.cache_rows, float), np.asarray(curve.hit_rate)
+            assert curve.lower_bound and curve.max_gap <= 1e-12 and y[0] == 0.0 and y[-1] == pytest.approx(1.0)
+            slopes = np.diff(y) / np.diff(x)
+            assert np.all(np.diff(slopes) <= 1e-12) and np.all(slopes >= 0)
+            for rows, g in zip(curve.cache_rows, curve.hit_rate):
+                assert g == pytest.approx(access.distinct_hit_fraction(rows, 65536.0, kind), abs=1e-12)
+
+
 def test_expected_distinct_rows_of_a_histogram_is_exact():
     hist = HistogramAccess(rows=4, counts=np.array([2, 1, 1, 0]))
     # p = (1/2, 1/4, 1/4, 0); E[D] over L = 2 lookups: sum 1 - (1 - p)^2.

@@ -116,6 +116,14 @@ def test_replay_of_every_placement_gives_finite_times_per_iteration(cpu_system):
     # 64 x 3 = 192 lookups a batch; distinct rows of a Zipf(0.9) table of 512 rows: the model's
     # expectation and the replay's mean over 6 batches agree to within sampling noise
     assert uvm_row["measured_distinct_rows"] == pytest.approx(uvm_row["predicted_distinct_rows"], rel=0.15)
+    # the cold rows a cache fetches are the distinct rows it does not hold (not U (1 - h), which
+    # undercounts them: the hits repeat the hot rows), for the static cache exactly in expectation and
+    # for the LRU cache by Che's approximation
+    lru_row, static_row = r["tables"][1], r["tables"][2]
+    assert static_row["measured_cold_rows"] == pytest.approx(static_row["predicted_cold_rows"], rel=0.15)
+    assert lru_row["measured_cold_rows"] == pytest.approx(lru_row["predicted_cold_rows"], rel=0.3)
+    h = static_row["predicted_hit_rate"]
+    assert static_row["measured_cold_rows"] > 1.2 * static_row["predicted_distinct_rows"] * (1 - h)
     assert r["memory"]["measured_peak_gpu_bytes"] is None and r["memory"]["predicted_gpu_bytes"] > 0
     assert r["link"]["h2d_bytes_per_s"] == 1e9  # the profile's throttled-copier tag
     assert r["warnings"] == []
