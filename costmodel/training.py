@@ -273,7 +273,7 @@ def evaluate_training(wl: TrainWorkload, system: System, policies: Sequence[Laye
     forward_total = fwd_first + (a - 1) * fwd
     backward_total = bwd_early + bwd_last
     schedule = forward_total + backward_total + step
-    counts = {Phase.FORWARD: a, Phase.STEP: 1}
+    counts = {Phase.FORWARD: a, Phase.STEP: 1, Phase.SNAPSHOT: 1}
     for ph in phases:
         counts[ph] = counts.get(ph, 0) + 1
     busy = {r: sum(n * t[ph].get(k, 0.0) for t, _ in units for ph, n in counts.items() for k in keys)

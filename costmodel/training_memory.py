@@ -99,7 +99,8 @@ def memory_use(wl: TrainWorkload, system: System, policies: Sequence[LayerTrainP
     Σ [grads on host] 4 P_u; ``grad_accum_buffer`` Σ [grads on host, grad_accum > 1] g_u (DeepSpeed's
     16-bit ``accumulated_grads_in_cpu``); ``master`` and ``moments`` on the host;
     ``offloaded_activations`` N Σ share keep_l; ``disk_staging`` 2 x the largest disk-resident state
-    set of one unit (read in, written back); ``pinned_rounding`` (pin_memory) Σ over allocations —
+    set of one unit (read in, written back); ``snapshot`` (``snapshot_every`` > 0) Σ_u (master_u +
+    moments_u), the in-memory snapshot of every unit's states, wherever they live; ``pinned_rounding`` (pin_memory) Σ over allocations —
     one per unit, GPU and state tensor — of PowerOf2Ceil(size) - size
     (:func:`~costmodel.training_states.pinned_allocation_bytes`). Disk: weights and states on disk.
     """
@@ -142,6 +143,8 @@ def memory_use(wl: TrainWorkload, system: System, policies: Sequence[LayerTrainP
     staged = [(u.step_grad_bytes if p.grads is Tier.DISK else 0.0) + (u.master_bytes if p.master is Tier.DISK else 0.0)
               + (u.moments_bytes if p.moments is Tier.DISK else 0.0) for u, p in units]
     host["disk_staging"] = 2.0 * max(staged)
+    # the in-memory snapshot (snapshot_every > 0): one copy of every unit's master (or fp32 weights) and moments
+    host["snapshot"] = sum(u.master_bytes + u.moments_bytes for u, _ in units) if wl.snapshot_every else 0.0
     rounding = 0.0
     if wl.pin_memory:
         rounding += sum(unit_pinned_rounding_bytes(wl, u, p, ws, os_) for u, p in units)

@@ -101,7 +101,10 @@ class TrainWorkload:
     matrix; ``dropout``: dropout after the softmax, the attention and the MLP (1-byte masks).
     ``kernels``: ``eager`` (Hugging Face transformers' PyTorch code, the default) or ``fused`` (fused
     norm and activation kernels as Megatron-Core and Transformer Engine run them); it sets what the
-    norms and the gated MLP save (:func:`norm_saved_bytes`, :func:`layer_ops`).
+    norms and the gated MLP save (:func:`norm_saved_bytes`, :func:`layer_ops`). ``snapshot_every``:
+    every k iterations the states a restart needs (fp32 master weights, or the weights in fp32
+    training, and the moments) are copied to a host-memory snapshot, as in-memory checkpointing does
+    (CheckFreq, FAST'21; Gemini, SOSP'23); 0: never (:func:`unit_phase_times`, ``snapshot``).
     ``pin_memory``: host buffers are page-locked (rounded up to powers of two, full link rate); else
     pageable, at the link's ``pageable_factor`` (DeepSpeed's ``offload_optimizer.pin_memory``
     defaults to false, deepspeed/runtime/zero/offload_config.py). ``interconnect_bytes_per_s``: the
@@ -134,11 +137,13 @@ class TrainWorkload:
     overlap: Overlap | str = Overlap.DEEPSPEED
     interconnect_bytes_per_s: float | None = None
     kernels: str = "eager"
+    snapshot_every: int = 0
     allow_long_context: bool = False
 
     def __post_init__(self) -> None:
         for name in ("seq_len", "micro_batch", "grad_accum", "gpus"):
             _positive_int(name, getattr(self, name))
+        _positive_int("snapshot_every", self.snapshot_every, minimum=0)
         object.__setattr__(self, "precision", _enum(Precision, "precision", self.precision))
         object.__setattr__(self, "optimizer", _enum(OptimizerKind, "optimizer", self.optimizer))
         object.__setattr__(self, "overlap", _enum(Overlap, "overlap", self.overlap))
@@ -185,7 +190,7 @@ class TrainWorkload:
                 "fp32_grad_copy": self.fp32_grad_copy, "zero_stage": self.zero_stage,
                 "fused_attention": self.fused_attention, "dropout": self.dropout, "pin_memory": self.pin_memory,
                 "overlap": str(self.overlap), "interconnect_bytes_per_s": self.interconnect_bytes_per_s,
-                "kernels": self.kernels}
+                "kernels": self.kernels, "snapshot_every": self.snapshot_every}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -510,6 +515,9 @@ class TrainUnitCosts:
     gpus: int
     zero_stage: int
     grad_accum: int
+    snapshot_every: int = 0
+    snap_master_host_s: float = 0.0  # the node's CPU time to copy the unit's master (or fp32 weights) in host memory
+    snap_moments_host_s: float = 0.0  # ... and its moments
 
     @property
     def weight_shard(self) -> float:
@@ -638,8 +646,18 @@ def unit_costs(wl: TrainWorkload, system: System, *, head: bool = False) -> Trai
         disk_write_bytes_per_s=disk.write_bytes_per_s if disk else math.inf,
         disk_latency_s=disk.latency_s if disk else 0.0,
         interconnect_bytes_per_s=interconnect_rate(wl, system),
-        gpus=n, zero_stage=wl.zero_stage, grad_accum=wl.grad_accum,
+        gpus=n, zero_stage=wl.zero_stage, grad_accum=wl.grad_accum, snapshot_every=wl.snapshot_every,
+        snap_master_host_s=_host_copy_s(params * (sb.master or sb.weights), node_host(wl, system)),
+        snap_moments_host_s=_host_copy_s(params * sb.moments, node_host(wl, system)),
     )
+
+
+def _host_copy_s(nbytes: float, host: Host) -> float:
+    """A copy of ``nbytes`` within host memory: it reads and writes them, ``2 nbytes`` on the host's
+    memory roof (its efficiency curve)."""
+    if nbytes <= 0:
+        return 0.0
+    return float(roofline_time_s(0.0, 2.0 * nbytes, OpClass.ELEMENTWISE, Processor.cpu(host)))
 
 
 class Phase(enum.StrEnum):
@@ -648,6 +666,7 @@ class Phase(enum.StrEnum):
     BACKWARD_MID = "backward_mid"  # micro-steps 1 .. A-2
     BACKWARD_LAST = "backward_last"  # the accumulation boundary (the only one when grad_accum = 1)
     STEP = "step"
+    SNAPSHOT = "snapshot"  # the in-memory snapshot's copies, per iteration (overlapped: busy time only)
 
 
 def _xfer(nbytes: float, rate: float, latency: float) -> float:
@@ -692,6 +711,14 @@ def unit_phase_times(uc: TrainUnitCosts, pol: LayerTrainPolicy) -> dict[Phase, d
       ``(N-1)/N w`` at stages 1-2.
 
     A GPU step's keys are the stages of :func:`gpu_step_jobs`' flow shop.
+
+    * snapshot (``snapshot_every`` k > 0), per iteration, 1/k of one copy of the states a restart
+      needs -- the master weights (the weights themselves in fp32 training) and the moments -- into
+      host memory, from where each lives: GPU-resident ones D2H (the GPU's partition), host-resident
+      ones copied in host memory by the CPU (2 x their bytes on its memory roof), disk-resident ones
+      read from the disk. The copies run beside training (a snapshot is taken asynchronously and
+      finished before the next step), so they add busy time to their resources, not a schedule
+      stage: they lengthen the iteration only where a resource has no slack.
 
     Examples
     --------
@@ -757,8 +784,23 @@ def unit_phase_times(uc: TrainUnitCosts, pol: LayerTrainPolicy) -> dict[Phase, d
             "h2d": _xfer(uc.weights_bytes * os_ if cpu and not w_off else 0.0, h2d, lat),
             "d2h": _xfer(uc.weights_bytes * os_ if not cpu and w_off else 0.0, d2h, lat),
             "interconnect": frac * uc.weights_bytes / ic if uc.zero_stage in (1, 2) and n > 1 else 0.0}
+    snap = {"d2h": 0.0, "cpu": 0.0, "disk": 0.0}
+    if uc.snapshot_every:
+        k = float(uc.snapshot_every)
+        fp32_master = uc.master_gpu_bytes == 0.0  # fp32 training: the weights are the master
+        master_gpu = uc.weights_bytes * ws if fp32_master else uc.master_gpu_bytes * os_
+        for tier, gpu_b, node_b, host_s in ((pol.params if fp32_master else pol.master, master_gpu, uc.master_bytes,
+                                             uc.snap_master_host_s),
+                                            (pol.moments, uc.moments_bytes * os_, uc.moments_bytes,
+                                             uc.snap_moments_host_s)):
+            if tier is Tier.GPU:
+                snap["d2h"] += _xfer(gpu_b, d2h, lat) / k
+            elif tier is Tier.HOST:
+                snap["cpu"] += host_s / k
+            else:
+                snap["disk"] += _xfer(node_b, dr, dlat) / k
     return {Phase.FORWARD: fwd, Phase.BACKWARD_FIRST: backward("first"), Phase.BACKWARD_MID: backward("mid"),
-            Phase.BACKWARD_LAST: backward("last"), Phase.STEP: step}
+            Phase.BACKWARD_LAST: backward("last"), Phase.STEP: step, Phase.SNAPSHOT: snap}
 
 
 def gpu_step_job(step: dict[str, float]) -> tuple[float, float, float, float]:

@@ -616,7 +616,7 @@ def _nearest_workload(wl: TrainWorkload, choice: _Choice) -> TrainWorkload:
     mixed = wl.precision is not Precision.FP32
     return replace(wl, zero_stage=_stage(wl, choice), moments_dtype="fp32",
                    fp32_grad_copy=True if mixed else wl.fp32_grad_copy,
-                   overlap=Overlap.DEEPSPEED if wl.overlap is Overlap.FULL else wl.overlap)
+                   overlap=Overlap.DEEPSPEED if wl.overlap is Overlap.FULL else wl.overlap, snapshot_every=0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -852,6 +852,13 @@ def _workload_lost(wl: TrainWorkload, nwl: TrainWorkload, choice: _Choice) -> li
                                why="DeepSpeed runs the optimizer step after the backward (engine.step()); it does "
                                    "not start a layer's CPU step while the backward of later layers runs",
                                instead="workload.overlap=deepspeed"))
+    if wl.snapshot_every:
+        out.append(Unexpressed(decision=f"workload.snapshot_every={wl.snapshot_every}", layers=(), head=False,
+                               why="a ds_config has no in-memory snapshot: DeepSpeed checkpoints with "
+                                   "engine.save_checkpoint() to a file system, synchronously, when the script calls "
+                                   "it; the exported config is costed without the snapshot, which the training "
+                                   "script has to take itself",
+                               instead="workload.snapshot_every=0"))
     return out
 
 

@@ -246,7 +246,7 @@ def mode_coef(wl: TrainWorkload, uc: TrainUnitCosts, pol: LayerTrainPolicy) -> M
             b_s.append(d["reduce"] + d["d2h"])
     s = t[Phase.STEP]
     cpu = pol.step is StepDevice.CPU
-    counts = {Phase.FORWARD: wl.grad_accum, Phase.STEP: 1, **dict(phases)}
+    counts = {Phase.FORWARD: wl.grad_accum, Phase.STEP: 1, Phase.SNAPSHOT: 1, **dict(phases)}
     busy = tuple(sum(n * t[ph].get(k, 0.0) for ph, n in counts.items() for k in keys) for _, keys in RESOURCE_KEYS)
     # Memory, term by term as costmodel.training_memory.memory_use counts one unit.
     n = wl.gpus
@@ -265,7 +265,8 @@ def mode_coef(wl: TrainWorkload, uc: TrainUnitCosts, pol: LayerTrainPolicy) -> M
             + (uc.grads_bytes if not g_gpu and wl.grad_accum > 1 else 0.0)
             + (uc.master_bytes if pol.master is Tier.HOST else 0.0)
             + (uc.moments_bytes if pol.moments is Tier.HOST else 0.0)
-            + n * pol.offloaded_share * uc.act_keep_bytes)
+            + n * pol.offloaded_share * uc.act_keep_bytes
+            + (uc.master_bytes + uc.moments_bytes if wl.snapshot_every else 0.0))  # the in-memory snapshot
     if wl.pin_memory:
         host += unit_pinned_rounding_bytes(wl, uc, pol, ws, os_)
     staged = ((uc.step_grad_bytes if pol.grads is Tier.DISK else 0.0)

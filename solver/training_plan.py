@@ -182,6 +182,8 @@ def _check(c: _Checker, data: Mapping[str, Any]) -> None:
         c.boolean(w["allow_long_context"], "workload.allow_long_context")
     if "kernels" in w:  # absent in plans written before it existed: the default
         _choice(c, w["kernels"], "workload.kernels", list(KERNELS))
+    if "snapshot_every" in w:
+        c.integer(w["snapshot_every"], "workload.snapshot_every", 0)
     if w.get("interconnect_bytes_per_s") is not None:
         c.number(w["interconnect_bytes_per_s"], "workload.interconnect_bytes_per_s", 1.0)
     for i, u in enumerate(data["units"]):
@@ -219,7 +221,7 @@ def workload_from_plan(plan: Plan, model: Any = None) -> TrainWorkload:
         except WorkloadError as err:
             raise PlanError(f"cannot load the plan's model {name!r}: {err}{_where(plan)}") from None
     keys = ("seq_len", "micro_batch", "grad_accum", "gpus", "precision", "optimizer", "moments_dtype", "zero_stage",
-            "overlap", "interconnect_bytes_per_s", "kernels", "allow_long_context", *_BOOL_FIELDS)
+            "overlap", "interconnect_bytes_per_s", "kernels", "snapshot_every", "allow_long_context", *_BOOL_FIELDS)
     try:
         return TrainWorkload(model=model, **{k: w[k] for k in keys if k in w})
     except WorkloadError as err:

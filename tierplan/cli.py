@@ -650,8 +650,9 @@ def _validate_counts(args: argparse.Namespace) -> None:
             value = max(int(v) for v in value.split(","))
         if value is not None and value > bound:
             raise WorkloadError(f"--{name.replace('_', '-')} must be at most {bound}, got {value}")
-    if (getattr(args, "prefill_chunk", None) or 0) < 0:
-        raise WorkloadError(f"--prefill-chunk must be 0 or a positive integer, got {args.prefill_chunk}")
+    for name in ("prefill_chunk", "snapshot_every"):
+        if (getattr(args, name, None) or 0) < 0:
+            raise WorkloadError(f"--{name.replace('_', '-')} must be 0 or a positive integer, got {getattr(args, name)}")
     if getattr(args, "kv_groups", 0) < 0:
         raise WorkloadError(f"--kv-groups must be 0 or positive, got {args.kv_groups}")
     if not 0.01 <= getattr(args, "time_limit", 1.0) <= 3600:

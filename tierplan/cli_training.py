@@ -63,6 +63,9 @@ def add_workload_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pin-memory", action="store_true", help="page-locked host buffers (DeepSpeed pin_memory)")
     p.add_argument("--unfused-attention", action="store_true", help="attention keeps its s x s scores (no flash)")
     p.add_argument("--dropout", action="store_true", help="dropout masks are kept for the backward")
+    p.add_argument("--snapshot-every", type=int, default=0, metavar="K",
+                   help="copy the states a restart needs to a host-memory snapshot every K iterations, as "
+                        "in-memory checkpointing does (default: 0, never)")
     p.add_argument("--kernels", choices=KERNELS, default="eager",
                    help="how norms and the MLP activation run, which sets what they keep for the backward: eager "
                         "(Hugging Face transformers' PyTorch code, default) or fused (Megatron-Core / Transformer "
@@ -78,6 +81,7 @@ def workload(args: argparse.Namespace, *, zero_stage: int | None = None) -> Trai
                          grad_accum=args.grad_accum, gpus=args.gpus, precision=args.precision,
                          optimizer=args.optimizer, zero_stage=stage, overlap=args.overlap, pin_memory=args.pin_memory,
                          fused_attention=not args.unfused_attention, dropout=args.dropout, kernels=args.kernels,
+                         snapshot_every=args.snapshot_every,
                          interconnect_bytes_per_s=bw)
 
 
@@ -127,13 +131,18 @@ def _interconnect_text(plan) -> str:
     return f" over {ic.get('name', '?')} ({ic.get('bus_bandwidth', {}).get('value', '?')})"
 
 
+def _snapshot_text(k: int) -> str:
+    return ", a host snapshot every iteration" if k == 1 else f", a host snapshot every {k} iterations"
+
+
 def render_plan(plan: Plan) -> str:
     """The text ``tierplan plan training`` prints."""
     w, s = plan.workload, plan.solver
     lines = [f"tierplan training plan: {w['model']} on {plan.hardware['system']}, seq {w['seq_len']}, micro-batch "
              f"{w['micro_batch']} x {w['grad_accum']} accumulation x {w['gpus']} GPU{'s' if w['gpus'] > 1 else ''}, "
              f"{w['precision']} {w['optimizer']}, {w.get('kernels', 'eager')} kernels, ZeRO stage {w['zero_stage']}"
-             f"{_interconnect_text(plan)}",
+             f"{_interconnect_text(plan)}"
+             + (_snapshot_text(w["snapshot_every"]) if w.get("snapshot_every") else ""),
              f"status: {plan.status} (from {s['selected_from'] or 'nothing'}; solved in {s['solve_time_s']:.2f} s)"]
     if plan.predicted is None:
         lines += textwrap.wrap(plan.explanation, width=110)

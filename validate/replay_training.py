@@ -1417,6 +1417,10 @@ def _replay_precision(wl: TrainWorkload, system: System, dev: torch.device) -> t
         notes.append(f"the plan keeps {out.moments_dtype} moments; replayed and re-predicted with fp32 moments "
                      f"(torch.optim keeps the parameters' dtype)")
         out = dataclasses.replace(out, moments_dtype="fp32")
+    if out.snapshot_every:
+        notes.append(f"the plan snapshots its states every {out.snapshot_every} iterations; the replay takes no "
+                     f"snapshot and is re-predicted without one")
+        out = dataclasses.replace(out, snapshot_every=0)
     return out, notes
 
 

@@ -44,7 +44,7 @@ from costmodel.training import (
     unit_phase_times,
     zero_paper_model_state_bytes,
 )
-from costmodel.training_units import interconnect_rate
+from costmodel.training_units import _host_copy_s, interconnect_rate
 from costmodel.transformer import TransformerSpec
 from hwprofiles import OpClass, apply_overrides, load_system
 
@@ -436,6 +436,33 @@ def test_node_interconnect_and_host_shares(toy):
     assert unit_costs(wl4, share).cpu_step_s == pytest.approx(unit_costs(tiny_wl(), toy).cpu_step_s / 4, rel=1e-9)
     with pytest.raises(WorkloadError, match=r"gpus=5: .* one GPU's share of a 4-GPU node .* at most 4 GPUs"):
         evaluate_training(tiny_wl(gpus=5), share, baseline_policies("all-gpu", tiny_wl(gpus=5), share))
+
+
+def test_in_memory_snapshot_by_hand(toy):
+    # Every k iterations the fp32 master weights and Adam moments (4 + 8 B/param) are copied to host
+    # memory: from the GPU over the pageable D2H (5 GB/s on the toy link), from host memory by the CPU.
+    # 1/k of that is busy time per iteration; the snapshot store is one copy in host memory.
+    wl0, wl2 = tiny_wl(), tiny_wl(snapshot_every=2)
+    pols = baseline_policies("all-gpu", wl0, toy)
+    base, snap = evaluate_training(wl0, toy, pols), evaluate_training(wl2, toy, pols)
+    assert snap.busy_s("d2h") - base.busy_s("d2h") == pytest.approx(12 * P_ALL / 5e9 / 2, rel=1e-12)
+    assert dict(snap.memory.host_breakdown)["snapshot"] == 12 * P_ALL
+    assert dict(base.memory.host_breakdown)["snapshot"] == 0
+    # The tiny model's 31 us iteration has no room for 207 us of copies every second iteration; every
+    # 100th it has (4.1 us of D2H per iteration beside the GPU's work).
+    assert snap.binding == "d2h" and snap.iteration_s == pytest.approx(snap.busy_s("d2h"))
+    assert evaluate_training(tiny_wl(snapshot_every=100), toy, pols).iteration_s == base.iteration_s
+    # zero-offload keeps master and moments on the host: the CPU copies them (reads and writes 12 P bytes).
+    off = baseline_policies("zero-offload", wl0, toy)
+    c0, c1 = evaluate_training(wl0, toy, off), evaluate_training(tiny_wl(snapshot_every=1), toy, off)
+    copy = sum(_host_copy_s(b, toy.host) for b in (4 * P_LAYER, 8 * P_LAYER, 4 * P_LAYER, 8 * P_LAYER,
+                                                    4 * P_HEAD, 8 * P_HEAD))
+    assert c1.busy_s("cpu") - c0.busy_s("cpu") == pytest.approx(copy, rel=1e-12)
+    assert c1.busy_s("d2h") == c0.busy_s("d2h")
+    # the more often, the longer the iteration waits for the copies
+    assert evaluate_training(tiny_wl(snapshot_every=1), toy, pols).iteration_s > snap.iteration_s
+    with pytest.raises(WorkloadError, match="snapshot_every must be"):
+        tiny_wl(snapshot_every=-1)
 
 
 def test_bundled_node_shares():

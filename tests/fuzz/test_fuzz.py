@@ -128,6 +128,7 @@ TRAIN_FLAGS = {
     "--precision": st.sampled_from(["fp16", "bf16", "fp8", ""]), "--optimizer": st.sampled_from(["adamw", "lamb"]),
     "--overlap": st.sampled_from(["none", "full", "deepspeed", "some"]),
     "--kernels": st.sampled_from(["eager", "fused", "triton", ""]),
+    "--snapshot-every": st.sampled_from([0, 1, 10, -1, 2**70]),
     "--policy": st.sampled_from(["zero-offload", "twin-flow:2", "twin-flow:nan", "twin-flow", "a+b",
                                  "zero-offload+zero-infinity-cpu", "activation-offload:0.5", ""]),
     "--model": st.sampled_from(["gpt2", "llama-9", "", str(ROOT)]), "--hw": st.sampled_from(["t4", "a100-41gb", "h100-sxm", ""]),

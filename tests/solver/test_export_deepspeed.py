@@ -540,10 +540,12 @@ def test_to_dict_is_a_copy_and_the_export_is_frozen():
 
 
 def test_workload_settings_deepspeed_cannot_run_are_listed():
-    wl = _wl(zero_stage=2, overlap="full", moments_dtype="bf16", fp32_grad_copy=False)
+    wl = _wl(zero_stage=2, overlap="full", moments_dtype="bf16", fp32_grad_copy=False, snapshot_every=5)
     pols = [replace(C, params="host")] * GPT2_10B.n_layers  # weights on the host need stage 3
     ex = export_deepspeed(wl, pols)
     lost = {u.decision: u for u in ex.cannot_express}
+    assert lost["workload.snapshot_every=5"].instead == "workload.snapshot_every=0"
+    assert ex.nearest_workload().snapshot_every == 0
     assert lost["workload.zero_stage=2"].instead == "workload.zero_stage=3"
     assert lost["workload.moments_dtype=bf16"].instead == "workload.moments_dtype=fp32"
     assert lost["workload.fp32_grad_copy=False"].instead == "workload.fp32_grad_copy=True"

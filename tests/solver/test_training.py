@@ -106,11 +106,13 @@ def test_dominated_modes_are_dropped(toy):
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(overlap=st.sampled_from(["deepspeed", "none", "full"]), accum=st.sampled_from([1, 2, 4]),
-       pin=st.booleans(), stage=st.sampled_from([0, 1, 2, 3]), gpus=st.sampled_from([1, 2]), seed=st.integers(0, 10**6))
-def test_screen_is_the_evaluator(toy, overlap, accum, pin, stage, gpus, seed):
+       pin=st.booleans(), stage=st.sampled_from([0, 1, 2, 3]), gpus=st.sampled_from([1, 2]), seed=st.integers(0, 10**6),
+       snapshot=st.sampled_from([0, 0, 1, 7]))
+def test_screen_is_the_evaluator(toy, overlap, accum, pin, stage, gpus, seed, snapshot):
     system = apply_overrides(toy, ["disk=nvme-gen4"])
     wl = tiny_wl(model=dataclasses.replace(TINY, n_layers=6), overlap=overlap, grad_accum=accum, pin_memory=pin,
-                 zero_stage=stage, gpus=gpus, interconnect_bytes_per_s=50e9 if gpus > 1 else None)
+                 zero_stage=stage, gpus=gpus, interconnect_bytes_per_s=50e9 if gpus > 1 else None,
+                 snapshot_every=snapshot)
     layer, head = layer_modes(wl, system, space="full", prune=False), layer_modes(wl, system, head=True, prune=False,
                                                                                    space="full")
     screen = GroupScreen(wl, system, layer, head)
@@ -384,3 +386,16 @@ def test_solve_reports_infeasible_as_a_status():
     system = load_system("rtx4090")
     sol = solve_training(GroupScreen(wl, system, layer_modes(wl, system), layer_modes(wl, system, head=True)))
     assert sol.result.status is SolveStatus.INFEASIBLE and not sol.found
+
+
+def test_a_snapshot_costs_busy_time_and_host_memory_and_the_plan_makes_room(toy):
+    # Snapshots every iteration need one more copy of the master weights and moments in host memory
+    # and their copies' busy time: the plan is never faster than without, and it still fits.
+    system = apply_overrides(toy, ["disk=nvme-gen4"])
+    plain = plan_training(tiny_wl(), system)
+    snap = plan_training(tiny_wl(snapshot_every=1), system)
+    assert snap.cost.feasible and snap.iteration_s >= plain.iteration_s * (1 - 1e-9)
+    assert dict(snap.cost.memory.host_breakdown)["snapshot"] == 12 * P_ALL
+    for b in snap.baselines:
+        if b.feasible:
+            assert snap.iteration_s <= b.iteration_s * (1 + 1e-9), b.name

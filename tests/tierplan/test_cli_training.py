@@ -66,6 +66,7 @@ def test_evaluate_training_costs_the_named_policy_at_the_workload_asked(capsys):
     (["--policy", "zero-offload", "--gpus", "2", "--hw", "rtx4090"], "gpus=2 needs the GPUs' bus bandwidth"),
     (["--policy", "zero-offload", "--gpus", "16"], "one GPU's share of a 8-GPU node (node_share 0.125), so at most 8"),
     (["--policy", "zero-offload", "--gpus", "100"], "--gpus must be at most 64, got 100"),
+    (["--policy", "zero-offload", "--snapshot-every", "-2"], "--snapshot-every must be 0 or a positive integer, got -2"),
     (["--policy", "zero-offload", "--interconnect", "fast"], "--interconnect"),
     (["--policy", "zero-offload", "--seq", "100000"], "seq_len must be at most llama-2-7b's context"),
 ])
