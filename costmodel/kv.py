@@ -607,6 +607,11 @@ def _step_times(uc: UnitCosts, pol_w: Fractions, pol_kv: Fractions, act: bool, t
                  + r_tok * uc.act_bytes_per_token + np.where(uses_cpu, uc.o_bytes, 0.0))
     # Weights not page-locked cross at the pageable rate: the extra time over the pinned rate.
     w_extra_s = w_bytes / uc.weight_h2d_bytes_per_s - w_bytes / uc.h2d_bytes_per_s
+    # A copy from pageable memory occupies the thread that issues it: "the function will return once
+    # the pageable buffer has been copied to the staging memory" (CUDA driver API, "API
+    # synchronization behavior", memcpy, https://docs.nvidia.com/cuda/cuda-driver-api/api-sync-behavior.html).
+    # The engine's one host thread also runs CPU attention, so the two add up on the CPU.
+    staging_s = w_bytes / uc.weight_h2d_bytes_per_s if uc.weight_h2d_bytes_per_s < uc.h2d_bytes_per_s else 0.0
     if off > 0 or act:
         d2h_bytes = (off * uc.kv_bytes_per_token + (uc.act_bytes_per_token if act else 0.0)
                      + np.where(uses_cpu, uc.q_bytes, 0.0)) + np.zeros_like(c)
@@ -620,7 +625,7 @@ def _step_times(uc: UnitCosts, pol_w: Fractions, pol_kv: Fractions, act: bool, t
                                                  + uses_cpu.astype(float)))
     n_d2h = nb * (float(off > 0) + float(act) + uses_cpu.astype(float))
     overlap = np.minimum(h2d_bytes, d2h_bytes) * uc.bidir_penalty
-    cpu_s = np.where(c_tok > 0, uc.attn_cpu_fixed_s + c_tok * uc.attn_cpu_s_per_token, 0.0)
+    cpu_s = np.where(c_tok > 0, uc.attn_cpu_fixed_s + c_tok * uc.attn_cpu_s_per_token + staging_s, 0.0)
     gpu_s = (uc.dense_gpu_s + (c - c_tok) * uc.attn_gpu_s_per_token
              + np.where(r_tok > 0, uc.recompute_gpu_fixed_s + r_tok * uc.recompute_gpu_s_per_token, 0.0))
     # CPU attention waits for its GPU batch's queries and returns its outputs: one GPU batch's chain

@@ -315,11 +315,14 @@ def solve_kv(wl: KvWorkload, system: System, *, n_ranges: int = 4, kv_groups: in
                          + uc.o_bytes / nb / uc.h2d_bytes_per_s + uc.attn_cpu_fixed_s / nb)
                 cpu_slope = uc.attn_cpu_s_per_token * KTOK
                 tail = (nb - 1) / nb
-                bld.add([(t, 1.0), (n, -(chain + tail * uc.attn_cpu_fixed_s)), (cc, -(cpu_slope / nb + tail * cpu_slope))],
-                        GE, 0.0, MS)
+                # pageable weight copies occupy the host thread CPU attention runs on (costmodel.kv._step_times)
+                stg = wb / uc.weight_h2d_bytes_per_s if uc.weight_h2d_bytes_per_s < uc.h2d_bytes_per_s else 0.0
+                bld.add([(t, 1.0), (n, -(chain + tail * uc.attn_cpu_fixed_s)), (cc, -(cpu_slope / nb + tail * cpu_slope))]
+                        + [(v, -stg * (1.0 / nb + tail)) for v in streamed if stg], GE, 0.0, MS)
                 if nb > 1:
                     bld.add([(t, 1.0), (n, -(chain + tail * gpu_fixed_s)), (cc, -cpu_slope / nb)]
-                            + [(v, -tail * a) for v, a in gpu_terms], GE, 0.0, MS)
+                            + [(v, -tail * a) for v, a in gpu_terms] + [(v, -stg / nb) for v in streamed if stg],
+                            GE, 0.0, MS)
             token_vars[(i, k)] = (x, r, cc)
 
         # Prefill.

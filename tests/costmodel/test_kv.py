@@ -222,6 +222,24 @@ def test_cpu_attention_by_hand(toy, llama2):
     assert layer.binding is Resource.CPU_CHAIN
 
 
+def test_pageable_weight_copies_occupy_the_host_thread_cpu_attention_runs_on(toy, llama2):
+    # Weights on the host, not page-locked: the copy crosses at the pageable rate (50 % of 10 GB/s on
+    # the toy link) and, as a copy from pageable memory returns only once the buffer is staged, it
+    # holds the host thread that also runs CPU attention: the two add up on the CPU.
+    wl_pin = KvWorkload(model=llama2, batch=1, prompt_len=999, gen_len=1)
+    wl_page = KvWorkload(model=llama2, batch=1, prompt_len=999, gen_len=1, pinned_weights=False)
+    cpu_att = _policies(32, n_ranges=1, weights=Fractions(gpu=0.0, host=1.0), kv=Fractions(gpu=0.0, host=1.0),
+                        splits=(TokenSplit(transfer=0.0, cpu=1.0),))
+    pinned = dict(evaluate(wl_pin, toy, cpu_att).layers[0].decode)
+    pageable = dict(evaluate(wl_page, toy, cpu_att).layers[0].decode)
+    staging = LAYER_WEIGHT_BYTES / (10e9 * toy.link.pageable_factor)
+    assert pageable[Resource.H2D] - pinned[Resource.H2D] == pytest.approx(staging - LAYER_WEIGHT_BYTES / 10e9, rel=1e-9)
+    assert pageable[Resource.CPU] - pinned[Resource.CPU] == pytest.approx(staging, rel=1e-9)
+    # without CPU attention the host thread has nothing else to do: the copy costs the link only
+    gpu_att = _policies(32, n_ranges=1, weights=Fractions(gpu=0.0, host=1.0))
+    assert dict(evaluate(wl_page, toy, gpu_att).layers[0].decode)[Resource.CPU] == 0.0
+
+
 def test_memory_accounting_gpu_only_by_hand(toy, llama2):
     wl = KvWorkload(model=llama2, batch=1, prompt_len=32, gen_len=8)
     cost = evaluate(wl, toy, _policies(32))

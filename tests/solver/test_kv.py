@@ -187,10 +187,12 @@ def test_recompute_is_chosen_for_mha_and_not_for_gqa(toy, model, gqa):
 # ---------------------------------------------------------------------------------------------
 
 workloads = st.builds(
-    lambda model, batch, prompt: KvWorkload(allow_long_context=True, model=load_model(model), batch=batch, prompt_len=prompt, gen_len=8),
+    lambda model, batch, prompt, pinned: KvWorkload(allow_long_context=True, model=load_model(model), batch=batch,
+                                                    prompt_len=prompt, gen_len=8, pinned_weights=pinned),
     model=st.sampled_from(["llama-2-7b", "llama-3-8b", "mistral-7b", "opt-6.7b"]),
     batch=st.sampled_from([1, 2, 4, 8, 16]),
     prompt=st.sampled_from([32, 256, 1024, 2048]),
+    pinned=st.sampled_from([True, True, False]),  # pageable weights: their copies hold the host thread
 )
 
 
