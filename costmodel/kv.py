@@ -111,7 +111,11 @@ class KvWorkload:
     slowest resource; without it, as in FlexGen's ``--overlap False`` loop and Accelerate's
     per-module hooks, the sum of them), ``pinned_weights`` (host weights in page-locked memory; else
     they cross at the link's pageable rate), ``cpu_attention_upcast`` (CPU attention first copies
-    the KV it reads into an fp32 workspace, as FlexGen's ``mha_gen`` on the CPU does).
+    the KV it reads into an fp32 workspace, as FlexGen's ``mha_gen`` on the CPU does),
+    ``cpu_attention_repeat_kv`` (a GQA model's CPU attention first repeats the cached K and V to every
+    query head, then attends over the copies: Hugging Face's ``repeat_kv`` on the host cache, which
+    ZeRO-Inference's LLaMA ``kv_offload`` path runs in decode, tjruwase/transformers@0e25ddc5
+    src/transformers/models/llama/modeling_llama.py ``LlamaAttention.forward``).
     """
 
     model: TransformerSpec
@@ -126,6 +130,7 @@ class KvWorkload:
     overlap: bool = True
     pinned_weights: bool = True
     cpu_attention_upcast: bool = False
+    cpu_attention_repeat_kv: bool = False
     kv_dtype: str = ""
     kv_keep: float = 1.0
     allow_long_context: bool = False
@@ -164,7 +169,8 @@ class KvWorkload:
         object.__setattr__(self, "_hash", hash((self.model, self.batch, self.prompt_len, self.gen_len,
                                                 self.dtype_bytes, self.prefill_chunk_tokens, self.gpu_batch,
                                                 self.stream_granularity, self.fused_attention, self.overlap,
-                                                self.pinned_weights, self.cpu_attention_upcast, self.kv_dtype,
+                                                self.pinned_weights, self.cpu_attention_upcast,
+                                                self.cpu_attention_repeat_kv, self.kv_dtype,
                                                 self.kv_keep, self.allow_long_context)))
 
     def __hash__(self) -> int:
@@ -227,7 +233,8 @@ class KvWorkload:
                        stream_granularity=w.get("stream_granularity", "layer"),
                        fused_attention=w.get("fused_attention", True), overlap=w.get("overlap", True),
                        pinned_weights=w.get("pinned_weights", True),
-                       cpu_attention_upcast=w.get("cpu_attention_upcast", False), kv_dtype=w.get("kv_dtype", ""),
+                       cpu_attention_upcast=w.get("cpu_attention_upcast", False),
+                       cpu_attention_repeat_kv=w.get("cpu_attention_repeat_kv", False), kv_dtype=w.get("kv_dtype", ""),
                        kv_keep=w.get("kv_keep", 1.0), allow_long_context=w.get("allow_long_context", False))
         except KeyError as err:
             raise WorkloadError(f"workload field {err} is missing") from None
@@ -241,6 +248,7 @@ class KvWorkload:
                 "gpu_batches": self.gpu_batches, "stream_granularity": self.stream_granularity,
                 "fused_attention": self.fused_attention, "overlap": self.overlap,
                 "pinned_weights": self.pinned_weights, "cpu_attention_upcast": self.cpu_attention_upcast,
+                "cpu_attention_repeat_kv": self.cpu_attention_repeat_kv,
                 "kv_dtype": self.kv_dtype, "kv_keep": self.kv_keep, "allow_long_context": self.allow_long_context}
 
 
@@ -408,6 +416,11 @@ def _size_time_s(wl: KvWorkload, system: System, what: str, t: float) -> float:
         flop, nbytes = attention_op(m, b, 1, t, 4 if dt < 4 else dt, causal=False, kv_token_bytes=kept * max(dt, 4))
         if wl.cpu_attention_upcast:  # K and V read as stored and written to an fp32 workspace first
             nbytes = nbytes + b * t * (wl.kv_token_bytes / wl.kv_keep + 4 * kept)
+        groups = m.n_heads // m.n_kv_heads if m.n_kv_heads else 1
+        if wl.cpu_attention_repeat_kv and groups > 1:
+            # repeat_kv writes K and V at every query head (groups x kept elements), and the two matmuls
+            # read those copies instead of the cache: 2 groups x kept fp32 elements more per position
+            nbytes = nbytes + b * t * 2 * groups * kept * 4
         return n * float(roofline_time_s(float(flop), float(nbytes), OpClass.ATTENTION, Processor.cpu(system.host),
                                          launches=0))
     # recompute: K and V projections of t positions per sequence from stored layer inputs, plus RoPE on K.

@@ -236,7 +236,8 @@ def migrate_v1(data: Mapping[str, Any], where: str = "") -> dict[str, Any]:
 
 _INT_FIELDS = {"batch": 1, "prompt_len": 1, "gen_len": 1}  # required, with their minimum
 _OPTIONAL_INTS = {"prefill_chunk_tokens": 0, "gpu_batch": 0, "gpu_batches": 1, "max_batch": 1}
-_OPTIONAL_BOOLS = ("fused_attention", "overlap", "pinned_weights", "cpu_attention_upcast", "allow_long_context")
+_OPTIONAL_BOOLS = ("fused_attention", "overlap", "pinned_weights", "cpu_attention_upcast", "cpu_attention_repeat_kv",
+                   "allow_long_context")
 _OPTIONAL_STRS = ("stream_granularity", "kv_dtype")
 _TIERS = ("gpu", "host", "disk")
 _SPLIT = ("transfer", "recompute", "cpu")

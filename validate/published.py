@@ -99,6 +99,8 @@ def workload_of(row: dict) -> KvWorkload:
     engine = dict(FLEXGEN_ENGINE) if flexgen else {"prefill_chunk_tokens": 0, "fused_attention": False}
     if flexgen and not policy.get("sep_layer", True):
         engine["stream_granularity"] = "layer"
+    if policy.get("cpu_repeat_kv"):
+        engine["cpu_attention_repeat_kv"] = True
     return KvWorkload(model=load_model(row["model"]), batch=batch, prompt_len=int(w["prompt"]), gen_len=int(w["gen"]),
                       gpu_batch=gpu_batch if gpu_batch != batch else 0, overlap=bool(policy.get("overlap", not accelerate)),
                       pinned_weights=bool(pinned), **engine)

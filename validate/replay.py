@@ -544,7 +544,8 @@ class Replayer:
             raise ReplayError(f"replay runs the batch as one GPU batch; this plan runs {wl.gpu_batches} GPU batches of "
                               f"{wl.micro_batch} (replay of GPU batches is not supported yet)")
         engine = [f for f, default in (("stream_granularity", "layer"), ("fused_attention", True), ("overlap", True),
-                                       ("pinned_weights", True), ("cpu_attention_upcast", False))
+                                       ("pinned_weights", True), ("cpu_attention_upcast", False),
+                                       ("cpu_attention_repeat_kv", False))
                   if getattr(wl, f) != default]
         if engine or wl.kv_dtype or wl.kv_keep != 1.0:
             raise ReplayError("replay runs tierplan's own runtime (layer streaming, fused attention, overlapped "

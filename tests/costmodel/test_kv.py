@@ -240,6 +240,24 @@ def test_pageable_weight_copies_occupy_the_host_thread_cpu_attention_runs_on(toy
     assert dict(evaluate(wl_page, toy, gpu_att).layers[0].decode)[Resource.CPU] == 0.0
 
 
+def test_cpu_attention_that_repeats_kv_reads_the_copies(toy):
+    # llama-3-8b (32 query heads, 8 KV heads): repeat_kv writes K and V at every query head in fp32 and
+    # the matmuls read the copies: 2 x 4 x kept x 4 B more per position than attending the cache.
+    m = load_model("llama-3-8b")
+    plain = KvWorkload(model=m, batch=1, prompt_len=999, gen_len=1)
+    rep = KvWorkload(model=m, batch=1, prompt_len=999, gen_len=1, cpu_attention_repeat_kv=True)
+    pols = _policies(32, n_ranges=1, kv=Fractions(gpu=0.0, host=1.0), splits=(TokenSplit(transfer=0.0, cpu=1.0),))
+    cpu0 = dict(evaluate(plain, toy, pols).layers[0].decode)[Resource.CPU]
+    cpu1 = dict(evaluate(rep, toy, pols).layers[0].decode)[Resource.CPU]
+    kept = m.kv_elements_per_token()  # 2 x 8 x 128 = 2048 elements per token
+    assert cpu1 - cpu0 == pytest.approx(1000 * 2 * 4 * kept * 4 / 100e9, rel=1e-3)  # toy host: 100 GB/s, flat
+    # an MHA model repeats nothing (Hugging Face's repeat_kv returns the cache itself)
+    mha = load_model("llama-2-7b")
+    assert evaluate(KvWorkload(model=mha, batch=1, prompt_len=999, gen_len=1, cpu_attention_repeat_kv=True), toy,
+                    pols).decode_s == evaluate(KvWorkload(model=mha, batch=1, prompt_len=999, gen_len=1), toy,
+                                                  pols).decode_s
+
+
 def test_memory_accounting_gpu_only_by_hand(toy, llama2):
     wl = KvWorkload(model=llama2, batch=1, prompt_len=32, gen_len=8)
     cost = evaluate(wl, toy, _policies(32))
