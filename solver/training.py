@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -80,6 +80,7 @@ class BaselineResult:
     mfu: float | None = None
     reason: str = ""
     zero_stage: int | None = None
+    cost: TrainCost | None = field(default=None, compare=False, repr=False)  # its exact cost (None: not costed)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -361,6 +362,17 @@ def _baseline(name: str, wl: TrainWorkload, system: System):
         return bwl, None, None, str(err)
 
 
+def _better_baseline(a: TrainCost, b: TrainCost | None) -> bool:
+    """Whether baseline cost ``a`` beats ``b``: feasible and faster, or both short of memory and ``a`` by fewer bytes."""
+    if b is None:
+        return True
+    if a.feasible != b.feasible:
+        return a.feasible
+    if a.feasible:
+        return a.iteration_s < b.iteration_s
+    return sum(a.shortfalls().values()) < sum(b.shortfalls().values())
+
+
 def _solve_stage(wl: TrainWorkload, system: System, backend: str | None, time_limit_s: float):
     """The MIP at ``wl``'s ZeRO stage: its solution and, if it found one, its policies costed exactly."""
     disk = _disk_may_help(wl, system)
@@ -460,6 +472,13 @@ def plan_training(wl: TrainWorkload, system: System, *, baselines: Sequence[str]
     evaluated = []
     for name in baselines:
         bwl, pols, cost, reason = _baseline(name, wl, system)
+        if baseline_zero_stage(name) is None:  # stage-neutral: at the best stage the plan may use
+            for stage in stages:
+                if stage == bwl.zero_stage:
+                    continue
+                other = _baseline(name, replace(wl, zero_stage=stage), system)
+                if other[2] is not None and _better_baseline(other[2], cost):
+                    bwl, pols, cost, reason = other
         evaluated.append((name, bwl, cost, reason))
         if (cost is not None and cost.feasible and bwl.zero_stage in stages
                 and (best is None or cost.iteration_s < best[3].iteration_s)):
@@ -477,10 +496,10 @@ def plan_training(wl: TrainWorkload, system: System, *, baselines: Sequence[str]
         stage = bwl.zero_stage if bwl is not None else None
         if cost is None or not cost.feasible:
             base.append(BaselineResult(name=name, feasible=False, tokens_per_s=None, iteration_s=None, speedup=None,
-                                       reason=reason or cost.explain_shortfall(), zero_stage=stage))
+                                       reason=reason or cost.explain_shortfall(), zero_stage=stage, cost=cost))
             continue
         base.append(BaselineResult(name=name, feasible=True, tokens_per_s=cost.tokens_per_s,
-                                   iteration_s=cost.iteration_s, mfu=cost.mfu, zero_stage=stage,
+                                   iteration_s=cost.iteration_s, mfu=cost.mfu, zero_stage=stage, cost=cost,
                                    speedup=None if best is None else best[3].tokens_per_s / cost.tokens_per_s))
     mip_status = _combined_status([s.result.status for s in sols])
     status = mip_status

@@ -96,9 +96,11 @@ def baseline_workload(name: str, wl: TrainWorkload) -> TrainWorkload:
 def to_plan(wl: TrainWorkload, system: System, tp: Any) -> Plan:
     """The envelope of a :class:`solver.training.TrainPlan` (``plan_training``'s result).
 
-    Each baseline is re-costed here with :func:`costmodel.training.baseline_policies` so its entry
-    holds the same figures as the plan's (and an infeasible one its shortfall per tier); a baseline
-    the workload cannot run (a ZeRO stage it needs, a disk the system lacks) gets its reason.
+    Each baseline's entry is the planner's exact cost of it (:class:`solver.training.BaselineResult`,
+    at the ZeRO stage it runs at, the requested workload's for a stage-neutral one), so the record
+    shows what the plan was compared with (an infeasible one with its shortfall per tier); a baseline
+    the workload cannot run (a ZeRO stage it needs, a disk the system lacks) gets its reason. A
+    baseline result without its cost (built by hand) is costed here, at the plan's workload.
     """
     from costmodel.training import baseline_policies
 
@@ -107,13 +109,17 @@ def to_plan(wl: TrainWorkload, system: System, tp: Any) -> Plan:
     rate = None if cost is None else cost.tokens_per_s
     baselines: dict[str, dict[str, Any]] = {}
     for b in tp.baselines:
-        try:
-            bwl = baseline_workload(b.name, wl)
-            bcost = evaluate_training(bwl, system, baseline_policies(b.name, bwl, system))
-        except WorkloadError as err:
-            baselines[b.name] = {"status": "not applicable", "reason": str(err)}
-            continue
+        bcost = getattr(b, "cost", None)
+        if bcost is None:
+            try:
+                bwl = baseline_workload(b.name, wl)
+                bcost = evaluate_training(bwl, system, baseline_policies(b.name, bwl, system))
+            except WorkloadError as err:
+                baselines[b.name] = {"status": "not applicable", "reason": str(err)}
+                continue
         baselines[b.name] = baseline_record(bcost, rate)
+        if getattr(b, "zero_stage", None) is not None:
+            baselines[b.name]["zero_stage"] = b.zero_stage
     solver_info = {"status": tp.status.value, "selected_from": tp.selected, "solve_time_s": tp.solve_time_s,
                    "lp_estimate_s": tp.lp_estimate_s,
                    "mip_iteration_s": None if tp.mip_cost is None else tp.mip_cost.iteration_s,

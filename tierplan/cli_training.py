@@ -151,13 +151,16 @@ def render_plan(plan: Plan) -> str:
         lines.append(f"per layer ({len(plan.units)} layers; {counts.get('cpu', 0)} stepped on the CPU):")
         lines += _placement_lines(list(plan.units))
         lines += _cost_lines(plan.predicted, plan.memory, plan.capacity)
-    lines.append("\nbaselines (same cost model, same workload; each at the ZeRO stage it runs at)")
+    lines.append("\nbaselines (same cost model, same workload; each at the ZeRO stage it runs at, a stage-neutral "
+                 "one at the fastest the plan may use)")
     for name, b in plan.baselines.items():
+        stage = b.get("zero_stage")
+        label = name if stage is None or stage == w["zero_stage"] else f"{name} (ZeRO-{stage})"
         if b["status"] == "feasible":
             speed = f"   plan speed-up {b['speedup']:.2f}x" if "speedup" in b else ""
-            lines.append(f"  {name:36s} {b['predicted']['tokens_per_s']:>12,.0f} tokens/s{speed}")
+            lines.append(f"  {label:44s} {b['predicted']['tokens_per_s']:>12,.0f} tokens/s{speed}")
         else:
-            lines.append(f"  {name:36s} {b['status']}: {b['reason']}")
+            lines.append(f"  {label:44s} {b['status']}: {b['reason']}")
     return "\n".join(lines)
 
 
