@@ -199,8 +199,10 @@ def _print_eval(out: dict, as_json: bool) -> None:
         print(json.dumps(out, indent=1, default=str))
         return
     w = out["workload"]
+    extra = "".join((f", {w['gpus']} GPUs" if w.get("gpus", 1) > 1 else "", f", {w.get('kernels', 'eager')} kernels",
+                     _snapshot_text(w["snapshot_every"]) if w.get("snapshot_every") else ""))
     print(f"{out['policy']}: {out['status']} ({w['model']} on {out['hardware']}, seq {w['seq_len']}, micro-batch "
-          f"{w['micro_batch']}, ZeRO stage {w['zero_stage']})")
+          f"{w['micro_batch']}, ZeRO stage {w['zero_stage']}{extra})")
     if "reason" in out:
         print("  " + "\n  ".join(textwrap.wrap(out["reason"], width=110)))
     lines = _placement_lines(out["layers"])
