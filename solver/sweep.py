@@ -299,12 +299,14 @@ def grid_training(models: Sequence[str], systems: Sequence[str], *, seqs: Sequen
 
 def _check_training_param(name: str, value: object, what: str) -> None:
     kind = TRAINING_PARAMS[name]
+    zero_ok = name == "snapshot_every"  # 0: no snapshot
     ok = (isinstance(value, bool) if kind is bool else isinstance(value, str) if kind is str
-          else (isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0 and
-                (kind is float or float(value).is_integer())))
+          else (isinstance(value, (int, float)) and not isinstance(value, bool) and (value >= 0 if zero_ok else value > 0)
+                and (kind is float or float(value).is_integer())))
     if not ok:
-        raise PlanError(f"{what} {name} must be {'true or false' if kind is bool else 'text' if kind is str else 'positive'}"
-                        f", got {value!r}")
+        rule = ("true or false" if kind is bool else "text" if kind is str
+                else "0 or a positive integer" if zero_ok else "positive")
+        raise PlanError(f"{what} {name} must be {rule}, got {value!r}")
 
 
 def _override_combos(vary: Sequence[tuple[str, Sequence[str]]], fixed: Sequence[str]) -> tuple[list[tuple], list[str]]:

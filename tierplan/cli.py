@@ -228,6 +228,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             params["optimizer"] = args.optimizer
         if args.precision:
             params["precision"] = args.precision
+        if args.kernels:
+            params["kernels"] = args.kernels
+        if args.snapshot_every is not None:
+            params["snapshot_every"] = args.snapshot_every
         if args.interconnect:
             from hwprofiles import Dimension, parse_quantity
 
@@ -244,7 +248,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         from solver.sweep import grid_embeddings
 
         kv_only = [f"--{n.replace('_', '-')}" for n in ("prompt", "gen", "objective", "seq", "micro_batch", "grad_accum",
-                                                         "gpus", "zero_stage", "precision", "interconnect")
+                                                         "gpus", "zero_stage", "precision", "interconnect", "kernels",
+                                                         "snapshot_every")
                    if getattr(args, n) is not None]
         kv_only += ["--allow-long-context"] if args.allow_long_context else []
         if kv_only:
@@ -266,7 +271,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         if emb_only:
             raise PlanError(f"{', '.join(emb_only)} are options of sweep embeddings, not sweep kv")
         train_only = [f"--{n.replace('_', '-')}" for n in ("seq", "micro_batch", "grad_accum", "gpus", "zero_stage",
-                                                            "precision", "interconnect") if getattr(args, n) is not None]
+                                                            "precision", "interconnect", "kernels", "snapshot_every")
+                      if getattr(args, n) is not None]
         if train_only:
             raise PlanError(f"{', '.join(train_only)} are options of sweep training, not sweep {args.family}")
         points = grid(split_names(args.model or DEFAULTS["model"], option="--model"),
@@ -562,7 +568,11 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--zero-stage", type=int, choices=(0, 1, 2, 3), default=None,
                     help="training: ZeRO stage (default: plan 2 and 3, keep the faster)")
     sw.add_argument("--precision", choices=("fp16", "bf16", "fp32"), default=None, help="training: precision")
-    sw.add_argument("--interconnect", default=None, help="training: GPU bus bandwidth (with --gpus > 1)")
+    sw.add_argument("--interconnect", default=None, help="training: GPU bus bandwidth (default: the system's)")
+    sw.add_argument("--kernels", choices=("eager", "fused"), default=None,
+                    help="training: how norms and the MLP activation run (default: eager)")
+    sw.add_argument("--snapshot-every", type=int, default=None, metavar="K",
+                    help="training: an in-memory snapshot every K iterations (default: none)")
     sw.add_argument("--allow-long-context", action="store_true",
                     help="plan contexts longer than a model's max_position_embeddings")
     sw.add_argument("-o", "--output", help="results .parquet or .csv (written incrementally beside it)")

@@ -14,6 +14,7 @@ import pytest
 
 from solver import PlanError
 from costmodel.transformer import MODELS_DIR
+from solver.errors import PlanError
 from solver.sweep import (
     SweepPoint,
     check_output,
@@ -346,3 +347,22 @@ def test_dask_executor_runs_embeddings_and_training_points_as_the_local_pool_doe
     assert list(df["family"]) == list(serial["family"]) == ["embeddings", "training"]
     assert df["samples_per_s"].iloc[0] == pytest.approx(serial["samples_per_s"].iloc[0])
     assert df["tokens_per_s"].iloc[1] == pytest.approx(serial["tokens_per_s"].iloc[1])
+
+
+def test_training_points_take_kernels_and_snapshots():
+    # A snapshot every iteration costs host memory and copies, so a point that asks for one is never
+    # faster than the same point without; the parameters are checked like the others.
+    from solver.sweep import grid_training
+
+    rows = [run_point(p) for p in (
+        grid_training(["llama-3-8b"], ["a100-80gb"], seqs=[1024], micro_batches=[1],
+                      params={"zero_stage": 2, "kernels": "fused"})
+        + grid_training(["llama-3-8b"], ["a100-80gb"], seqs=[1024], micro_batches=[1],
+                        params={"zero_stage": 2, "snapshot_every": 1, "kernels": "fused"}))]
+    assert all(r["status"] in ("optimal", "feasible") for r in rows), rows
+    assert rows[1]["tokens_per_s"] <= rows[0]["tokens_per_s"] * (1 + 1e-9)
+    check_points(grid_training(["gpt2"], ["t4"], seqs=[256], micro_batches=[2], params={"snapshot_every": 0}))
+    with pytest.raises(PlanError, match="kernels must be text, got 3"):
+        check_points(grid_training(["gpt2"], ["t4"], seqs=[256], micro_batches=[2], params={"kernels": 3}))
+    with pytest.raises(PlanError, match="snapshot_every must be 0 or a positive integer, got -1"):
+        check_points(grid_training(["gpt2"], ["t4"], seqs=[256], micro_batches=[2], params={"snapshot_every": -1}))
