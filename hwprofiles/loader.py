@@ -86,7 +86,7 @@ DEFAULTS: dict[tuple[str, str], tuple[str, str]] = {
     ("gpu", "flops_tf32"): ("flops_fp32", "flops_tf32 not given: taken equal to flops_fp32 (no TF32 tensor-core "
                                           "rate stated)"),
 }
-# Optional keys with a fixed value when absent: (part kind, key) -> (value, unit string, why).
+# Optional keys with a fixed value when absent: (part kind, key) -> (value, why).
 # host.node_share: files written before it existed describe a whole host.
 CONSTANT_DEFAULTS: dict[tuple[str, str], tuple[float, str]] = {
     ("host", "node_share"): (1.0, "node_share not given: the profile is the whole host"),
