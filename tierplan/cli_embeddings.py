@@ -20,7 +20,7 @@ from hwprofiles import format_bytes, load_system
 from solver import Plan
 from solver import embeddings_plan as ep
 from solver.errors import PlanError
-from solver.plan import shortfall_bytes
+from tierplan._format import eval_record
 
 DEFAULTS = {"model": "criteo-kaggle", "hw": "a100-40gb", "batch": 16384}
 
@@ -130,15 +130,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def _eval_record(label: str, wl: EmbWorkload, policies, cost, system) -> dict:
-    out = {"policy": label, "kind": ep.KIND, "status": "feasible" if cost.feasible else "infeasible",
-           "hardware": system.name, "workload": ep.workload_record(wl), "memory": ep.memory_record(cost),
-           "capacity": dict(cost.capacity), "tables": ep.unit_entries(wl, policies, cost)}
-    if cost.feasible:
-        out["predicted"] = ep.predicted_record(cost)
-    else:
-        out["reason"] = cost.explain_shortfall()
-        out["shortfall_bytes"] = shortfall_bytes(cost.shortfalls())
-    return out
+    return eval_record(label, ep.KIND, system, cost, workload=ep.workload_record(wl), memory=ep.memory_record(cost),
+                       units={"tables": ep.unit_entries(wl, policies, cost)}, predicted=ep.predicted_record)
 
 
 def _print_eval(out: dict, as_json: bool) -> None:

@@ -21,7 +21,7 @@ from hwprofiles import Dimension, format_bytes, format_quantity, load_system, pa
 from solver import Plan
 from solver import training_plan as tp
 from solver.errors import PlanError
-from solver.plan import shortfall_bytes
+from tierplan._format import eval_record
 
 DEFAULTS = {"model": "llama-2-7b", "hw": "a100-40gb", "seq": 2048, "micro_batch": 1}
 
@@ -182,16 +182,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def _eval_record(label: str, wl: TrainWorkload, policies, head, cost, system) -> dict:
-    out = {"policy": label, "kind": tp.KIND, "status": "feasible" if cost.feasible else "infeasible",
-           "hardware": system.name, "workload": tp.workload_record(wl), "memory": tp.memory_record(cost),
-           "capacity": dict(cost.capacity), "layers": [tp.policy_record(p) for p in policies],
-           "head": tp.policy_record(head if head is not None else policies[0])}
-    if cost.feasible:
-        out["predicted"] = tp.predicted_record(cost)
-    else:
-        out["reason"] = cost.explain_shortfall()
-        out["shortfall_bytes"] = shortfall_bytes(cost.shortfalls())
-    return out
+    return eval_record(label, tp.KIND, system, cost, workload=tp.workload_record(wl), memory=tp.memory_record(cost),
+                       units={"layers": [tp.policy_record(p) for p in policies],
+                              "head": tp.policy_record(head if head is not None else policies[0])},
+                       predicted=tp.predicted_record)
 
 
 def _print_eval(out: dict, as_json: bool) -> None:
