@@ -70,10 +70,10 @@ PARALLELISMS = ("tensor", "pipeline", "sequence", "expert")
 _TEXT_FIELDS = ("paper", "table", "url", "system_measured", "hardware", "model", "policy", "notes")
 _ROW_FIELDS = {"id", *_TEXT_FIELDS, "hw_profile", "hw_overrides", "workload", "measured", "unstated"}
 _MEASURED_FIELDS = {"metric", "value", "unit", "definition", "iterations", "flop_count"}
-_INT_FIELDS = ("seq_len", "micro_batch", "grad_accum", "gpus", "snapshot_every")
+_INT_FIELDS = ("seq_len", "micro_batch", "grad_accum", "gpus")
 _BOOL_FIELDS = ("fused_attention", "dropout", "pin_memory", "fp32_grad_copy")
 _STR_FIELDS = ("precision", "optimizer", "moments_dtype", "overlap", "kernels")
-_WORKLOAD_FIELDS = {*_INT_FIELDS, *_BOOL_FIELDS, *_STR_FIELDS, "zero_stage", "interconnect_bytes_per_s",
+_WORKLOAD_FIELDS = {*_INT_FIELDS, *_BOOL_FIELDS, *_STR_FIELDS, "zero_stage", "snapshot_every", "interconnect_bytes_per_s",
                     "parallelism"}
 
 
@@ -187,6 +187,9 @@ def _workload(raw: object, row_id: str, path: Path) -> tuple[dict[str, object], 
         elif key == "zero_stage":
             if isinstance(value, bool) or value not in (0, 1, 2, 3):
                 raise _fail(row_id, name, "must be 0, 1, 2 or 3", value, path)
+        elif key == "snapshot_every":  # 0: no snapshot
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise _fail(row_id, name, "must be 0 or a positive integer", value, path)
         elif key in _BOOL_FIELDS:
             if not isinstance(value, bool):
                 raise _fail(row_id, name, "must be true or false", value, path)

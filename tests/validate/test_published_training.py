@@ -230,6 +230,12 @@ def _set(path: str, value):
     return mutate
 
 
+def test_a_row_without_snapshots_may_say_so():
+    raw = _good_row()
+    raw["workload"] = {**raw["workload"], "snapshot_every": 0}
+    assert parse_training_row(raw, 0).workload["snapshot_every"] == 0
+
+
 @pytest.mark.parametrize(("mutate", "field", "rule"), [
     (_set("paper", KeyError), "paper", "must be non-empty text"),
     (_set("notes", "  "), "notes", "must be non-empty text"),
@@ -243,6 +249,8 @@ def _set(path: str, value):
     (_set("workload.seq_len", 0), "workload.seq_len", "must be a positive integer"),
     (_set("workload.micro_batch", True), "workload.micro_batch", "must be a positive integer"),
     (_set("workload.zero_stage", 4), "workload.zero_stage", "must be 0, 1, 2 or 3"),
+    (_set("workload.snapshot_every", -1), "workload.snapshot_every", "must be 0 or a positive integer"),
+    (_set("workload.kernels", ""), "workload.kernels", "must be text"),
     (_set("workload.dropout", "yes"), "workload.dropout", "must be true or false"),
     (_set("workload.seqlen", 1024), "workload.seqlen", "is not a workload field"),
     (_set("workload.interconnect_bytes_per_s", "fast"), "workload.interconnect_bytes_per_s", "bandwidth"),
