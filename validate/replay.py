@@ -48,6 +48,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
+import numbers
 import os
 import platform
 import queue
@@ -223,6 +224,29 @@ def kv_view(buf: torch.Tensor, which: int, n: int) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------------ copy engines
+def positive_int(value, name: str, minimum: int = 1) -> int:
+    """``value`` as an int if it is one of at least ``minimum``, else :class:`ReplayError` naming it."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        rule = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise ReplayError(f"{name} must be {rule}, got {value!r}")
+    return int(value)
+
+
+def check_device_name(device) -> None:
+    """A replay's ``device`` argument must be None, 'cpu', 'cuda' or 'cuda:N'."""
+    if device is not None and (not isinstance(device, str) or not (device in ("cpu", "cuda")
+                                                                    or device.startswith("cuda:"))):
+        raise ReplayError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+
+
+def resolve_device(device) -> torch.device:
+    """The device a replay or suite runs on: the one named, else CUDA where torch sees it, else the CPU."""
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ReplayError("device 'cuda' was asked for but torch sees no CUDA device")
+    return dev
+
+
 class CoreSplit:
     """On the CPU stand-in, compute on every core but the last and the copiers on the last one, as
     the profile measured it; :meth:`restore` puts the caller's threads and affinity back. Under CUDA

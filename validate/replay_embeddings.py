@@ -118,9 +118,12 @@ from validate.replay import (
     ThrottledLink,
     _hardware_warnings,
     _random_,
+    check_device_name,
     machine_name,
     memory_record,
+    positive_int,
     profile_tags,
+    resolve_device,
 )
 
 # The slice's tables (weights and optimizer state) on the CPU stand-in are at most this many bytes:
@@ -137,13 +140,6 @@ STAGES = (Stage.FETCH, Stage.COMPUTE, Stage.HOST_UPDATE)
 
 
 # ------------------------------------------------------------------------------------ arguments
-def _positive_int(value, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        rule = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
-        raise ReplayError(f"{name} must be {rule}, got {value!r}")
-    return int(value)
-
-
 def _check_policies(wl: EmbWorkload, policies) -> tuple[TablePolicy, ...]:
     if not isinstance(wl, EmbWorkload):
         raise ReplayError(f"wl must be an EmbWorkload, got {type(wl).__name__}")
@@ -1135,19 +1131,16 @@ def replay_embeddings(wl: EmbWorkload, system: System, policies: Sequence[TableP
         An argument is out of range (the message names it and its value), or CUDA was asked for
         and is not there.
     """
-    if device not in (None, "cpu", "cuda") and not (isinstance(device, str) and device.startswith("cuda:")):
-        raise ReplayError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ReplayError("device 'cuda' was asked for but torch sees no CUDA device")
-    iterations = _positive_int(iterations, "iterations")
-    repeats = _positive_int(repeats, "repeats")
-    warmup = max(1, _positive_int(warmup, "warmup", minimum=0))
-    seed = _positive_int(seed, "seed", minimum=0)
+    check_device_name(device)
+    dev = resolve_device(device)
+    iterations = positive_int(iterations, "iterations")
+    repeats = positive_int(repeats, "repeats")
+    warmup = max(1, positive_int(warmup, "warmup", minimum=0))
+    seed = positive_int(seed, "seed", minimum=0)
     pols = _check_policies(wl, policies)
     n_all = len(pols)
     if tables is None or isinstance(tables, numbers.Integral) and not isinstance(tables, bool):
-        n = None if tables is None else _positive_int(tables, "tables")
+        n = None if tables is None else positive_int(tables, "tables")
         idx = choose_tables(pols, n, sizes=[t.bytes for t in wl.model.tables])
     elif isinstance(tables, (list, tuple)) and tables:
         bad = [i for i in tables if isinstance(i, bool) or not isinstance(i, numbers.Integral) or not 0 <= i < n_all]

@@ -116,10 +116,13 @@ from validate.replay import (
     _hardware_warnings,
     _random_,
     byte_views,
+    check_device_name,
     choose_slice,
     machine_name,
     memory_record,
+    positive_int,
     profile_tags,
+    resolve_device,
 )
 
 # The CPU stand-in's budget for the replayed model, so that one iteration takes tens of milliseconds
@@ -195,13 +198,6 @@ class _FusedSwiGLU(torch.autograd.Function):
         sig = torch.sigmoid(g)
         silu = g * sig
         return torch.cat((grad * u * sig * (1 + g * (1 - sig)), grad * silu), dim=-1)
-
-
-def _positive_int(value, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        rule = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
-        raise ReplayError(f"{name} must be {rule}, got {value!r}")
-    return int(value)
 
 
 def _rate(value, name: str) -> float:
@@ -1486,20 +1482,16 @@ def replay_training(wl: TrainWorkload, system: System, policies: Sequence[LayerT
         workload cannot be replayed (MoE, MLA, several GPUs, ``overlap="full"``), or CUDA was asked
         for and is not there.
     """
-    if device is not None and (not isinstance(device, str) or not (device in ("cpu", "cuda")
-                                                                    or device.startswith("cuda:"))):
-        raise ReplayError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ReplayError("device 'cuda' was asked for but torch sees no CUDA device")
-    iterations = _positive_int(iterations, "iterations")
-    repeats = _positive_int(repeats, "repeats")
-    warmup = max(1, _positive_int(warmup, "warmup", minimum=0))
-    seed = _positive_int(seed, "seed", minimum=0)
+    check_device_name(device)
+    dev = resolve_device(device)
+    iterations = positive_int(iterations, "iterations")
+    repeats = positive_int(repeats, "repeats")
+    warmup = max(1, positive_int(warmup, "warmup", minimum=0))
+    seed = positive_int(seed, "seed", minimum=0)
     if layers is not None:
-        layers = _positive_int(layers, "layers")
+        layers = positive_int(layers, "layers")
     if seq_len is not None:
-        seq_len = _positive_int(seq_len, "seq_len")
+        seq_len = positive_int(seq_len, "seq_len")
     if not callable(progress) or not callable(clock):
         bad = "progress" if not callable(progress) else "clock"
         raise ReplayError(f"{bad} must be callable, got {(progress if bad == 'progress' else clock)!r}")

@@ -57,6 +57,7 @@ from validate.replay_embeddings import (
     replay_embeddings,
     scale_slice,
 )
+from validate.replay import resolve_device
 from validate.report import ORDER_MARGIN, ordering, summary
 from validate.suite import RECORDS_DIR, record_header, record_name, validation_system
 
@@ -170,9 +171,7 @@ def run_embeddings_suite(system: System, *, quick: bool = False, device: str | N
         record's identification (``device``, ``device_name``, ``driver``, ``torch``, ``cuda``, ``host``,
         ``tierplan_commit``, ``profile``, ``command``, ``date``).
     """
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ReplayError("device 'cuda' was asked for but torch sees no CUDA device")
+    dev = resolve_device(device)
     settings = suite_settings(dev, quick=quick, iterations=iterations, repeats=repeats, warmup=warmup)
     workloads = dict(workloads) if workloads is not None else suite_workloads(dev)
     if models is not None:

@@ -33,6 +33,7 @@ from hwprofiles import System, apply_overrides
 from solver.training import plan_training
 from solver.training_plan import baseline_workload
 from validate.errors import ReplayError
+from validate.replay import resolve_device
 from validate.replay_training import replay_training
 from validate.report import ORDER_MARGIN, summary
 from validate.suite import RECORDS_DIR, record_header, validation_system
@@ -84,9 +85,7 @@ def run_training_suite(system: System, *, quick: bool = False, device: str | Non
     ``predicted_s``, ``measured_s``, ``error_pct`` and its phases), ``summary`` (mean and max
     |error| over cases, ``ordering``) and the record's identification (device, driver, torch, commit,
     profile, command, date)."""
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ReplayError("device 'cuda' was asked for but torch sees no CUDA device")
+    dev = resolve_device(device)
     settings = suite_settings(dev, quick=quick, iterations=iterations, repeats=repeats)
     wl = suite_workload(dev)
     link_note = "the profile's link (CUDA copy streams)"
