@@ -33,7 +33,7 @@ import hashlib
 import io
 import math
 import numbers
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
@@ -257,7 +257,11 @@ def _che_hit_rate(m: np.ndarray, p: np.ndarray, cache_rows: float) -> float:
     ITC 24, 2012, explain its accuracy). T >= C because ``1 - exp(-x) <= x``; T is bracketed by
     doubling ``log T`` and found by Brent's method.
     """
-    t = _che_time(m, p, cache_rows)
+    return _che_hit_at(m, p, _che_time(m, p, cache_rows))
+
+
+def _che_hit_at(m: np.ndarray, p: np.ndarray, t: float) -> float:
+    """Che's LRU hit rate at characteristic time ``t`` (:func:`_che_time`)."""
     if t == 0.0:
         return 0.0
     if t == math.inf:
@@ -515,15 +519,14 @@ class _Buckets:
         j = np.clip(np.searchsorted(cum_rows, kf, side="right") - 1, 0, len(self.m) - 1)
         return cum_touched[j] + (kf - cum_rows[j]) * touched[j]
 
-    def lru_cold(self, k: np.ndarray, lookups: float) -> np.ndarray:
-        """Expected distinct rows that ``lookups`` lookups touch and an LRU cache of k rows does not
-        hold (Che: row i is resident with probability ``1 - exp(-p_i T)``):
-        ``sum_i (1 - (1 - p_i)^L) exp(-p_i T(k))``."""
+    def lru_cold(self, times: Sequence[float], lookups: float) -> np.ndarray:
+        """Expected distinct rows that ``lookups`` lookups touch and an LRU cache of Che characteristic
+        time T (one per entry of ``times``, :func:`_che_time`) does not hold (row i is resident with
+        probability ``1 - exp(-p_i T)``): ``sum_i (1 - (1 - p_i)^L) exp(-p_i T)``."""
         with np.errstate(divide="ignore", invalid="ignore"):
             touched = self.m * -np.expm1(float(lookups) * np.log1p(-self.p))
-        out = np.empty(len(k), dtype=np.float64)
-        for i, c in enumerate(k):
-            t = _che_time(self.m, self.p, float(c))
+        out = np.empty(len(times), dtype=np.float64)
+        for i, t in enumerate(times):
             out[i] = float(touched.sum()) if t == 0.0 else 0.0 if t == math.inf else float(np.dot(touched, np.exp(-self.p * t)))
         return out
 
@@ -543,7 +546,20 @@ class _AccessBase:
 
     def _lru(self, k: np.ndarray) -> np.ndarray:
         b = self._buckets()
-        return np.asarray([_che_hit_rate(b.m, b.p, float(c)) for c in k])
+        return np.asarray([_che_hit_at(b.m, b.p, t) for t in self._che_times(k)])
+
+    def _che_times(self, k: np.ndarray) -> list[float]:
+        """Che's characteristic time of an LRU cache of each size in ``k``, found once per size (the LRU
+        hit rate and its cold rows both need it, for every table costed at that size)."""
+        memo = self._cache.setdefault("che_times", {})
+        b = self._buckets()
+        out = []
+        for c in k:
+            c = float(c)
+            if c not in memo:
+                memo[c] = _che_time(b.m, b.p, c)
+            out.append(memo[c])
+        return out
 
     def _lru_is_concave(self) -> bool:
         return True
@@ -604,6 +620,13 @@ class _AccessBase:
             Expected distinct rows (rows, not bytes).
         """
         big_l, scalar = _lookups_arg(lookups)
+        if scalar:  # one table's batch is costed under many policies: found once per lookup count
+            memo = self._cache.setdefault("distinct", {})
+            key = float(big_l[0])
+            if key not in memo:
+                b = self._buckets()
+                memo[key] = float(_distinct(b.m, b.p, big_l)[0])
+            return memo[key]
         b = self._buckets()
         return _result(_distinct(b.m, b.p, big_l), scalar)
 
@@ -623,12 +646,12 @@ class _AccessBase:
         big_l = _one_lookups(lookups)
         b = self._buckets()
         if kind is CurveKind.STATIC:
-            total = float(_distinct(b.m, b.p, np.asarray([big_l]))[0])
+            total = float(self.expected_distinct_rows(big_l))
             out = total - b.distinct_top(k, big_l)
             # the two sums round differently: a cache of every touched row leaves none cold, exactly
             out[(out <= 1e-12 * total) | (k >= b.m.sum())] = 0.0
         else:
-            out = b.lru_cold(k, big_l)
+            out = b.lru_cold(self._che_times(k), big_l)
         return _result(out, scalar)
 
     def distinct_hit_fraction(self, cache_rows: Any, lookups: float, kind: CurveKind | str = CurveKind.STATIC
