@@ -387,6 +387,7 @@ class UnitCosts:
     disk_write_bytes_per_s: float
     disk_latency_s: float
     micro_batches: int = 1
+    pageable_weights: bool = False  # weights not page-locked: their copies hold the issuing host thread
 
 
 @functools.lru_cache(maxsize=1024)
@@ -482,6 +483,7 @@ def unit_costs(wl: KvWorkload, system: System, *, context: float, gpu_attn_token
         disk_write_bytes_per_s=disk.write_bytes_per_s if disk else float("inf"),
         disk_latency_s=disk.latency_s if disk else 0.0,
         micro_batches=wl.gpu_batches,
+        pageable_weights=not wl.pinned_weights,
     )
 
 
@@ -624,7 +626,7 @@ def _step_times(uc: UnitCosts, pol_w: Fractions, pol_kv: Fractions, act: bool, t
     # the pageable buffer has been copied to the staging memory" (CUDA driver API, "API
     # synchronization behavior", memcpy, https://docs.nvidia.com/cuda/cuda-driver-api/api-sync-behavior.html).
     # The engine's one host thread also runs CPU attention, so the two add up on the CPU.
-    staging_s = w_bytes / uc.weight_h2d_bytes_per_s if uc.weight_h2d_bytes_per_s < uc.h2d_bytes_per_s else 0.0
+    staging_s = w_bytes / uc.weight_h2d_bytes_per_s if uc.pageable_weights else 0.0
     if off > 0 or act:
         d2h_bytes = (off * uc.kv_bytes_per_token + (uc.act_bytes_per_token if act else 0.0)
                      + np.where(uses_cpu, uc.q_bytes, 0.0)) + np.zeros_like(c)

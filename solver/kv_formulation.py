@@ -316,7 +316,7 @@ def solve_kv(wl: KvWorkload, system: System, *, n_ranges: int = 4, kv_groups: in
                 cpu_slope = uc.attn_cpu_s_per_token * KTOK
                 tail = (nb - 1) / nb
                 # pageable weight copies occupy the host thread CPU attention runs on (costmodel.kv._step_times)
-                stg = wb / uc.weight_h2d_bytes_per_s if uc.weight_h2d_bytes_per_s < uc.h2d_bytes_per_s else 0.0
+                stg = wb / uc.weight_h2d_bytes_per_s if uc.pageable_weights else 0.0
                 bld.add([(t, 1.0), (n, -(chain + tail * uc.attn_cpu_fixed_s)), (cc, -(cpu_slope / nb + tail * cpu_slope))]
                         + [(v, -stg * (1.0 / nb + tail)) for v in streamed if stg], GE, 0.0, MS)
                 if nb > 1:
