@@ -156,6 +156,11 @@ def test_training_argument_vectors(command, extra, junk):
     (["evaluate", "kv", "--policy", "kv-offload", "--kv-keep", "0"], "kv_keep"),
     (["plan", "kv", "--ranges", "100000"], "at most 64"),
     (["sweep", "kv", "--workers", "100000"], "at most 256"),
+    (["sweep", "kv", "--snapshot-every", "5"], "options of sweep training"),
+    (["sweep", "embeddings", "--kernels", "fused"], "not options of sweep embeddings"),
+    (["sweep", "training", "--snapshot-every", "-3"], "--snapshot-every must be 0 or a positive integer"),
+    (["sweep", "training", "--kernels", "triton"], "invalid choice"),
+    (["sweep", "training", "--hw", "rtx4090", "--gpus", "2"], "has no interconnect"),
 ])
 def test_named_bad_arguments_get_their_answer(argv, needle):
     code, err = check(argv, expect=(2,))
