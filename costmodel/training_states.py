@@ -116,22 +116,45 @@ def state_bytes(precision: Precision | str, optimizer: OptimizerKind | str, *, m
                       moment_tensors=n)
 
 
-def step_bytes_per_param(sb: StateBytes, *, writes_weights_copy: bool = True) -> tuple[float, float]:
-    """(read, written) bytes per parameter of one optimizer update, where the states live.
+def step_bytes_per_param(sb: StateBytes, *, unscale: bool = False,
+                         writes_weights_copy: bool = True) -> tuple[float, float]:
+    """(read, written) bytes per parameter of one optimizer step, where the states live.
 
-    Reads the master weights, the step's gradient and the moments; writes the master weights and
-    the moments back, and (mixed precision) the 16-bit copy the GPU computes with. For fp32 Adam
-    in mixed precision: read p, g, m, v = 16 B, write p, m, v = 12 B, plus 2 B of 16-bit weights:
-    30 B (28 without the 16-bit copy).
+    The step is up to three passes over the partition, as DeepSpeed's ZeRO-1/2 ``step()`` runs them
+    (deepspeed 0.19.8, ``deepspeed/runtime/zero/stage_1_and_2.py``, the ``if self.cpu_offload:``
+    branch; the GPU branch runs the same three on the device):
+
+    * **unscale** (``unscale=True``): ``unscale_and_clip_grads`` multiplies the step's gradient by
+      ``1 / combined_scale`` in place (``grad.data.mul_(1. / combined_scale)``): it reads and writes
+      ``step_grad``. The method returns early only ``if self.clip_grad == 0.0 and self.loss_scale
+      == 1.0``, so fp16 (a dynamic loss scale) always pays it, and bf16/fp32 pay it when gradients
+      are clipped (:attr:`costmodel.training_units.TrainWorkload.unscales`).
+    * **update**: reads the master weights, the step's gradient and the moments; writes the master
+      weights and the moments back (fp32 Adam: 16 B read, 12 B written).
+    * **16-bit copy** (mixed precision, ``writes_weights_copy``): ``bit16_partition_buffer.data.
+      copy_(fp32_partition.data)`` converts the updated master weights into the 16-bit copy the
+      GPU computes with, a pass of its own after the update: it reads the master (4 B) and writes
+      the weights (2 B). (DeepSpeedCPUAdam's fused fp16 write-back is disabled in that code:
+      "Disabled, this is not currently working".)
+
+    For fp32 Adam in mixed precision: update 28 B + copy 6 B = 34 B; with the unscale 42 B.
 
     Examples
     --------
     >>> step_bytes_per_param(state_bytes("fp16", "adamw"))
-    (16.0, 14.0)
+    (20.0, 14.0)
+    >>> step_bytes_per_param(state_bytes("fp16", "adamw"), unscale=True)
+    (24.0, 18.0)
     """
     master = sb.master or sb.weights  # fp32 training updates the weights themselves
     read = master + sb.step_grad + sb.moments
-    written = master + sb.moments + (sb.weights if sb.master and writes_weights_copy else 0.0)
+    written = master + sb.moments
+    if unscale:
+        read += sb.step_grad
+        written += sb.step_grad
+    if sb.master and writes_weights_copy:
+        read += sb.master
+        written += sb.weights
     return read, written
 
 

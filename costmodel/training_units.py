@@ -105,6 +105,9 @@ class TrainWorkload:
     every k iterations the states a restart needs (fp32 master weights, or the weights in fp32
     training, and the moments) are copied to a host-memory snapshot, as in-memory checkpointing does
     (CheckFreq, FAST'21; Gemini, SOSP'23); 0: never (:func:`unit_phase_times`, ``snapshot``).
+    ``grad_clip``: gradients are clipped by their global norm (DeepSpeed ``gradient_clipping`` > 0;
+    Megatron's ``--clip-grad`` and Hugging Face Trainer's ``max_grad_norm`` default to 1.0); with
+    fp16's loss scale it decides whether the step pays the unscale pass (:attr:`unscales`).
     ``pin_memory``: host buffers are page-locked (rounded up to powers of two, full link rate); else
     pageable, at the link's ``pageable_factor`` (DeepSpeed's ``offload_optimizer.pin_memory``
     defaults to false, deepspeed/runtime/zero/offload_config.py). ``interconnect_bytes_per_s``: the
@@ -134,6 +137,7 @@ class TrainWorkload:
     fused_attention: bool = True
     dropout: bool = False
     pin_memory: bool = False
+    grad_clip: bool = True
     overlap: Overlap | str = Overlap.DEEPSPEED
     interconnect_bytes_per_s: float | None = None
     kernels: str = "eager"
@@ -153,7 +157,7 @@ class TrainWorkload:
             raise WorkloadError(f"moments_dtype must be one of {', '.join(MOMENT_DTYPES)}, got {self.moments_dtype!r}")
         if isinstance(self.zero_stage, bool) or self.zero_stage not in (0, 1, 2, 3):
             raise WorkloadError(f"zero_stage must be 0, 1, 2 or 3, got {self.zero_stage!r}")
-        for name in ("fp32_grad_copy", "fused_attention", "dropout", "pin_memory", "allow_long_context"):
+        for name in ("fp32_grad_copy", "fused_attention", "dropout", "pin_memory", "grad_clip", "allow_long_context"):
             if not isinstance(getattr(self, name), bool):
                 raise WorkloadError(f"{name} must be true or false, got {getattr(self, name)!r}")
         bw = self.interconnect_bytes_per_s
@@ -168,6 +172,12 @@ class TrainWorkload:
     def state(self) -> StateBytes:
         return state_bytes(self.precision, self.optimizer, moments_dtype=self.moments_dtype,
                            fp32_grad_copy=self.fp32_grad_copy)
+
+    @property
+    def unscales(self) -> bool:
+        """Whether the step first rescales its gradient in place (:func:`step_bytes_per_param`): fp16
+        has a loss scale to divide out; any precision that clips multiplies by the clip factor."""
+        return self.precision is Precision.FP16 or self.grad_clip
 
     @property
     def act_bytes(self) -> int:
@@ -189,7 +199,7 @@ class TrainWorkload:
                 "optimizer": str(self.optimizer), "moments_dtype": self.moments_dtype,
                 "fp32_grad_copy": self.fp32_grad_copy, "zero_stage": self.zero_stage,
                 "fused_attention": self.fused_attention, "dropout": self.dropout, "pin_memory": self.pin_memory,
-                "overlap": str(self.overlap), "interconnect_bytes_per_s": self.interconnect_bytes_per_s,
+                "grad_clip": self.grad_clip, "overlap": str(self.overlap), "interconnect_bytes_per_s": self.interconnect_bytes_per_s,
                 "kernels": self.kernels, "snapshot_every": self.snapshot_every}
 
 
@@ -601,15 +611,16 @@ def _ops_s(ops: Sequence[TrainOp], proc: Processor, backward: bool = False, core
     return total
 
 
-def _step_s(params: float, sb: StateBytes, optimizer: OptimizerKind, proc: Processor) -> float:
-    """One optimizer update of ``params`` parameters, a memory-bound elementwise op where the states live:
-    roofline(FLOPs = params x OPTIMIZER_FLOP_PER_PARAM, bytes = params x (read + written)) with the
-    processor's elementwise and memory efficiency curves (:func:`step_bytes_per_param`)."""
+def _step_s(params: float, wl: TrainWorkload, proc: Processor) -> float:
+    """One optimizer step of ``params`` parameters, memory-bound elementwise passes where the states
+    live: roofline(FLOPs = params x (OPTIMIZER_FLOP_PER_PARAM + 1 for the unscale's multiply), bytes =
+    params x (read + written)) with the processor's elementwise and memory efficiency curves; the
+    bytes of the unscale, update and 16-bit copy passes are :func:`step_bytes_per_param`'s."""
     if params <= 0:
         return 0.0
-    read, written = step_bytes_per_param(sb)
-    return float(roofline_time_s(params * OPTIMIZER_FLOP_PER_PARAM[optimizer], params * (read + written),
-                                 OpClass.ELEMENTWISE, proc))
+    read, written = step_bytes_per_param(wl.state, unscale=wl.unscales)
+    flop = OPTIMIZER_FLOP_PER_PARAM[wl.optimizer] + (1 if wl.unscales else 0)
+    return float(roofline_time_s(params * flop, params * (read + written), OpClass.ELEMENTWISE, proc))
 
 
 @functools.lru_cache(maxsize=256)
@@ -638,8 +649,8 @@ def unit_costs(wl: TrainWorkload, system: System, *, head: bool = False) -> Trai
         step_grad_bytes=params * sb.step_grad, master_bytes=params * (sb.master or sb.weights),
         master_gpu_bytes=params * sb.master, moments_bytes=params * sb.moments, moment_tensors=sb.moment_tensors,
         # The N processes step their partitions at once on the shared host: the node's CPU work is the unit.
-        cpu_step_s=_step_s(params, sb, wl.optimizer, Processor.cpu(node_host(wl, system))),
-        gpu_step_s=_step_s(params * shard, sb, wl.optimizer, replace(gpu, peak_flop_per_s=system.gpu.fp32_flop_per_s)),
+        cpu_step_s=_step_s(params, wl, Processor.cpu(node_host(wl, system))),
+        gpu_step_s=_step_s(params * shard, wl, replace(gpu, peak_flop_per_s=system.gpu.fp32_flop_per_s)),
         h2d_bytes_per_s=link.h2d_bytes_per_s * pageable, d2h_bytes_per_s=link.d2h_bytes_per_s * pageable,
         link_latency_s=link.latency_s,
         disk_read_bytes_per_s=disk.read_bytes_per_s if disk else math.inf,

@@ -479,7 +479,8 @@ whatif.round(3)"""),
 
 system = load_system("dgx2-v100-32gb-1gpu-full-host")
 wl = costmodel.TrainWorkload(model=costmodel.load_model("gpt2-10b"), seq_len=1024, micro_batch=10, precision="fp16",
-                             optimizer="adam", zero_stage=2, fused_attention=False, dropout=True, kernels="fused")
+                             optimizer="adam", zero_stage=2, fused_attention=False, dropout=True, kernels="fused",
+                             pin_memory=True)
 tutorial_policies = costmodel.train_baseline_policies("zero-offload+full-recompute", wl, system)
 cost = costmodel.evaluate_training(wl, system, tutorial_policies)
 published = {r.metric.value: r for r in load_training_rows() if r.id.startswith("dso-tutorial-gpt2-10b")}
@@ -513,15 +514,19 @@ print(f"feasible {cost.feasible}: GPU {cost.memory.gpu_bytes / 2**30:.1f} of "
       + ", ".join(f"{r} {v:.2f} s" for r, v in cost.busy))
 tutorial.round(2)"""),
         ("md", "Where the error sits. The forward runs on the GPU alone (the weights are resident and only each "
-               "layer's input is kept), so its error is the GPU's achieved rate: the bundled V100 profile's generic "
-               "efficiency curve (`generic-gpu`: 72-75 % of the tensor peak for GEMMs of 0.1-1 TFLOP, an estimate) "
-               "credits Megatron's "
-               "2020 kernels, unfused attention and dropout with far more than the log shows (the rates printed "
-               "above). The backward adds the recompute and the gradients' copy to the host; the step is the CPU "
-               "Adam update (bounded in the profile by the host's theoretical, unmeasured 255.9 GB/s of DRAM "
-               "bandwidth) and the copy of the updated fp16 weights over PCIe 3 at the pageable rate. Measured "
+               "layer's input is kept), yet the log's forward is not all forward compute: with full recompute the "
+               "backward timer runs the forward again plus a backward of about twice its FLOPs, so the forward's "
+               "compute is at most 12.2 / 3 = 4.07 s of the 6.25 s logged -- about 2 s of the forward timer is "
+               "something the model does not know of. The rest is the GPU's achieved rate: the bundled V100 "
+               "profile's generic efficiency curve (`generic-gpu`: 72-75 % of the tensor peak for GEMMs of 0.1-1 "
+               "TFLOP, an estimate) credits Megatron's 2020 kernels, unfused attention and dropout with more than "
+               "the log shows (the rates printed above). The backward adds the recompute and the fp32 gradients' "
+               "copy to pinned host memory; the step is three CPU passes -- the unscale of the fp32 gradients, the "
+               "Adam update and the fp32 to fp16 copy, 42 B per parameter on the host's theoretical, unmeasured "
+               "255.9 GB/s of DRAM bandwidth -- and the copy of the updated fp16 weights over PCIe 3. Measured "
                "profiles of this GPU and host (`tierplan profile`) would replace the generic curves; nothing here "
-               "is fitted to the tutorial."),
+               "is fitted to the tutorial (the row notes in `validate/data/published_training.yaml` say what was "
+               "checked in DeepSpeed's 2020 code)."),
         ("md", "Could the planner do better on this machine? At ZeRO stage 2, with the 16-bit weights resident, it "
                "can only choose per layer among ZeRO-Offload-like modes; at stage 3 it may also move weights to "
                "the host, freeing HBM for a cheaper activation policy (selective recompute) on some layers. Both "

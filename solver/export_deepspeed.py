@@ -646,6 +646,9 @@ def _ds_config(wl: TrainWorkload, nwl: TrainWorkload, choice: _Choice, code: Mod
         "train_batch_size": wl.micro_batch * wl.grad_accum * wl.gpus,
         "train_micro_batch_size_per_gpu": wl.micro_batch,
         "gradient_accumulation_steps": wl.grad_accum,
+        # clipping is costed (the step's unscale pass), its threshold is not: 1.0 is Megatron's
+        # --clip-grad and Hugging Face Trainer's max_grad_norm default; 0 turns clipping off
+        "gradient_clipping": 1.0 if wl.grad_clip else 0.0,
     }
     if wl.precision is Precision.FP16:
         cfg["fp16"] = {"enabled": True, "loss_scale": 0}  # 0: dynamic loss scaling (DOCS_SOURCE)

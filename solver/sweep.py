@@ -52,7 +52,7 @@ EMBEDDINGS_PARAMS = {"optimizer": tuple(o.value for o in Optimizer), "prefetch":
 # The options of a training point (``params``): the TrainWorkload fields a sweep may set, with a check.
 TRAINING_PARAMS = {"seq_len": int, "micro_batch": int, "grad_accum": int, "gpus": int, "zero_stage": int,
                    "precision": str, "optimizer": str, "overlap": str, "pin_memory": bool,
-                   "fused_attention": bool, "dropout": bool, "interconnect_bytes_per_s": float, "kernels": str,
+                   "grad_clip": bool, "fused_attention": bool, "dropout": bool, "interconnect_bytes_per_s": float, "kernels": str,
                    "snapshot_every": int}
 
 

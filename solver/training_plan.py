@@ -40,7 +40,7 @@ from solver.plan import Plan, _Checker, register_kind, shortfall_bytes
 
 KIND = "training"
 POLICY_FIELDS = ("params", "grads", "master", "moments", "step", "activations", "offload_share")
-_BOOL_FIELDS = ("fp32_grad_copy", "fused_attention", "dropout", "pin_memory")
+_BOOL_FIELDS = ("fp32_grad_copy", "fused_attention", "dropout", "pin_memory", "grad_clip")
 
 
 def workload_record(wl: TrainWorkload) -> dict[str, Any]:

@@ -61,6 +61,10 @@ def add_workload_arguments(p: argparse.ArgumentParser) -> None:
                    help="when the optimizer step runs: after the backward as DeepSpeed does (default), overlapped "
                         "with it, or with nothing overlapped")
     p.add_argument("--pin-memory", action="store_true", help="page-locked host buffers (DeepSpeed pin_memory)")
+    p.add_argument("--no-grad-clip", action="store_true",
+                   help="gradients are not clipped (DeepSpeed gradient_clipping 0): a bf16/fp32 step then skips "
+                        "its unscale pass over the gradient (default: clipped, as Megatron and Hugging Face "
+                        "Trainer default to)")
     p.add_argument("--unfused-attention", action="store_true", help="attention keeps its s x s scores (no flash)")
     p.add_argument("--dropout", action="store_true", help="dropout masks are kept for the backward")
     p.add_argument("--snapshot-every", type=int, default=0, metavar="K",
@@ -80,7 +84,7 @@ def workload(args: argparse.Namespace, *, zero_stage: int | None = None) -> Trai
     return TrainWorkload(model=load_model(args.model), seq_len=args.seq, micro_batch=args.micro_batch,
                          grad_accum=args.grad_accum, gpus=args.gpus, precision=args.precision,
                          optimizer=args.optimizer, zero_stage=stage, overlap=args.overlap, pin_memory=args.pin_memory,
-                         fused_attention=not args.unfused_attention, dropout=args.dropout, kernels=args.kernels,
+                         grad_clip=not args.no_grad_clip, fused_attention=not args.unfused_attention, dropout=args.dropout, kernels=args.kernels,
                          snapshot_every=args.snapshot_every,
                          interconnect_bytes_per_s=bw)
 

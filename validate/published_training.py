@@ -71,7 +71,7 @@ _TEXT_FIELDS = ("paper", "table", "url", "system_measured", "hardware", "model",
 _ROW_FIELDS = {"id", *_TEXT_FIELDS, "hw_profile", "hw_overrides", "workload", "measured", "unstated"}
 _MEASURED_FIELDS = {"metric", "value", "unit", "definition", "iterations", "flop_count"}
 _INT_FIELDS = ("seq_len", "micro_batch", "grad_accum", "gpus")
-_BOOL_FIELDS = ("fused_attention", "dropout", "pin_memory", "fp32_grad_copy")
+_BOOL_FIELDS = ("fused_attention", "dropout", "pin_memory", "fp32_grad_copy", "grad_clip")
 _STR_FIELDS = ("precision", "optimizer", "moments_dtype", "overlap", "kernels")
 _WORKLOAD_FIELDS = {*_INT_FIELDS, *_BOOL_FIELDS, *_STR_FIELDS, "zero_stage", "snapshot_every", "interconnect_bytes_per_s",
                     "parallelism"}

@@ -33,7 +33,9 @@ tokens, ``grad_accum`` micro-steps, then the optimizer step. Each layer does wha
   ``async_accumulate_grad_in_cpu_via_gpu`` does (micro-step 0 copies them to a host buffer, later
   ones fetch that buffer, add, and copy the sum back), at the boundary cast to fp32 and copied to
   the step's fp32 gradient (written on to a file for ``grads="disk"``);
-* ``step="cpu"``: :class:`torch.optim.AdamW` (``foreach=True``, ``fused=False``; Adam or SGD as the
+* ``step="cpu"``: when the workload unscales (fp16, or clipped gradients) the step's gradient is
+  first rescaled in place as DeepSpeed's ``unscale_and_clip_grads`` does, then
+  :class:`torch.optim.AdamW` (``foreach=True``, ``fused=False``; Adam or SGD as the
   workload's optimizer says) on the fp32 master weights and moments in host memory -- read from and
   written back to files for ``disk`` tiers --, then the updated 16-bit weights go up over the H2D
   link; these layers are stepped one after another on a host thread while the GPU-stepped ones step
@@ -141,6 +143,7 @@ CUDA_MAX_LAYER_PARAMS = 1 << 31
 LEARNING_RATE = 1e-4
 WEIGHT_DECAY = 1e-2
 SGD_MOMENTUM = 0.9
+UNSCALE = 1.0 / 1024  # the step's in-place gradient rescale (1 / loss scale x clip factor)
 DROPOUT_P = 0.1
 NORM_EPS = 1e-5
 ROPE_THETA = 10000.0
@@ -1192,6 +1195,8 @@ class TrainReplayer:
 
     # -- the optimizer step ----------------------------------------------------------------------
     def _opt_step(self, u: _Unit, p: torch.Tensor, g: torch.Tensor, moments: torch.Tensor | None) -> None:
+        if self.wl.unscales:  # DeepSpeed's unscale_and_clip_grads: grad.data.mul_(1. / combined_scale)
+            g.mul_(UNSCALE)
         ph = u.opt_param
         ph.set_(p)
         ph.grad = g

@@ -225,9 +225,25 @@ def test_zero_paper_figure1():
 
 
 def test_cpu_adam_bytes():
-    # fp32 Adam in mixed precision: read p, g, m, v (16 B), write p, m, v (12 B), plus the 16-bit copy (2 B).
-    assert step_bytes_per_param(state_bytes("fp16", "adamw")) == (16, 14)
+    # fp32 Adam in mixed precision: the update reads p, g, m, v (16 B) and writes p, m, v (12 B); the
+    # 16-bit copy is a pass of its own (read the fp32 master, 4 B; write the 16-bit weights, 2 B).
+    assert step_bytes_per_param(state_bytes("fp16", "adamw")) == (16 + 4, 12 + 2)
     assert sum(step_bytes_per_param(state_bytes("fp16", "adamw"), writes_weights_copy=False)) == 28
+    # the unscale pass reads and writes the fp32 gradient once more: 42 B in all
+    assert step_bytes_per_param(state_bytes("fp16", "adamw"), unscale=True) == (16 + 4 + 4, 12 + 2 + 4)
+    # fp32 training: no master copy and no 16-bit copy; the unscale touches the fp32 gradient
+    assert step_bytes_per_param(state_bytes("fp32", "adamw"), unscale=True) == (16 + 4, 12 + 4)
+    # SGD without momentum, bf16 without fp32 gradient copy: the step reads an fp32 view (4 B)
+    assert step_bytes_per_param(state_bytes("bf16", "sgd", fp32_grad_copy=False)) == (4 + 4 + 4, 4 + 2)
+
+
+def test_unscale_pass_follows_loss_scale_and_clipping():
+    m = load_model("gpt2")
+    assert TrainWorkload(model=m, seq_len=128, micro_batch=1, precision="fp16", grad_clip=False).unscales
+    assert TrainWorkload(model=m, seq_len=128, micro_batch=1, precision="bf16").unscales
+    assert not TrainWorkload(model=m, seq_len=128, micro_batch=1, precision="bf16", grad_clip=False).unscales
+    with pytest.raises(WorkloadError, match="grad_clip"):
+        TrainWorkload(model=m, seq_len=128, micro_batch=1, grad_clip="yes")
 
 
 def test_pinned_rounding_is_power_of_two():
@@ -273,8 +289,9 @@ def test_zero_offload_times_by_hand(toy):
     wl = tiny_wl()
     cost = evaluate_training(wl, toy, baseline_policies("zero-offload", wl, toy))
     link = 10e9 * 0.5  # pageable host buffers: half of 10 GB/s
-    # CPU Adam per unit: 30 B/param at 100 GB/s (14 FLOP/param at 2 TFLOP/s is 43x less).
-    cpu = [30 * p / 100e9 for p in (P_LAYER, P_LAYER, P_HEAD)]
+    # CPU step per unit (fp16: the loss scale is divided out): unscale 8 + Adam 28 + 16-bit copy 6 =
+    # 42 B/param at 100 GB/s (15 FLOP/param at 2 TFLOP/s is 56x less).
+    cpu = [42 * p / 100e9 for p in (P_LAYER, P_LAYER, P_HEAD)]
     up = [2 * p / link for p in (P_LAYER, P_LAYER, P_HEAD)]  # the updated fp16 weights, H2D
     assert cost.busy_s("cpu") == pytest.approx(sum(cpu), rel=1e-12)
     assert cost.busy_s("h2d") == pytest.approx(2 * P_ALL / link, rel=1e-12)
@@ -316,11 +333,11 @@ STREAMED = LayerTrainPolicy(master="host", moments="host")  # a GPU step of host
 
 def test_streamed_gpu_step_is_a_flow_shop_by_hand(toy):
     # Per streamed layer: master 4 B + moments 8 B per parameter in and out at 5 GB/s (pageable), the update
-    # 30 B/param at 1 TB/s on the GPU. The head's states stay on the GPU (its job is its update alone).
+    # 42 B/param (unscale 8 + Adam 28 + 16-bit copy 6) at 1 TB/s on the GPU. The head's states stay on the GPU (its job is its update alone).
     wl = tiny_wl()
     link = 5e9
-    x, g = 12 * P_LAYER / link, 30 * P_LAYER / 1e12
-    g_head = 30 * P_HEAD / 1e12
+    x, g = 12 * P_LAYER / link, 42 * P_LAYER / 1e12
+    g_head = 42 * P_HEAD / 1e12
     assert g_head < x  # the first streamed layer's fetch outlasts the head's update
     t = unit_phase_times(unit_costs(wl, toy), STREAMED)[Phase.STEP]
     assert (t["stream_h2d"], t["gpu"], t["stream_d2h"]) == (pytest.approx(x), pytest.approx(g), pytest.approx(x))
@@ -339,7 +356,7 @@ def test_streamed_gpu_step_is_a_flow_shop_by_hand(toy):
 
 def test_updated_weights_of_a_gpu_step_go_back_by_hand(toy):
     # ZeRO-3 with the 16-bit weights on the host and the step on the GPU: each unit's updated weights go back
-    # D2H, 2 B/param at 5 GB/s, after its update (30 B/param at 1 TB/s). The flow shop over the head, L1, L0:
+    # D2H, 2 B/param at 5 GB/s, after its update (42 B/param (unscale 8 + Adam 28 + 16-bit copy 6) at 1 TB/s). The flow shop over the head, L1, L0:
     # the D2H engine starts after the head's update and then carries every unit's weights: g_h + 2 P_ALL / link.
     wl = tiny_wl(zero_stage=3)
     link = 5e9
@@ -348,7 +365,7 @@ def test_updated_weights_of_a_gpu_step_go_back_by_hand(toy):
     assert t["d2h"] == pytest.approx(2 * P_LAYER / link, rel=1e-12)
     assert unit_phase_times(unit_costs(wl, toy), LayerTrainPolicy())[Phase.STEP]["d2h"] == 0.0
     cost = evaluate_training(wl, toy, [host_w, host_w], head=host_w)
-    g_head = 30 * P_HEAD / 1e12
+    g_head = 42 * P_HEAD / 1e12
     assert cost.step_s == pytest.approx(g_head + 2 * P_ALL / link, rel=1e-9)
     # Forward and backward fetch the weights up (2 + 2 B), nothing else crosses: D2H is the step's 2 B only.
     assert cost.busy_s("d2h") == pytest.approx(2 * P_ALL / link, rel=1e-12)
@@ -366,16 +383,16 @@ def test_updated_weights_of_a_gpu_step_go_back_to_disk_by_hand(toy):
     t = unit_phase_times(unit_costs(wl, system), disk_w)[Phase.STEP]
     assert (t["d2h"], t["disk"]) == (pytest.approx(2 * P_LAYER / 5e9), pytest.approx(2 * P_LAYER / 2e9))
     cost = evaluate_training(wl, system, [disk_w, disk_w], head=disk_w)
-    g_head = 30 * P_HEAD / 1e12
+    g_head = 42 * P_HEAD / 1e12
     assert cost.step_s == pytest.approx(g_head + 2 * P_HEAD / 5e9 + 2 * P_ALL / 2e9, rel=1e-9)
 
 
 def test_gpu_step_by_hand(toy):
     wl = tiny_wl()
     uc = unit_costs(wl, toy)
-    assert uc.gpu_step_s == pytest.approx(30 * P_LAYER / 1e12, rel=1e-12)  # 30 B/param at 1 TB/s
+    assert uc.gpu_step_s == pytest.approx(42 * P_LAYER / 1e12, rel=1e-12)  # 42 B/param (unscale 8 + Adam 28 + 16-bit copy 6) at 1 TB/s
     cost = evaluate_training(wl, toy, baseline_policies("all-gpu", wl, toy))
-    assert cost.step_s == pytest.approx(30 * P_ALL / 1e12, rel=1e-9)
+    assert cost.step_s == pytest.approx(42 * P_ALL / 1e12, rel=1e-9)
     gpu = dict(cost.memory.gpu_breakdown)
     assert (gpu["weights"], gpu["grads"], gpu["grad32"], gpu["master"], gpu["moments"]) == \
         (2 * P_ALL, 2 * P_ALL, 4 * P_ALL, 4 * P_ALL, 8 * P_ALL)

@@ -30,6 +30,7 @@ from solver.plan import Plan
 from solver.training_plan import policy_record, workload_record
 from validate import ReplayError
 from validate.replay_training import (
+    UNSCALE,
     FileLink,
     TrainReplayer,
     replay_plan,
@@ -185,9 +186,10 @@ def test_the_cpu_adamw_step_updates_exactly_the_cpu_stepped_layers():
         cpu = [u for u in units if u.cpu_step]
         assert [u.name for u in cpu] == ["layer 2", "layer 0"]
         ref = {}
-        for u in cpu:  # torch.optim.AdamW on copies of the same master, gradient and moments
+        assert wl.unscales  # fp16: the step first divides the loss scale out of the gradient
+        for u in cpu:  # torch.optim.AdamW on copies of the same master, unscaled gradient and moments
             p, n = u.m_host.clone(), u.numel
-            p.grad = u.g32_host.clone()
+            p.grad = u.g32_host.clone() * UNSCALE
             opt = torch.optim.AdamW([p], lr=1e-4, weight_decay=1e-2, foreach=True, fused=False)
             opt.state[p] = {"step": u.step_t.clone(), "exp_avg": u.mom_host[:n].clone(),
                             "exp_avg_sq": u.mom_host[n:].clone()}
