@@ -10,7 +10,7 @@ script exports the config (:func:`solver.export_deepspeed.export_deepspeed`) and
 ``deepspeed.runtime.config.DeepSpeedConfig`` -- the parser ``deepspeed.initialize`` runs, whose
 pydantic models refuse unknown keys and bad values -- in a one-process gloo group on the CPU. It
 prints, per config, what DeepSpeed read back (ZeRO stage, offload devices and ratio, batch sizes,
-precision, activation checkpointing) next to what the export meant, and whether they agree.
+precision, activation checkpointing, gradient clipping) next to what the export meant, and whether they agree.
 
 It checks the config files, not a training run: the exported configs ask for fp16 or bf16 on a
 GPU, and this repository's machines have none. Prints figures; asserts nothing.
@@ -108,7 +108,7 @@ def read_back(cfg: dict[str, Any]) -> dict[str, Any]:
         "micro_batch": int(c.train_micro_batch_size_per_gpu), "grad_accum": int(c.gradient_accumulation_steps),
         "fp16": bool(fp16.enabled), "bf16": bool(bf16.enabled), "optimizer": c.optimizer_name,
         "partition_activations": bool(act.partition_activations), "cpu_checkpointing": bool(act.cpu_checkpointing),
-        "gpus": gpus,
+        "gradient_clipping": float(c.gradient_clipping), "gpus": gpus,
     }
 
 
@@ -126,7 +126,8 @@ def intended(cfg: dict[str, Any]) -> dict[str, Any]:
         "fp16": bool(cfg.get("fp16", {}).get("enabled", False)), "bf16": bool(cfg.get("bf16", {}).get("enabled", False)),
         "optimizer": cfg.get("optimizer", {}).get("type", "").lower() or None,
         "partition_activations": bool(act.get("partition_activations", False)),
-        "cpu_checkpointing": bool(act.get("cpu_checkpointing", False)), "gpus": gpus,
+        "cpu_checkpointing": bool(act.get("cpu_checkpointing", False)),
+        "gradient_clipping": float(cfg.get("gradient_clipping", 0.0)), "gpus": gpus,
     }
 
 

@@ -47,6 +47,17 @@ MAX_BATCH = 1 << 24
 INDEX_BYTES = 8
 # Bytes of an LRU slot's timestamp that FBGEMM's lxu_cache_state/lru_state keeps per touched row (int64).
 LRU_STATE_BYTES = 8
+# A cache's bookkeeping in HBM, as FBGEMM allocates it (SplitTableBatchedEmbeddingBagsCodegen.
+# _apply_cache_state, pytorch/FBGEMM@e1a561090def1ee811712540a0eb779b9b997a8a
+# fbgemm_gpu/fbgemm_gpu/split_table_batched_embeddings_ops_training.py): ``cache_index_table_map``
+# int32 per row of the cached tables ("4x total embedding hash size with uvm cache"),
+# ``lxu_cache_state`` int64 per slot ("8x of total cache slots"), ``lxu_state`` int64 per slot for
+# LRU and per row (``total_cache_hash_size + 1``) for LFU ("LFU: 8x of total embedding hash size"),
+# and with ``prefetch_pipeline`` ``lxu_cache_locking_counter`` int32 per slot (_init_uvm_cache_counter).
+CACHE_INDEX_MAP_BYTES = 4
+CACHE_SLOT_STATE_BYTES = 8
+LXU_STATE_BYTES = 8
+CACHE_LOCKING_COUNTER_BYTES = 4
 # FBGEMM/TorchRec's default cache_load_factor: TorchRec planner constants CACHING_RATIO = 0.2
 # (torchrec/distributed/planner/constants.py, kernel_bw_lookup for FUSED_UVM_CACHING).
 DEFAULT_CACHE_LOAD_FACTOR = 0.2
@@ -504,7 +515,8 @@ def memory_use(wl: EmbWorkload, policies: Sequence[TablePolicy], traffic: Sequen
     """Bytes per tier of a placement, term by term (``N`` rows, ``C`` cache rows, ``r``, ``s``, ``M``,
     ``g`` as in :func:`table_traffic`; ``T_g`` tables the GPU pools).
 
-    GPU: ``tables`` (``N r`` of ``gpu`` tables), ``cache_rows`` (``C r``), ``table_state`` (``N s``
+    GPU: ``tables`` (``N r`` of ``gpu`` tables), ``cache_rows`` (``C r``), ``cache_state`` (FBGEMM's
+    bookkeeping of each cache, ``fixed + per_row C`` of :func:`cache_state_bytes`), ``table_state`` (``N s``
     where the state is on the GPU), ``dense`` (weights + gradients + dense optimizer state:
     ``W (2 dt_w + s_w)``), ``activations`` (:func:`activation_bytes`), ``index_pooled`` (ids ``8 L``
     of ``T_g`` tables, pooled vectors and their gradients ``2 g`` of every table), ``prefetch_buffers``
@@ -515,8 +527,8 @@ def memory_use(wl: EmbWorkload, policies: Sequence[TablePolicy], traffic: Sequen
     """
     m = wl.model
     traffic = traffic or [table_traffic(wl, t, p) for t, p in zip(m.tables, policies)]
-    gpu = dict.fromkeys(("tables", "cache_rows", "table_state", "dense", "activations", "index_pooled",
-                         "prefetch_buffers"), 0.0)
+    gpu = dict.fromkeys(("tables", "cache_rows", "cache_state", "table_state", "dense", "activations",
+                         "index_pooled", "prefetch_buffers"), 0.0)
     host = dict.fromkeys(("tables", "table_state", "batch_buffers"), 0.0)
     for t, p, tr in zip(m.tables, policies, traffic):
         rows, r = float(t.rows), float(t.row_bytes)
@@ -528,6 +540,8 @@ def memory_use(wl: EmbWorkload, policies: Sequence[TablePolicy], traffic: Sequen
             host["tables"] += rows * r
         if p.placement is Placement.CACHE:
             gpu["cache_rows"] += p.cache_rows * r
+            fixed, per_row = cache_state_bytes(wl, t, p)
+            gpu["cache_state"] += fixed + per_row * p.cache_rows
         if p.state_tier is StateTier.GPU:
             gpu["table_state"] += state
         else:
@@ -713,6 +727,43 @@ def torchrec_uvm_cache(wl: EmbWorkload, system: System | None = None,
                              cache_kind=CurveKind.LRU) for t in wl.model.tables)
 
 
+def cache_state_bytes(wl: EmbWorkload, table: Table, pol: TablePolicy) -> tuple[float, float]:
+    """``(fixed, per cache row)`` bytes of HBM a ``cache`` table's bookkeeping takes beside its
+    ``C r`` cache rows, as FBGEMM allocates it (:data:`CACHE_INDEX_MAP_BYTES` and the others):
+
+    * ``lru``: ``4 N`` fixed (the row -> table map) and ``8 + 8`` per cache row (slot state and the
+      LRU timestamp);
+    * ``static``: exported as FBGEMM's LFU (:func:`solver.export_torchrec.export_torchrec`), whose
+      frequency counters are per row of the table: ``4 N + 8 (N + 1)`` fixed and ``8`` per cache row;
+    * prefetched (``prefetch_pipeline``): ``4`` more per cache row (the locking counter).
+
+    ``(0, 0)`` for other placements. FBGEMM rounds the cache up to whole 32-row sets and sizes its
+    rows to the widest table of the TBE; neither is counted here (``C`` is the plan's rows).
+
+    Examples
+    --------
+    >>> from costmodel.embeddings import rec_model_from_dict
+    >>> m = rec_model_from_dict({"name": "toy", "dense_features": 4, "bottom_mlp": [16], "top_mlp": [1],
+    ...     "defaults": {"dim": 16}, "access": {"kind": "zipf", "alpha": 1.05}, "tables": [{"name": "t", "rows": 1000}]})
+    >>> wl = EmbWorkload(model=m, batch=64)
+    >>> cache_state_bytes(wl, m.tables[0], TablePolicy(placement="cache", cache_rows=100, cache_kind="lru"))
+    (4000.0, 16.0)
+    >>> cache_state_bytes(wl, m.tables[0], TablePolicy(placement="cache", cache_rows=100, cache_kind="static"))
+    (12008.0, 8.0)
+    """
+    if pol.placement is not Placement.CACHE:
+        return 0.0, 0.0
+    rows = float(table.rows)
+    fixed, per_row = CACHE_INDEX_MAP_BYTES * rows, float(CACHE_SLOT_STATE_BYTES)
+    if pol.cache_kind is CurveKind.LRU:
+        per_row += LXU_STATE_BYTES
+    else:
+        fixed += LXU_STATE_BYTES * (rows + 1)
+    if pol.prefetched(wl):
+        per_row += CACHE_LOCKING_COUNTER_BYTES
+    return fixed, per_row
+
+
 def _free_gpu_bytes(wl: EmbWorkload, system: System) -> float:
     """Usable HBM less what every placement needs on the GPU: what an all-``cpu`` placement keeps
     there, plus the ids ``8 L`` of every table (a table the GPU pools has them on the GPU)."""
@@ -746,16 +797,33 @@ def fae(wl: EmbWorkload, system: System, budget_bytes: float | None = None) -> t
     """FAE (Adnan et al., VLDB 2022): the ``budget / (4 D)`` rows with the most accesses over all
     tables are hot and live in HBM, the rest on the host: each table is a static ``cache`` of its
     hot rows (``gpu`` when all are hot). A row's accesses per sample are ``pooling x p(row)``.
-    Default budget: the free HBM (:func:`_free_gpu_bytes`) shared by hot rows and their optimizer
-    state: ``free x 4 D / (4 D + s)`` with ``s`` the largest state bytes per row."""
+    Default budget: the free HBM (:func:`_free_gpu_bytes`) shared by hot rows, their optimizer
+    state and the caches' bookkeeping: ``(free - sum F_i) x 4 D / (4 D + s + a)`` with ``s`` the
+    largest state bytes per row, ``a`` and ``F_i`` a static cache's bookkeeping per row and per
+    table (:func:`cache_state_bytes`), summed over the tables a first pass without ``F_i`` makes
+    caches (a second pass, so the fixed bookkeeping of tables that end with no hot row, or all, is
+    not charged). A table with no hot row is ``uvm`` (every row gathered over the link, as a cache
+    of 0 rows would be, without its bookkeeping)."""
     m = wl.model
     d = m.embedding_dim
     if budget_bytes is None:
         s = max(m.optimizer_state_bytes_per_row(t) for t in m.tables)
-        budget_bytes = max(0.0, _free_gpu_bytes(wl, system)) * 4 * d / (4 * d + s)
+        static = [cache_state_bytes(wl, t, TablePolicy(placement=Placement.CACHE, cache_rows=1,
+                                                       cache_kind=CurveKind.STATIC)) for t in m.tables]
+        a = max(per_row for _, per_row in static)
+        free = max(0.0, _free_gpu_bytes(wl, system))
+        first = _fae_policies(wl, free * 4 * d / (4 * d + s + a))
+        fixed = sum(f for (f, _), p in zip(static, first) if p.placement is Placement.CACHE)
+        budget_bytes = max(0.0, free - fixed) * 4 * d / (4 * d + s + a)
     if isinstance(budget_bytes, bool) or not isinstance(budget_bytes, numbers.Real) or budget_bytes < 0:
         raise WorkloadError(f"the FAE budget must be a non-negative number of bytes, got {budget_bytes!r}")
-    hot = budget_bytes / (FP32_BYTES * d)
+    return _fae_policies(wl, float(budget_bytes))
+
+
+def _fae_policies(wl: EmbWorkload, budget_bytes: float) -> tuple[TablePolicy, ...]:
+    """FAE's placement for a hot-row budget of ``budget_bytes`` (``budget / (4 D)`` hot rows)."""
+    m = wl.model
+    hot = budget_bytes / (FP32_BYTES * m.embedding_dim)
     groups = []  # (accesses per sample of one row, rows in the group, table index)
     for i, t in enumerate(m.tables):
         bk = t.access._buckets()  # rows grouped by probability, hottest first (costmodel.embeddings)
@@ -768,7 +836,7 @@ def fae(wl: EmbWorkload, system: System, budget_bytes: float | None = None) -> t
     out = []
     for t, k in zip(m.tables, rows):
         k = min(t.rows, int(math.floor(k + 1e-9)))
-        out.append(TablePolicy(placement=Placement.GPU) if k >= t.rows
+        out.append(TablePolicy(placement=Placement.GPU) if k >= t.rows else TablePolicy(placement=Placement.UVM) if k <= 0
                    else TablePolicy(placement=Placement.CACHE, cache_rows=k, cache_kind=CurveKind.STATIC))
     return tuple(out)
 
@@ -837,10 +905,13 @@ def torchrec_proportional(wl: EmbWorkload, system: System | None, budget_bytes: 
     batch touches, ``U_i = expected_distinct_rows(B P_i)`` (TorchRec: "the expected number of
     distinct values in a global training batch", ``CacheStatistics.expected_lookups``). Each pass
     gives every table not yet full ``budget x w_i / sum_{j not full} w_j`` bytes, clipped at its
-    table's ``N_i r_i`` bytes, and takes what was given from the budget; the next pass deals out
+    table's ``N_i (r_i + a_i)`` bytes, and takes what was given from the budget; the next pass deals out
     what the clipping released, while more than 1 byte is left, at most
     :data:`TORCHREC_SCALEUP_MAX_PASSES` passes. A table's cache holds
-    ``floor(bytes_i / r_i)`` rows; one whose load factor passes
+    ``floor(bytes_i / (r_i + a_i))`` rows, ``a_i`` FBGEMM's bookkeeping per cache row and ``F_i`` its
+    fixed bookkeeping (:func:`cache_state_bytes`, LRU: 16 B and ``4 N_i``; TorchRec's storage model
+    counts ``N_i (4 + 16 clf)``, the same: ``_calculate_cache_aux_state_sizes`` in
+    ``torchrec/distributed/planner/shard_estimators.py`` of torchrec 1.9.2); one whose load factor passes
     :data:`TORCHREC_PROMOTE_LOAD_FACTOR` is promoted to ``gpu`` (``FUSED``). The caches are LRU, the
     only kind the proposer supports ("proposer only supports LRU cache algorithm") and FBGEMM's
     default (``SplitTableBatchedEmbeddingBagsCodegen(cache_algorithm=CacheAlgorithm.LRU)``,
@@ -849,8 +920,8 @@ def torchrec_proportional(wl: EmbWorkload, system: System | None, budget_bytes: 
     Where this differs from TorchRec, and why:
 
     * the budget: by default the free HBM after the dense model and every table's batch buffers
-      (:func:`_free_gpu_bytes`), less the prefetch buffers ``2 U_i r_i`` of every cached table when
-      the workload prefetches. TorchRec adds its budget on top of the caches of a starting plan (the
+      (:func:`_free_gpu_bytes`), less the fixed bookkeeping ``F_i`` of every cached table and the
+      prefetch buffers ``2 U_i r_i`` of every cached table when the workload prefetches. TorchRec adds its budget on top of the caches of a starting plan (the
       user's load factors) and searches the budget in ``[0, free]`` with ``LuusJaakolaSearch`` on
       its own perf estimate; here the caches start empty and the whole free HBM is dealt out (a
       starting plan at the default load factor 0.2 does not fit when HBM is short, the case this
@@ -858,7 +929,7 @@ def torchrec_proportional(wl: EmbWorkload, system: System | None, budget_bytes: 
     * promotion: in TorchRec's storage model a full cache is no smaller than the fused table (it
       counts the cache's optimizer state and 16 B of aux state per slot in HBM); in this cost model
       a ``gpu`` table also keeps its optimizer state ``N_i s_i`` in HBM, so a table is promoted only
-      where the extra ``N_i (r_i + s_i) - C_i r_i`` bytes fit in what the passes left (tables in
+      where the extra ``N_i (r_i + s_i) - C_i (r_i + a_i) - F_i`` bytes fit in what the passes left (tables in
       priority order); otherwise it stays a cache.
     * with ``prefetch``, a table whose prefetch buffers ``2 U_i r_i`` are at least its fused bytes
       ``N_i (r_i + s_i)`` is placed ``gpu`` first (TorchRec's
@@ -879,14 +950,19 @@ def torchrec_proportional(wl: EmbWorkload, system: System | None, budget_bytes: 
     >>> tables = tuple(Table(name=f"t{i}", rows=1000, dim=4, access=HistogramAccess(rows=1000, counts=np.ones(1000)))
     ...                for i in range(2))
     >>> m = RecModel(name="two", tables=tables, dense_features=4, bottom_mlp=(4,), top_mlp=(1,))
-    >>> [p.cache_rows for p in torchrec_proportional(EmbWorkload(model=m, batch=64), None, budget_bytes=16 * 500)]
+    >>> budget = 2 * 4 * 1000 + 2 * (16 + 16) * 250  # two tables' 4 N maps, 250 rows of 16 + 16 B each
+    >>> [p.cache_rows for p in torchrec_proportional(EmbWorkload(model=m, batch=64), None, budget_bytes=budget)]
     [250, 250]
     """
     m = wl.model
     tables = m.tables
-    row_b = np.asarray([float(t.row_bytes) for t in tables])
+    # a cache row costs its bytes and FBGEMM's bookkeeping per slot; a cached table its fixed map too
+    lru = [cache_state_bytes(wl, t, TablePolicy(placement=Placement.CACHE, cache_rows=1, cache_kind=CurveKind.LRU))
+           for t in tables]
+    fixed_b = np.asarray([f for f, _ in lru])
+    row_b = np.asarray([float(t.row_bytes) + a for t, (_, a) in zip(tables, lru)])
     fused_b = np.asarray([float(t.rows) * (t.row_bytes + m.optimizer_state_bytes_per_row(t)) for t in tables])
-    max_b = np.asarray([float(t.bytes) for t in tables])
+    max_b = np.asarray([float(t.rows) * b for t, b in zip(tables, row_b)])
     distinct = np.asarray([float(t.access.expected_distinct_rows(wl.batch * float(t.pooling))) for t in tables])
     buffers = 2.0 * distinct * row_b if wl.prefetch else np.zeros(len(tables))
     promoted = buffers >= fused_b if wl.prefetch else np.zeros(len(tables), dtype=bool)
@@ -898,8 +974,9 @@ def torchrec_proportional(wl: EmbWorkload, system: System | None, budget_bytes: 
           or not math.isfinite(budget_bytes) or budget_bytes < 0):
         raise WorkloadError(f"the torchrec-proportional budget must be a finite non-negative number of bytes, "
                             f"got {budget_bytes!r}")
-    # the prefetch buffers of the cached tables, and the tables promoted for theirs, come first
-    cache_budget = float(budget_bytes) - float(buffers[~promoted].sum()) - float(fused_b[promoted].sum())
+    # the prefetch buffers and bookkeeping of the cached tables, and the tables promoted for theirs, come first
+    cache_budget = (float(budget_bytes) - float(buffers[~promoted].sum()) - float(fixed_b[~promoted].sum())
+                    - float(fused_b[promoted].sum()))
     budget = max(0.0, cache_budget)
     priority = np.asarray([torchrec_cacheability(t) for t in tables]) * distinct
     priority[promoted] = 0.0
@@ -916,7 +993,7 @@ def torchrec_proportional(wl: EmbWorkload, system: System | None, budget_bytes: 
     rows = np.asarray([min(t.rows, int(math.floor(b / r + 1e-9))) for t, b, r in zip(tables, cache_b, row_b)])
     left = max(0.0, cache_budget - float((rows * row_b).sum()))
     for i in sorted(np.flatnonzero(cache_b > TORCHREC_PROMOTE_LOAD_FACTOR * max_b), key=lambda i: (-priority[i], i)):
-        extra = fused_b[i] - rows[i] * row_b[i]
+        extra = fused_b[i] - rows[i] * row_b[i] - fixed_b[i]  # a promoted table frees its cache and bookkeeping
         if extra <= left:
             promoted[i] = True
             left -= extra

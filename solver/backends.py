@@ -194,6 +194,10 @@ def default_backend() -> str:
     return avail[0]
 
 
+class _HighsFailed(PlanError):
+    """HiGHS ran and reported an error (not an infeasible or timed-out model)."""
+
+
 def solve(model: MipModel, *, backend: str | None = None, time_limit_s: float = 10.0,
           gap_rel: float = 1e-4, mip_feasibility_tol: float | None = None) -> SolveResult:
     """Solve ``model``. Infeasible and time limit are statuses; a missing or crashed backend raises
@@ -206,7 +210,16 @@ def solve(model: MipModel, *, backend: str | None = None, time_limit_s: float = 
         raise PlanError(f"backend {backend!r} is not installed; available: {available_backends()}")
     start = time.perf_counter()
     if backend == "highs":
-        status, objective, values = _solve_highs(model, time_limit_s, gap_rel, mip_feasibility_tol)
+        try:
+            status, objective, values = _solve_highs(model, time_limit_s, gap_rel, mip_feasibility_tol)
+        except _HighsFailed:
+            # HiGHS's numerical "Solve error" on a model it accepted (seen on a placement MIP whose
+            # cache modes cannot fit): CBC, the fallback backend, solves the same model; the result
+            # names the backend that solved it.
+            if "cbc" not in available_backends():
+                raise
+            backend = "cbc"
+            status, objective, values = _solve_cbc(model, time_limit_s, gap_rel)
     else:
         status, objective, values = _solve_cbc(model, time_limit_s, gap_rel)
     return SolveResult(status=status, backend=backend, solve_time_s=time.perf_counter() - start,
@@ -284,7 +297,8 @@ def _run_highs(model: MipModel, time_limit_s: float, gap_rel: float, *, integer:
     if h.passModel(lp) == highspy.HighsStatus.kError:
         raise PlanError(f"MIP backend 'highs' rejected model {model.name!r}")
     if h.run() == highspy.HighsStatus.kError:
-        raise PlanError(f"MIP backend 'highs' failed on model {model.name!r}: {h.modelStatusToString(h.getModelStatus())}")
+        raise _HighsFailed(f"MIP backend 'highs' failed on model {model.name!r}: "
+                           f"{h.modelStatusToString(h.getModelStatus())}")
     ms = h.getModelStatus()
     has_solution = h.getInfo().primal_solution_status == 2  # kSolutionStatusFeasible
     S = highspy.HighsModelStatus

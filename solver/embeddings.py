@@ -84,6 +84,7 @@ from costmodel.embeddings_cost import (
     UpdateOn,
     activation_bytes,
     baseline_policies,
+    cache_state_bytes,
     dense_gpu_s,
     evaluate_embeddings,
     table_traffic,
@@ -326,7 +327,8 @@ def _terms(wl: EmbWorkload, table: Table, pol: TablePolicy, tr: TableTraffic, ra
     * HBM bytes; CPU-updated tables: the CPU update (host roofline), gradients down and a latency in
       host_update; other tables' write-backs down and a latency (if any) in compute;
     * GPU memory: ``N r`` (gpu), ``N s`` (state on the GPU), ``2 g + 8 L`` (``2 g`` for cpu),
-      ``2 M r`` (prefetch buffers); cache rows ``C r`` apart; host memory: ``N r`` (not gpu),
+      ``2 M r`` (prefetch buffers), a cache's fixed bookkeeping; cache rows ``C (r + a)`` apart, ``a``
+      the bookkeeping per cache row (:func:`~costmodel.embeddings_cost.cache_state_bytes`); host memory: ``N r`` (not gpu),
       ``N s`` (state on the host), ``8 L + 2 g`` (``8 L`` unless updated on the CPU).
     """
     v = np.zeros(N_TERMS)
@@ -361,9 +363,10 @@ def _terms(wl: EmbWorkload, table: Table, pol: TablePolicy, tr: TableTraffic, ra
         host_mem += state
     if pol.prefetched(wl):
         gpu_mem += 2 * tr.cold_rows * r
-    v[GPU_MEM_B], v[HOST_MEM_B] = gpu_mem, host_mem
+    fixed, per_row = cache_state_bytes(wl, table, pol)
+    v[GPU_MEM_B], v[HOST_MEM_B] = gpu_mem + fixed, host_mem
     if pol.placement is Placement.CACHE:
-        v[CACHE_MEM_B] = pol.cache_rows * r
+        v[CACHE_MEM_B] = pol.cache_rows * (r + per_row)
     return v
 
 
@@ -508,7 +511,8 @@ def _build(wl: EmbWorkload, rates: _Rates, groups: list[_Group], slope: float, i
                     mip.add([(h_col, 1.0), (c_col, -slope_n if abs(slope_n) > SMALL_COEF else 0.0),
                              (col, -icpt_j if icpt_j > SMALL_COEF else 0.0)], LE, 0.0)
                 mip.add([(h_col, 1.0), (col, -max(grp.curve.hit_rate))], LE, 0.0)
-                acc[CACHE_MEM_B].append((c_col, t.rows * float(t.row_bytes)))
+                per_row = cache_state_bytes(wl, t, mc.mode.policy(grp.full_rows, grp.curve.kind))[1]
+                acc[CACHE_MEM_B].append((c_col, t.rows * (float(t.row_bytes) + per_row)))
             for j in range(N_TERMS):
                 if mc.base[j]:
                     acc[j].append((col, float(mc.base[j])))
@@ -770,12 +774,14 @@ def _local_search(screen: _Screen, start: Sequence[TablePolicy], modes: Sequence
                             targets.append(mode.policy(grp.full_rows, kind))
                         else:
                             base = screen.terms(gi, mode.policy(0, kind))
-                            c0 = math.floor((free / c - base[GPU_MEM_B]) / r) if r else 0
+                            # a cache row takes its bytes and its bookkeeping (CACHE_MEM_B = C (r + a))
+                            ra = r + cache_state_bytes(screen.wl, grp.table, mode.policy(0, kind))[1]
+                            c0 = math.floor((free / c - base[GPU_MEM_B]) / ra) if ra else 0
                             fit = set()
                             if c0 >= 0:
                                 c0 = min(c0, grp.full_rows)
                                 v0 = screen.terms(gi, mode.policy(c0, kind))
-                                fit = {c0, max(c0, min(grp.full_rows, math.floor((free / c - v0[GPU_MEM_B]) / r)))}
+                                fit = {c0, max(c0, min(grp.full_rows, math.floor((free / c - v0[GPU_MEM_B]) / ra)))}
                             targets += [mode.policy(s, kind) for s in sorted((sizes | fit) - {grp.full_rows})
                                         if 0 <= s <= grp.full_rows]
                         for q2 in targets:

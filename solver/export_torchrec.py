@@ -16,6 +16,12 @@ tierplan       compute kernel         notes
                                       training step (listed as not expressed)
 =============  =====================  ===========================================================
 
+With a system, the export adds a ``Topology`` (the system's usable HBM and host bytes) and a
+``FixedPercentageStorageReservation`` for the plan's HBM that TorchRec's shard estimate does not count
+(:func:`_reserved_hbm_bytes`): TorchRec's default reservation keeps 15 % of HBM and refuses a plan
+that fills it, which an optimal plan does. ``benchmarks/torchrec_export_check.py`` hands exports to
+TorchRec's own planner where TorchRec imports.
+
 What TorchRec cannot carry -- a CPU table, a static cache, an update on the CPU, an optimizer state
 tier FBGEMM does not use, a prefetch without a cache -- is listed per table in
 :attr:`TorchRecExport.cannot_express` with the reason and what the export does instead.
@@ -43,6 +49,9 @@ emitted name against them):
   ``torchrec/distributed/embedding_sharding.py``;
 * ``device_group`` (a planner skips tables of another device group):
   meta-pytorch/torchrec@2a84aee651e421198d778d71fcb10e773bbde09d ``torchrec/distributed/planner/enumerators.py``;
+* the planner's storage reservation (``FixedPercentageStorageReservation``; the default
+  ``HeuristicalStorageReservation`` keeps 15 % of HBM): meta-pytorch/torchrec@44902b0ad070d2c066f5b14806fa61d0b5dfbe6f
+  ``torchrec/distributed/planner/storage_reservations.py``;
 * the prefetch pipeline ``PrefetchTrainPipelineSparseDist``:
   meta-pytorch/torchrec@346b44fbb3a1e4296d3ddd1dd2d940af82cb04f8
   ``torchrec/distributed/train_pipeline/train_pipelines.py``.
@@ -59,11 +68,14 @@ from typing import Any
 
 from costmodel.embeddings import CurveKind, Optimizer, Table
 from costmodel.embeddings_cost import (
+    FP32_BYTES,
+    INDEX_BYTES,
     EmbWorkload,
     Placement,
     StateTier,
     TablePolicy,
     UpdateOn,
+    memory_use,
 )
 from costmodel.kv import capacity
 from hwprofiles import System
@@ -121,6 +133,10 @@ ENUMERATOR_SOURCE = ("meta-pytorch/torchrec@2a84aee651e421198d778d71fcb10e773bbd
                      "torchrec/distributed/planner/enumerators.py")
 PIPELINE_SOURCE = ("meta-pytorch/torchrec@346b44fbb3a1e4296d3ddd1dd2d940af82cb04f8 "
                    "torchrec/distributed/train_pipeline/train_pipelines.py")
+# FixedPercentageStorageReservation(percentage) (HBM share kept from the shards) and the planner's
+# default HeuristicalStorageReservation(percentage=0.15):
+STORAGE_RESERVATION_SOURCE = ("meta-pytorch/torchrec@44902b0ad070d2c066f5b14806fa61d0b5dfbe6f "
+                              "torchrec/distributed/planner/storage_reservations.py")
 # Ways of FBGEMM's set-associative cache on CUDA: "DEFAULT_ASSOC = 32 if torch.version.hip is None
 # else 64" (FBGEMM_TRAINING_SOURCE); a cache holds a whole number of sets.
 FBGEMM_CACHE_ASSOC = 32
@@ -157,6 +173,26 @@ OPTIMIZER_TO_EMB_OPTIM_TYPE = MappingProxyType({
     Optimizer.SGD: EmbOptimType.EXACT_SGD, Optimizer.ROWWISE_ADAGRAD: EmbOptimType.EXACT_ROWWISE_ADAGRAD,
     Optimizer.ADAGRAD: EmbOptimType.EXACT_ADAGRAD, Optimizer.ADAM: EmbOptimType.ADAM,
 })
+
+
+# The plan's HBM terms (costmodel.embeddings_cost.memory_use) that TorchRec's planner counts in its shards'
+# storage (calculate_shard_storages: the table or its cache, optimizer state, cache bookkeeping, and the
+# shard's input ids and pooled output); the others are what its storage reservation keeps back.
+_SHARD_HBM_TERMS = frozenset({"tables", "cache_rows", "cache_state", "table_state", "index_pooled"})
+
+
+def _reserved_hbm_bytes(wl: EmbWorkload, pols: Sequence[TablePolicy]) -> int:
+    """The plan's HBM that TorchRec's shard estimate does not count: every term but
+    :data:`_SHARD_HBM_TERMS`, plus what the plan's ``index_pooled`` holds beyond TorchRec's per-shard
+    input and output (ids ``8 L`` and pooled vectors ``g = B D 4``; the plan also keeps their
+    gradients ``g``, and a ``cpu`` table has no ids on the GPU), summed over the tables."""
+    gpu = dict(memory_use(wl, pols).gpu_breakdown)
+    reserved = sum(v for k, v in gpu.items() if k not in _SHARD_HBM_TERMS)
+    for t, p in zip(wl.model.tables, pols):
+        ids, g = INDEX_BYTES * wl.batch * float(t.pooling), float(wl.batch * t.dim * FP32_BYTES)
+        ours = 2 * g + (0.0 if p.placement is Placement.CPU else ids)
+        reserved += max(0.0, ours - (ids + g))
+    return math.ceil(reserved)
 
 
 def cache_load_factor(cache_rows: int, rows: int) -> float:
@@ -287,6 +323,18 @@ class TorchRecExport:
     notes: tuple[str, ...]
     hbm_cap_bytes: int | None = None
     ddr_cap_bytes: int | None = None
+    hbm_reserved_bytes: int = 0
+
+    @property
+    def storage_reservation_percentage(self) -> float | None:
+        """The share of ``hbm_cap`` that TorchRec's planner is to keep from the tables
+        (``FixedPercentageStorageReservation(percentage)``): ``hbm_reserved_bytes / hbm_cap``, rounded
+        down to 10^-6 (the planner's own estimate of a shard may exceed the plan's bytes by a fraction
+        of a row; the constraints fix every table's kernel and load factor, so the extra room cannot
+        place more than planned). None without a topology."""
+        if self.hbm_cap_bytes is None:
+            return None
+        return math.floor(self.hbm_reserved_bytes / self.hbm_cap_bytes * 1e6) / 1e6
 
     def __post_init__(self) -> None:
         tables = tuple(self.tables)
@@ -304,6 +352,9 @@ class TorchRecExport:
         if (self.hbm_cap_bytes is None) != (self.ddr_cap_bytes is None):
             raise PlanError(f"hbm_cap_bytes and ddr_cap_bytes come together (a Topology), got "
                             f"{self.hbm_cap_bytes!r} and {self.ddr_cap_bytes!r}")
+        r = self.hbm_reserved_bytes
+        if isinstance(r, bool) or not isinstance(r, int) or r < 0:
+            raise PlanError(f"hbm_reserved_bytes must be a non-negative integer, got {r!r}")
 
     def table(self, name: str) -> TableConstraint:
         for t in self.tables:
@@ -325,7 +376,10 @@ class TorchRecExport:
         topology = None
         if self.hbm_cap_bytes is not None:
             topology = {"world_size": 1, "compute_device": "cuda", "hbm_cap": self.hbm_cap_bytes,
-                        "ddr_cap": self.ddr_cap_bytes}
+                        "ddr_cap": self.ddr_cap_bytes,
+                        "storage_reservation": {"kind": "FixedPercentageStorageReservation",
+                                                "percentage": self.storage_reservation_percentage,
+                                                "reserved_bytes": self.hbm_reserved_bytes}}
         return {
             "format": FORMAT,
             "torchrec_fields_from": PARAMETER_CONSTRAINTS_SOURCE,
@@ -341,7 +395,8 @@ class TorchRecExport:
             "sources": {"ParameterConstraints": PARAMETER_CONSTRAINTS_SOURCE, "CacheParams": CACHE_PARAMS_SOURCE,
                         "EmbeddingComputeKernel": COMPUTE_KERNEL_SOURCE, "EmbOptimType": EMB_OPTIM_TYPE_SOURCE,
                         "CacheAlgorithm": CACHE_ALGORITHM_SOURCE, "fbgemm_training": FBGEMM_TRAINING_SOURCE,
-                        "grouping": GROUPING_SOURCE, "enumerator": ENUMERATOR_SOURCE, "pipeline": PIPELINE_SOURCE},
+                        "grouping": GROUPING_SOURCE, "enumerator": ENUMERATOR_SOURCE, "pipeline": PIPELINE_SOURCE,
+                        "storage_reservation": STORAGE_RESERVATION_SOURCE},
         }
 
     def to_python(self) -> str:
@@ -385,10 +440,17 @@ class TorchRecExport:
         lines += ["}", "sharder = EmbeddingBagCollectionSharder(fused_params=fused_params)"]
         if self.hbm_cap_bytes is not None:
             lines += ["",
+                      "from torchrec.distributed.planner.storage_reservations import FixedPercentageStorageReservation",
+                      "",
                       (f"topology = Topology(world_size=1, compute_device=\"cuda\", hbm_cap={self.hbm_cap_bytes!r}, "
                        f"ddr_cap={self.ddr_cap_bytes!r})"),
+                      (f"# keep the plan's {self.hbm_reserved_bytes:,} bytes of HBM that are not tables (dense part, "
+                       "activations, ids, pooled vectors) from the tables,"),
+                      "# instead of the planner's default 15 % HeuristicalStorageReservation",
+                      (f"reservation = FixedPercentageStorageReservation(percentage="
+                       f"{self.storage_reservation_percentage!r})"),
                       (f"planner = EmbeddingShardingPlanner(topology=topology, batch_size={self.batch!r}, "
-                       f"constraints=constraints)"),
+                       f"constraints=constraints, storage_reservation=reservation)"),
                       "# plan = planner.plan(model, [sharder])"]
         return "\n".join(lines) + "\n"
 
@@ -584,15 +646,25 @@ def export_torchrec(wl: EmbWorkload, policies: Sequence[TablePolicy], *, system:
                      "torchrec.distributed.train_pipeline.TrainPipelineSparseDist (and its prefetching subclass) "
                      "copies each batch's input on its own stream; train with one of them.")
     hbm = ddr = None
+    reserved = 0
     if system is not None:
         cap = capacity(system)
         hbm, ddr = int(cap["gpu_bytes"]), int(cap["host_bytes"])
+        reserved = _reserved_hbm_bytes(wl, pols)
         notes.append(f"Topology hbm_cap {hbm:,} and ddr_cap {ddr:,} bytes: {system.name}'s usable memory (capacity "
                      "less reserved).")
+        notes.append(
+            f"Storage reservation: the planner keeps {reserved:,} bytes of HBM from the tables -- the plan's "
+            "dense part, activations and prefetch buffers, and the pooled vectors' gradients (TorchRec's shard "
+            "estimate counts each table's ids and pooled output itself) -- as "
+            "FixedPercentageStorageReservation(percentage=reserved / hbm_cap, rounded down). TorchRec's default, "
+            "HeuristicalStorageReservation(percentage=0.15), keeps 15 % of HBM plus its own estimate of the "
+            "dense part and of the inputs, and refuses a plan that fills HBM as tierplan's do (PlannerError "
+            "'insufficient storage'); its own warning recommends FixedPercentageStorageReservation.")
     return TorchRecExport(model=model.name, batch=wl.batch, tables=tables,
                           optimizer=OPTIMIZER_TO_EMB_OPTIM_TYPE[model.table_optimizer],
                           one_tbe_per_table=one_tbe_per_table, cannot_express=tuple(lost), notes=tuple(notes),
-                          hbm_cap_bytes=hbm, ddr_cap_bytes=ddr)
+                          hbm_cap_bytes=hbm, ddr_cap_bytes=ddr, hbm_reserved_bytes=reserved)
 
 
 __all__ = [

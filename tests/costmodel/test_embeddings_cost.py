@@ -147,10 +147,12 @@ def test_gpu_and_static_cache_tables_by_hand(toy, rec):
     assert compute[Resource.GPU] > compute[Resource.D2H]
     assert cost.iteration_s == pytest.approx(fetch[Resource.H2D] + compute[Resource.GPU], rel=1e-9)
     gpu_mem, host_mem = dict(cost.memory.gpu_breakdown), dict(cost.memory.host_breakdown)
-    # GPU: table 1000 x 16, cache 250 x 16, dense 113 x (4 + 4), activations 196,000,
+    # GPU: table 1000 x 16, cache 250 x 16, the static cache's FBGEMM LFU bookkeeping (row -> table map
+    # 4 x 1000, per-row frequency 8 x 1001, slot state 8 x 250), dense 113 x (4 + 4), activations 196,000,
     # ids 8000 + pooled vectors and gradients 2 x 1000 x 4 x 4 per table.
-    assert gpu_mem == pytest.approx({"tables": 16000, "cache_rows": 4000, "table_state": 0, "dense": 904,
-                                     "activations": 196000, "index_pooled": 2 * (8000 + 32000), "prefetch_buffers": 0})
+    assert gpu_mem == pytest.approx({"tables": 16000, "cache_rows": 4000, "cache_state": 4000 + 8008 + 2000,
+                                     "table_state": 0, "dense": 904, "activations": 196000,
+                                     "index_pooled": 2 * (8000 + 32000), "prefetch_buffers": 0})
     assert host_mem == pytest.approx({"tables": 16000, "table_state": 0, "batch_buffers": 16000})
     assert cost.feasible and cost.explain_shortfall() == ""
 
@@ -215,7 +217,10 @@ def test_largest_to_cpu_follows_nvidia_cumulative_rule(toy):
 def test_fae_takes_the_globally_hottest_rows(toy, rec):
     wl = EmbWorkload(model=rec, batch=8)
     pols = fae(wl, toy, budget_bytes=4 * 4 * 600)  # budget / (4 D) = 600 rows over two uniform tables
-    assert sum(p.cache_rows for p in pols) == 600 and all(p.cache_kind == "static" for p in pols)
+    assert sum(p.cache_rows for p in pols) == 600
+    # the hot rows' tables are static caches; one left without a hot row is uvm (no cache to keep)
+    assert all(p.cache_kind == "static" for p in pols if p.placement == "cache")
+    assert [p.placement for p in pols] == [Placement.CACHE, Placement.UVM]
 
 
 def _pooled_pair(pooling=(1, 2), optimizer="sgd", access=None) -> RecModel:
@@ -245,16 +250,17 @@ def test_torchrec_cacheability_is_the_area_under_the_lru_miss_curve():
 
 def test_torchrec_proportional_splits_the_budget_by_cacheability_times_lookups():
     wl = EmbWorkload(model=_pooled_pair(), batch=1000)
-    pols = torchrec_proportional(wl, None, budget_bytes=8000)
+    # the two caches' row -> table maps (4 B x 1000 rows each) come off the budget first
+    pols = torchrec_proportional(wl, None, budget_bytes=2 * 4000 + 8000)
     # expected lookups (distinct rows of the batch): U0 = 1000 (1 - 0.999^1000) = 632.30,
     # U1 = 1000 (1 - 0.999^2000) = 864.80; cacheability 1/2 each, so the shares are U_i / (U0 + U1):
-    # 8000 x 632.30 / 1497.11 = 3378.8 B -> 211 rows of 16 B; 4621.2 B -> 288 rows.
+    # 8000 x 632.30 / 1497.11 = 3378.8 B -> 105 rows of 16 B + 16 B of LRU bookkeeping; 4621.2 B -> 144 rows.
     u0, u1 = 1000 * (1 - 0.999**1000), 1000 * (1 - 0.999**2000)
     assert u0 == pytest.approx(632.30, abs=0.01) and u1 == pytest.approx(864.80, abs=0.01)
     assert [p.placement for p in pols] == [Placement.CACHE, Placement.CACHE]
     assert all(p.cache_kind == "lru" for p in pols)
-    assert [p.cache_rows for p in pols] == [math.floor(8000 * u0 / (u0 + u1) / 16),
-                                            math.floor(8000 * u1 / (u0 + u1) / 16)] == [211, 288]
+    assert [p.cache_rows for p in pols] == [math.floor(8000 * u0 / (u0 + u1) / 32),
+                                            math.floor(8000 * u1 / (u0 + u1) / 32)] == [105, 144]
 
 
 def test_torchrec_proportional_weighs_by_cacheability():
@@ -263,8 +269,9 @@ def test_torchrec_proportional_weighs_by_cacheability():
     c0, c1 = 0.5, torchrec_cacheability(wl.model.tables[1])
     u0 = 1000 * (1 - 0.999**1000)
     u1 = skew.expected_distinct_rows(1000)
-    pols = torchrec_proportional(wl, None, budget_bytes=16 * 1000)
-    # 16,000 B shared as c0 U0 : c1 U1; the harder-to-cache uniform table gets the larger share
+    pols = torchrec_proportional(wl, None, budget_bytes=2 * 4000 + 32 * 1000)
+    # 32,000 B (1,000 rows of 16 + 16 B) shared as c0 U0 : c1 U1; the harder-to-cache uniform table gets
+    # the larger share
     share0 = c0 * u0 / (c0 * u0 + c1 * u1)
     assert pols[0].cache_rows == math.floor(1000 * share0) and pols[1].cache_rows == math.floor(1000 * (1 - share0))
     assert pols[0].cache_rows > pols[1].cache_rows
@@ -272,22 +279,23 @@ def test_torchrec_proportional_weighs_by_cacheability():
 
 def test_torchrec_proportional_caps_at_the_table_and_deals_out_the_rest():
     wl = EmbWorkload(model=_pooled_pair(), batch=1000)
-    # pass 1: 30,000 B x (0.4224, 0.5776) = 12,671 B and 17,329 B; t1 is clipped at its 16,000 B and the
-    # 1,329 B released go to t0 in pass 2: 14,000 B = 875 rows. t1's load factor is 1 > 0.9999: promoted
-    # to gpu, which costs nothing more under SGD (N (r + s) = 16,000 B = its full cache).
-    pols = torchrec_proportional(wl, None, budget_bytes=30000)
+    # A cache row is 16 B + 16 B of LRU bookkeeping, a cached table's map 4,000 B (taken first).
+    # pass 1: 60,000 B x (0.4224, 0.5776) = 25,342 B and 34,658 B; t1 is clipped at its 32,000 B and the
+    # 2,658 B released go to t0 in pass 2: 28,000 B = 875 rows. t1's load factor is 1 > 0.9999: promoted
+    # to gpu, which under SGD (N (r + s) = 16,000 B) frees its cache's bookkeeping.
+    pols = torchrec_proportional(wl, None, budget_bytes=8000 + 60000)
     assert pols[0] == TablePolicy(placement="cache", cache_rows=875, cache_kind="lru")
     assert pols[1] == TablePolicy(placement="gpu")
-    # Adagrad keeps 4 x 4 = 16 B of state per row, 16,000 B per table, in HBM once promoted: nothing is
-    # left for it at 30,000 B, so t1 stays a full cache ...
-    ada = EmbWorkload(model=_pooled_pair(optimizer="adagrad"), batch=1000)
-    assert [p.cache_rows for p in torchrec_proportional(ada, None, budget_bytes=30000)] == [875, 1000]
-    # ... and at 50,000 B both caches are full with 18,000 B left: the higher-priority t1 is promoted
-    # (16,000 B more), t0 (16,000 B more than the 2,000 left) stays a full cache.
-    pols = torchrec_proportional(ada, None, budget_bytes=50000)
+    # Adam keeps 2 x 4 x 4 = 32 B of state per row in HBM once promoted, 48,000 B per table, 12,000 B
+    # more than its full cache and map (36,000 B): nothing is left for it, so t1 stays a full cache ...
+    adam = EmbWorkload(model=_pooled_pair(optimizer="adam"), batch=1000)
+    assert [p.cache_rows for p in torchrec_proportional(adam, None, budget_bytes=8000 + 60000)] == [875, 1000]
+    # ... and with both caches full and 18,000 B left, the higher-priority t1 is promoted (12,000 B more),
+    # t0 (12,000 B more than the 6,000 left) stays a full cache.
+    pols = torchrec_proportional(adam, None, budget_bytes=8000 + 64000 + 18000)
     assert [p.placement for p in pols] == [Placement.CACHE, Placement.GPU] and pols[0].cache_rows == 1000
     # a budget past every fused table promotes them all
-    assert all(p.placement == "gpu" for p in torchrec_proportional(ada, None, budget_bytes=64000))
+    assert all(p.placement == "gpu" for p in torchrec_proportional(adam, None, budget_bytes=8000 + 64000 + 24000))
 
 
 @pytest.mark.parametrize("prefetch", [False, True])
@@ -300,8 +308,10 @@ def test_torchrec_proportional_fills_the_free_hbm_and_fits(prefetch):
     assert cost.feasible, cost.explain_shortfall()
     cap = capacity(system)["gpu_bytes"]
     assert cost.memory.gpu_bytes <= cap
-    if not prefetch:  # every table's floor(bytes / r) loses under one row: the rest of the HBM is used
-        assert cap - cost.memory.gpu_bytes < sum(t.row_bytes for t in m.tables) + 1
+    if not prefetch:  # every table's floor(bytes / (r + a)) loses under one row, and a table promoted to
+        # gpu frees its cache's bookkeeping (SGD: 4 N + 16 N), which TorchRec does not deal out again
+        freed = sum(20 * t.rows for p, t in zip(pols, m.tables) if p.placement == "gpu")
+        assert cap - cost.memory.gpu_bytes < sum(t.row_bytes + 16 for t in m.tables) + 1 + freed
     assert all(p.cache_rows <= t.rows for p, t in zip(pols, m.tables))
     big = max(range(len(m.tables)), key=lambda i: m.tables[i].rows)
     assert pols[big].placement == "cache" and 0 < pols[big].cache_rows < m.tables[big].rows

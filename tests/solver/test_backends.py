@@ -55,6 +55,23 @@ def test_infeasible_model_is_a_status_not_an_exception(backend):
     assert result.objective is None
 
 
+@pytest.mark.skipif(BACKENDS != ["highs", "cbc"], reason="needs both backends")
+def test_a_highs_solve_error_falls_back_to_cbc(monkeypatch):
+    import solver.backends as B
+
+    def broken(model, *args, **kwargs):
+        raise B._HighsFailed(f"MIP backend 'highs' failed on model {model.name!r}: Solve error")
+
+    monkeypatch.setattr(B, "_run_highs", broken)
+    prob, _ = _knapsack()
+    result = solve(prob, backend="highs", gap_rel=0.0)
+    assert result.status is SolveStatus.OPTIMAL and result.backend == "cbc"  # says who solved it
+    assert result.objective == pytest.approx(13.0, abs=1e-9)
+    monkeypatch.setattr(B, "available_backends", lambda: ["highs"])  # no CBC: the error stands
+    with pytest.raises(PlanError, match="Solve error"):
+        solve(prob, backend="highs")
+
+
 def test_unknown_backend_is_an_error():
     prob, _ = _knapsack()
     with pytest.raises(PlanError, match="backend must be one of"):
