@@ -21,3 +21,20 @@ def toy():
 @pytest.fixture(scope="session")
 def llama2():
     return load_model("llama-2-7b")
+
+
+@pytest.fixture(scope="session")
+def check_rows():
+    """Run a ``benchmarks/`` engine check (an engine's own parser or planner on tierplan's exports) with
+    ``--json`` in a subprocess and return its ``rows``."""
+    import json
+    import subprocess
+    import sys
+
+    def run(script: str) -> list[dict]:
+        path = Path(__file__).resolve().parents[1] / "benchmarks" / script
+        out = subprocess.run([sys.executable, str(path), "--json"], capture_output=True, text=True, timeout=600,
+                             check=True)
+        return json.loads(out.stdout[out.stdout.index("{"):])["rows"]
+
+    return run

@@ -621,20 +621,13 @@ def test_export_object_validates_its_config():
         Unexpressed(decision="params=host", layers=(-1,), head=False, why="x", instead="params=gpu")
 
 
-def test_deepspeed_itself_parses_the_exported_configs():
+def test_deepspeed_itself_parses_the_exported_configs(check_rows):
     # Where DeepSpeed is installed (not in CI: it is not a dependency), its own DeepSpeedConfig -- the parser
     # deepspeed.initialize runs, which refuses unknown keys -- reads every exported config of
     # benchmarks/deepspeed_config_check.py back as the export meant it. A subprocess: the check starts a
     # one-process gloo group.
     pytest.importorskip("deepspeed")
-    import json
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    script = Path(__file__).resolve().parents[2] / "benchmarks" / "deepspeed_config_check.py"
-    out = subprocess.run([sys.executable, str(script), "--json"], capture_output=True, text=True, timeout=600, check=True)
-    rows = json.loads(out.stdout[out.stdout.index("{"):])["rows"]
+    rows = check_rows("deepspeed_config_check.py")
     assert len(rows) >= 6
     for r in rows:
         assert r["error"] is None and r["agree"], r

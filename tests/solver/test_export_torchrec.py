@@ -390,18 +390,12 @@ def test_export_is_frozen():
         ex.batch = 1  # type: ignore[misc]
 
 
-def test_torchrec_itself_plans_the_exported_constraints():
+def test_torchrec_itself_plans_the_exported_constraints(check_rows):
     # Where TorchRec imports (not in CI: it is not a dependency, and fbgemm_gpu needs the NVIDIA driver's
     # libraries to load), its own EmbeddingShardingPlanner plans every export of
     # benchmarks/torchrec_export_check.py with the compute kernels and load factors the export asked for.
     pytest.importorskip("torchrec")
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    script = Path(__file__).resolve().parents[2] / "benchmarks" / "torchrec_export_check.py"
-    out = subprocess.run([sys.executable, str(script), "--json"], capture_output=True, text=True, timeout=600, check=True)
-    rows = json.loads(out.stdout[out.stdout.index("{"):])["rows"]
+    rows = check_rows("torchrec_export_check.py")
     assert len(rows) >= 6
     for r in rows:
         assert r["error"] is None and r["agree"], r
