@@ -17,7 +17,8 @@ Placements, as :class:`costmodel.embeddings_cost.TablePolicy` defines them:
 * ``gpu`` -- rows and state in device memory;
 * ``cache`` -- the ``cache_rows`` hottest rows (``static``) or an LRU cache of that many rows, with
   a slot map kept on the host (FBGEMM keeps it on the GPU; here it is the input pipeline's work, so
-  it is not timed); every row in host memory; missed rows gathered over the link into a staging
+  it is not timed; FBGEMM's bookkeeping tensors are allocated on the device at their sizes, so the
+  peak memory holds them); every row in host memory; missed rows gathered over the link into a staging
   buffer; LRU misses inserted and their victims written back, static misses written back after
   the update;
 * ``uvm`` -- every distinct row gathered over the link, updated on the device, written back;
@@ -678,10 +679,20 @@ class _TableState:
             self.weight_dev = _random_(torch.empty(n, d, dtype=dtype, device=dev))
         else:
             self.host_weight = _random_(torch.empty(n, d, dtype=dtype, pin_memory=pinned))
+        self.cache_state_dev: list[torch.Tensor] = []
         if p is Placement.CACHE:
             self.cache_dev = torch.empty(len(init), d, dtype=dtype, device=dev)
             if len(init):
                 self.cache_dev.copy_(self.host_weight[torch.from_numpy(init)])
+            # FBGEMM's cache bookkeeping, allocated at its sizes so the device's peak memory holds what the
+            # model counts (costmodel.embeddings_cost.cache_state_bytes); the replay's own slot map lives
+            # on the host, so these are only held, not read
+            slots = int(pol.cache_rows)
+            self.cache_state_dev = [torch.empty(n, dtype=torch.int32, device=dev),  # cache_index_table_map
+                                    torch.empty(slots, dtype=torch.int64, device=dev)]  # lxu_cache_state
+            self.cache_state_dev.append(torch.empty(slots if self.lru else n + 1, dtype=torch.int64, device=dev))
+            if self.prefetch:  # lxu_cache_locking_counter
+                self.cache_state_dev.append(torch.empty(slots, dtype=torch.int32, device=dev))
         self.state_dev = self.state_host = None
         if self.s:
             if pol.state_tier is StateTier.GPU:

@@ -25,6 +25,7 @@ from costmodel.embeddings_cost import (
     all_gpu,
     baseline_policies,
     evaluate_embeddings,
+    memory_use,
     uvm_all,
 )
 from hwprofiles import load_system
@@ -189,6 +190,23 @@ def test_updated_rows_are_exactly_the_distinct_rows_touched(optimizer):
                 assert set(torch.nonzero((s0 != s1).any(dim=1)).flatten().tolist()) == touched
     finally:
         rep.close()
+
+
+def test_the_cache_holds_fbgemm_bookkeeping_at_the_modelled_size():
+    # The replay keeps its slot map on the host but allocates FBGEMM's bookkeeping on the device, so a
+    # CUDA peak-memory measurement holds the bytes memory_use counts as cache_state.
+    pols = [TablePolicy(placement="cache", cache_rows=16, cache_kind="lru"),
+            TablePolicy(placement="cache", cache_rows=16, cache_kind="static", prefetch=True),
+            TablePolicy(placement="gpu")]
+    wl = EmbWorkload(model=_model(n_tables=3, rows=64, dim=4, pooling=2.0), batch=8)
+    rep = EmbReplayer(wl, pols, torch.device("cpu"), n_batches=2, seed=1)
+    try:
+        held = [sum(t.numel() * t.element_size() for t in ts.cache_state_dev) for ts in rep.tables]
+    finally:
+        rep.close()
+    # lru: 4 x 64 map + (8 + 8) x 16 slots; static (LFU), prefetched: 4 x 64 + 8 x 65 + (8 + 4) x 16; gpu: none
+    assert held == [256 + 256, 256 + 520 + 192, 0]
+    assert sum(held) == dict(memory_use(wl, pols).gpu_breakdown)["cache_state"]
 
 
 def test_every_placement_trains_the_same_model():
