@@ -19,6 +19,7 @@ GPU, and this repository's machines have none. Prints figures; asserts nothing.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -151,12 +152,17 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", action="store_true", help="print the rows as JSON")
     args = ap.parse_args(argv)
-    try:
-        import deepspeed
-    except ImportError:
+    # DeepSpeed logs to stdout (its logger's handler takes sys.stdout when it is imported): its lines go
+    # to stderr, so stdout holds this script's report (and --json its JSON) only
+    with contextlib.redirect_stdout(sys.stderr):
+        try:
+            import deepspeed
+        except ImportError:
+            deepspeed = None
+        rows = check_all() if deepspeed is not None else []
+    if deepspeed is None:
         print("deepspeed is not installed (pip install deepspeed): nothing to check")
         return 0
-    rows = check_all()
     if args.json:
         print(json.dumps({"deepspeed": deepspeed.__version__, "rows": rows}, indent=1))
         return 0
