@@ -812,25 +812,35 @@ def fae(wl: EmbWorkload, system: System, budget_bytes: float | None = None) -> t
                                                        cache_kind=CurveKind.STATIC)) for t in m.tables]
         a = max(per_row for _, per_row in static)
         free = max(0.0, _free_gpu_bytes(wl, system))
-        first = _fae_policies(wl, free * 4 * d / (4 * d + s + a))
+        ranked = _fae_ranked_rows(wl)
+        first = _fae_policies(wl, free * 4 * d / (4 * d + s + a), ranked)
         fixed = sum(f for (f, _), p in zip(static, first) if p.placement is Placement.CACHE)
         budget_bytes = max(0.0, free - fixed) * 4 * d / (4 * d + s + a)
+        return _fae_policies(wl, budget_bytes, ranked)
     if isinstance(budget_bytes, bool) or not isinstance(budget_bytes, numbers.Real) or budget_bytes < 0:
         raise WorkloadError(f"the FAE budget must be a non-negative number of bytes, got {budget_bytes!r}")
-    return _fae_policies(wl, float(budget_bytes))
+    return _fae_policies(wl, float(budget_bytes), _fae_ranked_rows(wl))
 
 
-def _fae_policies(wl: EmbWorkload, budget_bytes: float) -> tuple[TablePolicy, ...]:
-    """FAE's placement for a hot-row budget of ``budget_bytes`` (``budget / (4 D)`` hot rows)."""
-    m = wl.model
-    hot = budget_bytes / (FP32_BYTES * m.embedding_dim)
-    groups = []  # (accesses per sample of one row, rows in the group, table index)
-    for i, t in enumerate(m.tables):
+def _fae_ranked_rows(wl: EmbWorkload) -> tuple[np.ndarray, np.ndarray]:
+    """Every table's rows grouped by probability, hottest first over all tables: ``(groups, before)``
+    with ``groups`` rows of (accesses per sample of one row, rows in the group, table index) and
+    ``before`` the rows ranked above each group."""
+    groups = []
+    for i, t in enumerate(wl.model.tables):
         bk = t.access._buckets()  # rows grouped by probability, hottest first (costmodel.embeddings)
         groups.append(np.stack([bk.p * float(t.pooling), bk.m, np.full(len(bk.m), i, dtype=float)], axis=1))
     allg = np.concatenate(groups)
     allg = allg[np.argsort(-allg[:, 0], kind="stable")]
-    before = np.concatenate(([0.0], np.cumsum(allg[:, 1])[:-1]))
+    return allg, np.concatenate(([0.0], np.cumsum(allg[:, 1])[:-1]))
+
+
+def _fae_policies(wl: EmbWorkload, budget_bytes: float, ranked: tuple[np.ndarray, np.ndarray]
+                  ) -> tuple[TablePolicy, ...]:
+    """FAE's placement for a hot-row budget of ``budget_bytes`` (``budget / (4 D)`` hot rows)."""
+    m = wl.model
+    hot = budget_bytes / (FP32_BYTES * m.embedding_dim)
+    allg, before = ranked
     take = np.clip(hot - before, 0.0, allg[:, 1])
     rows = np.bincount(allg[:, 2].astype(np.int64), weights=take, minlength=len(m.tables))
     out = []
