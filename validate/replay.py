@@ -239,6 +239,15 @@ def check_device_name(device) -> None:
         raise ReplayError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
 
 
+def run_settings(device, iterations, repeats, warmup, seed) -> tuple[torch.device, int, int, int, int]:
+    """A family replay's common arguments, checked: ``(device, iterations, repeats, warmup, seed)``
+    with the device resolved (:func:`resolve_device`) and at least one warm-up iteration."""
+    check_device_name(device)
+    dev = resolve_device(device)
+    return (dev, positive_int(iterations, "iterations"), positive_int(repeats, "repeats"),
+            max(1, positive_int(warmup, "warmup", minimum=0)), positive_int(seed, "seed", minimum=0))
+
+
 def resolve_device(device) -> torch.device:
     """The device a replay or suite runs on: the one named, else CUDA where torch sees it, else the CPU."""
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))

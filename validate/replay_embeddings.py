@@ -119,12 +119,11 @@ from validate.replay import (
     ThrottledLink,
     _hardware_warnings,
     _random_,
-    check_device_name,
     machine_name,
     memory_record,
     positive_int,
     profile_tags,
-    resolve_device,
+    run_settings,
 )
 
 # The slice's tables (weights and optimizer state) on the CPU stand-in are at most this many bytes:
@@ -1142,12 +1141,7 @@ def replay_embeddings(wl: EmbWorkload, system: System, policies: Sequence[TableP
         An argument is out of range (the message names it and its value), or CUDA was asked for
         and is not there.
     """
-    check_device_name(device)
-    dev = resolve_device(device)
-    iterations = positive_int(iterations, "iterations")
-    repeats = positive_int(repeats, "repeats")
-    warmup = max(1, positive_int(warmup, "warmup", minimum=0))
-    seed = positive_int(seed, "seed", minimum=0)
+    dev, iterations, repeats, warmup, seed = run_settings(device, iterations, repeats, warmup, seed)
     pols = _check_policies(wl, policies)
     n_all = len(pols)
     if tables is None or isinstance(tables, numbers.Integral) and not isinstance(tables, bool):

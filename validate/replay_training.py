@@ -118,13 +118,12 @@ from validate.replay import (
     _hardware_warnings,
     _random_,
     byte_views,
-    check_device_name,
     choose_slice,
     machine_name,
     memory_record,
     positive_int,
     profile_tags,
-    resolve_device,
+    run_settings,
 )
 
 # The CPU stand-in's budget for the replayed model, so that one iteration takes tens of milliseconds
@@ -1487,12 +1486,7 @@ def replay_training(wl: TrainWorkload, system: System, policies: Sequence[LayerT
         workload cannot be replayed (MoE, MLA, several GPUs, ``overlap="full"``), or CUDA was asked
         for and is not there.
     """
-    check_device_name(device)
-    dev = resolve_device(device)
-    iterations = positive_int(iterations, "iterations")
-    repeats = positive_int(repeats, "repeats")
-    warmup = max(1, positive_int(warmup, "warmup", minimum=0))
-    seed = positive_int(seed, "seed", minimum=0)
+    dev, iterations, repeats, warmup, seed = run_settings(device, iterations, repeats, warmup, seed)
     if layers is not None:
         layers = positive_int(layers, "layers")
     if seq_len is not None:
