@@ -121,6 +121,7 @@ def test_cli_argument_vectors(command, extra, junk):
 
 TRAIN_COMMANDS = [["evaluate", "training", "--policy", "zero-offload+full-recompute"],
                   ["evaluate", "training", "--policy", "twin-flow:0.5", "--zero-stage", "3"],
+                  ["evaluate", "training", "--policy", "zero-offload", "--no-grad-clip", "--pin-memory"],
                   ["plan", "training", "--time-limit", "2"]]
 TRAIN_FLAGS = {
     "--seq": INTS, "--micro-batch": INTS, "--grad-accum": INTS, "--gpus": st.sampled_from([0, 1, 2, 8, 9, 65, -1]),

@@ -255,6 +255,7 @@ def test_a_row_without_snapshots_may_say_so():
     (_set("workload.snapshot_every", -1), "workload.snapshot_every", "must be 0 or a positive integer"),
     (_set("workload.kernels", ""), "workload.kernels", "must be text"),
     (_set("workload.dropout", "yes"), "workload.dropout", "must be true or false"),
+    (_set("workload.grad_clip", 1.0), "workload.grad_clip", "must be true or false"),
     (_set("workload.seqlen", 1024), "workload.seqlen", "is not a workload field"),
     (_set("workload.interconnect_bytes_per_s", "fast"), "workload.interconnect_bytes_per_s", "bandwidth"),
     (_set("workload.parallelism", ["data"]), "workload.parallelism", "must be a non-empty list of tensor"),
