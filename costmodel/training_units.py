@@ -528,6 +528,7 @@ class TrainUnitCosts:
     snapshot_every: int = 0
     snap_master_host_s: float = 0.0  # the node's CPU time to copy the unit's master (or fp32 weights) in host memory
     snap_moments_host_s: float = 0.0  # ... and its moments
+    bidir_penalty: float = 0.0  # extra link time per byte moved while the other direction moves: 1/bidirectional_factor - 1
 
     @property
     def weight_shard(self) -> float:
@@ -564,13 +565,15 @@ def check_node(wl: TrainWorkload, system: System) -> None:
 def node_host(wl: TrainWorkload, system: System) -> Host:
     """The host the ``gpus`` processes share. A whole host (``node_share`` 1) is shared as it is; a
     profile of one GPU's share of its node (``node_share`` s < 1, the bundled ``*-gpu-share`` hosts)
-    counts N = ``gpus`` shares: memory, reserved memory, memory bandwidth and FLOP/s times N, share N s."""
+    counts N = ``gpus`` shares: memory, reserved memory, memory and optimizer bandwidth and FLOP/s times N,
+    share N s."""
     host, n = system.host, wl.gpus
     if n == 1 or host.node_share >= 1.0:
         return host
+    opt = host.optimizer_bytes_per_s
     return replace(host, memory_bytes=host.memory_bytes * n, reserved_bytes=host.reserved_bytes * n,
                    memory_bytes_per_s=host.memory_bytes_per_s * n, fp32_flop_per_s=host.fp32_flop_per_s * n,
-                   node_share=min(host.node_share * n, 1.0))
+                   optimizer_bytes_per_s=None if opt is None else opt * n, node_share=min(host.node_share * n, 1.0))
 
 
 def node_capacity(wl: TrainWorkload, system: System) -> dict[str, float]:
@@ -611,16 +614,27 @@ def _ops_s(ops: Sequence[TrainOp], proc: Processor, backward: bool = False, core
     return total
 
 
-def _step_s(params: float, wl: TrainWorkload, proc: Processor) -> float:
+def _step_s(params: float, wl: TrainWorkload, proc: Processor, optimizer_bytes_per_s: float | None = None) -> float:
     """One optimizer step of ``params`` parameters, memory-bound elementwise passes where the states
     live: roofline(FLOPs = params x (OPTIMIZER_FLOP_PER_PARAM + 1 for the unscale's multiply), bytes =
     params x (read + written)) with the processor's elementwise and memory efficiency curves; the
-    bytes of the unscale, update and 16-bit copy passes are :func:`step_bytes_per_param`'s."""
+    bytes of the unscale, update and 16-bit copy passes are :func:`step_bytes_per_param`'s.
+
+    With a measured CPU optimizer rate (``optimizer_bytes_per_s``, the host's
+    :attr:`~hwprofiles.types.Host.optimizer_bytes_per_s`) the update pass takes
+    ``params x update bytes / rate`` instead, and the other passes (unscale, 16-bit copy) stay on
+    the roofline: ``roofline(params x their FLOPs, params x their bytes)``.
+    """
     if params <= 0:
         return 0.0
     read, written = step_bytes_per_param(wl.state, unscale=wl.unscales)
     flop = OPTIMIZER_FLOP_PER_PARAM[wl.optimizer] + (1 if wl.unscales else 0)
-    return float(roofline_time_s(params * flop, params * (read + written), OpClass.ELEMENTWISE, proc))
+    if optimizer_bytes_per_s is None:
+        return float(roofline_time_s(params * flop, params * (read + written), OpClass.ELEMENTWISE, proc))
+    update = sum(step_bytes_per_param(wl.state, writes_weights_copy=False))
+    rest, rest_flop = read + written - update, 1 if wl.unscales else 0
+    passes = float(roofline_time_s(params * rest_flop, params * rest, OpClass.ELEMENTWISE, proc)) if rest > 0 else 0.0
+    return params * update / optimizer_bytes_per_s + passes
 
 
 @functools.lru_cache(maxsize=256)
@@ -638,6 +652,7 @@ def unit_costs(wl: TrainWorkload, system: System, *, head: bool = False) -> Trai
     pageable = 1.0 if wl.pin_memory else link.pageable_factor
     n = wl.gpus
     shard = 1.0 / n if wl.zero_stage >= 1 else 1.0
+    host = node_host(wl, system)
     return TrainUnitCosts(
         params=params, fwd_gpu_s=fwd, bwd_gpu_s=_ops_s(ops, gpu, backward=True),
         recompute_gpu_s=0.0 if head else fwd, selective_gpu_s=0.0 if head else _ops_s(ops, gpu, core_only=True),
@@ -649,7 +664,7 @@ def unit_costs(wl: TrainWorkload, system: System, *, head: bool = False) -> Trai
         step_grad_bytes=params * sb.step_grad, master_bytes=params * (sb.master or sb.weights),
         master_gpu_bytes=params * sb.master, moments_bytes=params * sb.moments, moment_tensors=sb.moment_tensors,
         # The N processes step their partitions at once on the shared host: the node's CPU work is the unit.
-        cpu_step_s=_step_s(params, wl, Processor.cpu(node_host(wl, system))),
+        cpu_step_s=_step_s(params, wl, Processor.cpu(host), host.optimizer_bytes_per_s),
         gpu_step_s=_step_s(params * shard, wl, replace(gpu, peak_flop_per_s=system.gpu.fp32_flop_per_s)),
         h2d_bytes_per_s=link.h2d_bytes_per_s * pageable, d2h_bytes_per_s=link.d2h_bytes_per_s * pageable,
         link_latency_s=link.latency_s,
@@ -658,8 +673,9 @@ def unit_costs(wl: TrainWorkload, system: System, *, head: bool = False) -> Trai
         disk_latency_s=disk.latency_s if disk else 0.0,
         interconnect_bytes_per_s=interconnect_rate(wl, system),
         gpus=n, zero_stage=wl.zero_stage, grad_accum=wl.grad_accum, snapshot_every=wl.snapshot_every,
-        snap_master_host_s=_host_copy_s(params * (sb.master or sb.weights), node_host(wl, system)),
-        snap_moments_host_s=_host_copy_s(params * sb.moments, node_host(wl, system)),
+        snap_master_host_s=_host_copy_s(params * (sb.master or sb.weights), host),
+        snap_moments_host_s=_host_copy_s(params * sb.moments, host),
+        bidir_penalty=1.0 / link.bidirectional_factor - 1.0,
     )
 
 
@@ -684,12 +700,34 @@ def _xfer(nbytes: float, rate: float, latency: float) -> float:
     return nbytes / rate + latency if nbytes > 0 else 0.0
 
 
+def _both_ways(h2d_bytes: float, d2h_bytes: float, uc: TrainUnitCosts) -> tuple[float, float]:
+    """Seconds on the H2D and D2H engines of one unit's copies in one phase, each direction's bytes at
+    its rate plus the link latency, and both slowed while the two directions run at once: the bytes
+    that overlap, ``min(H2D, D2H)``, cost ``1/bidirectional_factor - 1`` extra per byte on each side
+    (as :mod:`costmodel.kv` and :mod:`costmodel.embeddings_cost` charge them). The copies of a phase
+    run on two copy streams beside each other (DeepSpeed's prefetch and offload, the replay's
+    ``h2d``/``d2h`` streams), so within a phase the overlap is taken whole; a unit's copies are
+    matched with its own opposite copies, which in a run of identical units are its neighbours'.
+
+    >>> from types import SimpleNamespace
+    >>> uc = SimpleNamespace(h2d_bytes_per_s=1e9, d2h_bytes_per_s=1e9, link_latency_s=0.0, bidir_penalty=1.0)
+    >>> _both_ways(2e9, 1e9, uc)  # half-rate while both run: the common 1 GB costs twice on each side
+    (3.0, 2.0)
+    """
+    extra = min(h2d_bytes, d2h_bytes) * uc.bidir_penalty
+    return (_xfer(h2d_bytes + extra if h2d_bytes > 0 else 0.0, uc.h2d_bytes_per_s, uc.link_latency_s),
+            _xfer(d2h_bytes + extra if d2h_bytes > 0 else 0.0, uc.d2h_bytes_per_s, uc.link_latency_s))
+
+
 def unit_phase_times(uc: TrainUnitCosts, pol: LayerTrainPolicy) -> dict[Phase, dict[str, float]]:
     """Seconds per resource of one unit in each phase under ``pol``.
 
     Affine in the policy's 0/1 decisions (and in ``offload_share``) with the coefficients of ``uc``,
     except each transfer's fixed latency, charged once when a unit moves any bytes on a resource in
-    a phase (a MIP charges it with the decision's binary).
+    a phase (a MIP charges it with the decision's binary), and the link's bidirectional slow-down,
+    ``min(H2D, D2H) (1/bidirectional_factor - 1)`` extra bytes on each side of a phase's copies
+    (:func:`_both_ways`; a GPU-stepped unit's streamed states count on both sides) -- each a
+    constant of the policy, which is what the MIP's modes take.
 
     With N GPUs, w/g the weights'/gradients' bytes, and the shard factors of :class:`TrainUnitCosts`
     (ws = weight share, os = optimizer-state share), per GPU:
@@ -733,15 +771,17 @@ def unit_phase_times(uc: TrainUnitCosts, pol: LayerTrainPolicy) -> dict[Phase, d
 
     Examples
     --------
-    A middle micro-step of a ZeRO-Offload layer copies its gradient partition both ways:
+    A middle micro-step of a ZeRO-Offload layer copies its gradient partition both ways, so on a link
+    whose directions slow each other (PCIe 4: ``bidirectional_factor`` 50 %) its copy out takes longer
+    than the first micro-step's, which only copies out:
 
     >>> from costmodel.transformer import load_model
     >>> from hwprofiles import load_system
     >>> wl = TrainWorkload(model=load_model("gpt2"), seq_len=128, micro_batch=1, grad_accum=3)
     >>> uc = unit_costs(wl, load_system("a100-40gb"))
     >>> t = unit_phase_times(uc, LayerTrainPolicy(grads="host", master="host", moments="host", step="cpu"))
-    >>> mid = t[Phase.BACKWARD_MID]
-    >>> mid["d2h"] == t[Phase.BACKWARD_FIRST]["d2h"] > 0, mid["h2d"] == t[Phase.BACKWARD_LAST]["h2d"] > 0
+    >>> first, mid, last = (t[p] for p in (Phase.BACKWARD_FIRST, Phase.BACKWARD_MID, Phase.BACKWARD_LAST))
+    >>> first["h2d"] == 0 < first["d2h"] < mid["d2h"], mid["h2d"] == last["h2d"] > 0
     (True, True)
     """
     n, lat, ic = uc.gpus, uc.link_latency_s, uc.interconnect_bytes_per_s
@@ -753,8 +793,8 @@ def unit_phase_times(uc: TrainUnitCosts, pol: LayerTrainPolicy) -> dict[Phase, d
     w_disk = pol.params is Tier.DISK
     act_off = pol.offloaded_share * uc.act_keep_bytes
     gather = frac * uc.weights_bytes / ic if uc.zero_stage >= 3 and n > 1 else 0.0
-    fwd = {"gpu": uc.fwd_gpu_s, "h2d": _xfer(uc.weights_bytes * ws if w_off else 0.0, h2d, lat),
-           "d2h": _xfer(act_off, d2h, lat), "interconnect": gather,
+    fwd_h2d, fwd_d2h = _both_ways(uc.weights_bytes * ws if w_off else 0.0, act_off, uc)
+    fwd = {"gpu": uc.fwd_gpu_s, "h2d": fwd_h2d, "d2h": fwd_d2h, "interconnect": gather,
            "disk": _xfer(uc.weights_bytes if w_disk else 0.0, dr, dlat), "cpu": 0.0}
     recompute = {ActAction.RECOMPUTE: uc.recompute_gpu_s, ActAction.SELECTIVE: uc.selective_gpu_s}.get(
         pol.activations, 0.0)
@@ -779,7 +819,8 @@ def unit_phase_times(uc: TrainUnitCosts, pol: LayerTrainPolicy) -> dict[Phase, d
         disk = _xfer(uc.weights_bytes if w_disk else 0.0, dr, dlat)
         if pol.grads is Tier.DISK and micro == "last":
             disk += _xfer(uc.step_grad_bytes, dw, dlat)
-        return {"gpu": uc.bwd_gpu_s + recompute, "h2d": _xfer(inbound, h2d, lat), "d2h": _xfer(outbound, d2h, lat),
+        bwd_h2d, bwd_d2h = _both_ways(inbound, outbound, uc)
+        return {"gpu": uc.bwd_gpu_s + recompute, "h2d": bwd_h2d, "d2h": bwd_d2h,
                 "interconnect": gather, "reduce": reduce, "disk": disk, "cpu": 0.0}
 
     cpu = pol.step is StepDevice.CPU
@@ -790,7 +831,10 @@ def unit_phase_times(uc: TrainUnitCosts, pol: LayerTrainPolicy) -> dict[Phase, d
     streamed = 0.0 if cpu else ((uc.master_gpu_bytes if pol.master is Tier.HOST else 0.0)
                                 + (uc.moments_bytes if pol.moments is Tier.HOST else 0.0)) * os_
     step = {"cpu": uc.cpu_step_s if cpu else 0.0, "gpu": 0.0 if cpu else uc.gpu_step_s,
-            "stream_h2d": _xfer(streamed, h2d, lat), "stream_d2h": _xfer(streamed, d2h, lat),
+            # a GPU-stepped unit's states stream in while its neighbour's go back out (and its weights
+            # after them): the streamed bytes overlap, as in _both_ways
+            "stream_h2d": _xfer(streamed * (1.0 + uc.bidir_penalty), h2d, lat),
+            "stream_d2h": _xfer(streamed * (1.0 + uc.bidir_penalty), d2h, lat),
             "disk": _xfer(disk_read, dr, dlat) + _xfer(disk_write, dw, dlat),
             "h2d": _xfer(uc.weights_bytes * os_ if cpu and not w_off else 0.0, h2d, lat),
             "d2h": _xfer(uc.weights_bytes * os_ if not cpu and w_off else 0.0, d2h, lat),

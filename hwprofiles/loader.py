@@ -42,7 +42,8 @@ PART_DIRS = {"gpu": "gpus", "host": "hosts", "link": "links", "disk": "disks", "
 # A system's parts, in file order; disk and interconnect are optional.
 SYSTEM_PARTS = ("gpu", "host", "link", "disk", "interconnect")
 
-# yaml key -> (dataclass field, dimension) for each part kind; every key is required but those in DEFAULTS.
+# yaml key -> (dataclass field, dimension) for each part kind; every key is required but those in DEFAULTS,
+# CONSTANT_DEFAULTS and UNSET_OK.
 SCHEMA: dict[str, dict[str, tuple[str, Dimension]]] = {
     "gpu": {
         "memory": ("memory_bytes", Dimension.BYTES),
@@ -59,6 +60,7 @@ SCHEMA: dict[str, dict[str, tuple[str, Dimension]]] = {
         "flops_fp32": ("fp32_flop_per_s", Dimension.COMPUTE),
         "reserved_memory": ("reserved_bytes", Dimension.BYTES),
         "node_share": ("node_share", Dimension.RATIO),
+        "optimizer_bandwidth": ("optimizer_bytes_per_s", Dimension.BANDWIDTH),
     },
     "link": {
         "h2d": ("h2d_bytes_per_s", Dimension.BANDWIDTH),
@@ -90,6 +92,13 @@ DEFAULTS: dict[tuple[str, str], tuple[str, str]] = {
 # host.node_share: files written before it existed describe a whole host.
 CONSTANT_DEFAULTS: dict[tuple[str, str], tuple[float, str]] = {
     ("host", "node_share"): (1.0, "node_share not given: the profile is the whole host"),
+}
+# Optional keys that stay unset (the dataclass field's None) when absent: the figure was not measured,
+# and the cost model says what it uses instead. host.optimizer_bandwidth: `tierplan profile` measures
+# it; without it a CPU optimizer update runs on the host's memory roof (costmodel.training_units).
+UNSET_OK: dict[tuple[str, str], str] = {
+    ("host", "optimizer_bandwidth"): "not measured: a CPU optimizer update runs on the memory roof and its efficiency "
+                                     "curve (`tierplan profile` measures an AdamW step)",
 }
 # "part.field" -> dimension, for overrides and sweeps given on the command line.
 SCHEMA_DIMENSIONS: dict[str, Dimension] = {
@@ -255,7 +264,7 @@ def parse_part(kind: str, data: Mapping[str, Any], *, file: str, prefix: str = "
                 value, why = CONSTANT_DEFAULTS[kind, key]
                 kwargs[attr] = value
                 provenance.append((key, Provenance(source=Source.ESTIMATE, ref=why)))
-            elif (kind, key) not in DEFAULTS:
+            elif (kind, key) not in DEFAULTS and (kind, key) not in UNSET_OK:
                 raise ProfileError(f"{prefix}.{key} is missing ({file})")
             continue
         kwargs[attr], prov = _quantity(data[key], key, dimension, f"{prefix}.{key}", file)
@@ -487,6 +496,8 @@ def part_to_dict(kind: str, part: Part) -> dict[str, Any]:
     source and ref, the efficiency curves inline."""
     out: dict[str, Any] = {"kind": kind, "name": part.name, "description": part.description, "file": part.file}
     for key, (attr, dimension) in SCHEMA[kind].items():
+        if getattr(part, attr) is None:  # an optional figure not measured (UNSET_OK): absent, as in its file
+            continue
         prov = part.source_of(key)
         out[key] = {"value": exact_quantity(getattr(part, attr), dimension), "source": prov.source.value,
                     "ref": prov.ref}

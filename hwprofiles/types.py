@@ -127,7 +127,15 @@ class Gpu(Part):
 class Host(Part):
     """A host (CPUs and memory). ``node_share`` is the fraction of the node's host the figures
     describe: 1 for a whole host; 1/8 for one GPU's share of an 8-GPU node (``*-gpu-share``), so that
-    a job on N of its GPUs gets N shares (:func:`costmodel.training_units.node_host`)."""
+    a job on N of its GPUs gets N shares (:func:`costmodel.training_units.node_host`).
+
+    ``optimizer_bytes_per_s`` (optional, ``None`` when not measured) is the rate a CPU optimizer
+    update sustains, counted in the cost model's bytes of that update per parameter (28 B for fp32
+    Adam: :func:`costmodel.training_states.step_bytes_per_param`'s update pass) over states far beyond
+    the caches: ``tierplan profile`` times ``torch.optim.AdamW(foreach=True)``. Without it the update
+    runs on the memory roof and its efficiency curve, as every other elementwise pass does. The rate
+    measured with AdamW is taken for every optimizer's update (SGD's moves fewer bytes per parameter
+    at the same rate per byte)."""
 
     memory_bytes: float
     memory_bytes_per_s: float
@@ -135,6 +143,7 @@ class Host(Part):
     reserved_bytes: float
     node_share: float
     curves: CurveSet
+    optimizer_bytes_per_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

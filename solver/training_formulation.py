@@ -11,7 +11,7 @@ transformer are identical, so the MIP has an integer count ``n_k`` of layers per
 per-layer binaries; the embeddings + LM head (the *head*) get one binary per mode.
 
 Every coefficient is a constant of the mode (:func:`unit_phase_times` is affine in the policy's
-0/1 decisions and the latencies are per mode), so the terms of :func:`~costmodel.training.
+0/1 decisions, and the latencies and the bidirectional slow-down are per mode), so the terms of :func:`~costmodel.training.
 evaluate_training` enter as follows (``a`` micro-steps, times in ms and bytes in GB in the rows):
 
 * forward: ``Σ_l max_r fwd[l, r]`` is ``a Σ_k n_k fwd_k`` (``fwd_k`` the mode's max over resources).

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from costmodel import WorkloadError, list_models, load_model, model_info
 from hwprofiles import Dimension, format_bytes, format_quantity, list_systems, load_system
-from hwprofiles.loader import SCHEMA, SYSTEM_PARTS
+from hwprofiles.loader import SCHEMA, SYSTEM_PARTS, UNSET_OK
 from solver import BASELINES, OBJECTIVES, Plan, PlanError
 from tierplan import cli_kv
 from tierplan._format import _ms, _pct, _table  # noqa: F401  (the modules' shared formatting)
@@ -55,7 +55,9 @@ def cmd_hw_show(args: argparse.Namespace) -> int:
                 continue
             out["parts"][kind] = {"name": part.name, "file": part.file, "fields": {
                 key: {"value": getattr(part, attr), "unit": dim.value, "source": part.source_of(key).source.value,
-                      "ref": part.source_of(key).ref} for key, (attr, dim) in SCHEMA[kind].items()}}
+                      "ref": part.source_of(key).ref} if getattr(part, attr) is not None else
+                {"value": None, "unit": dim.value, "source": None, "ref": UNSET_OK[kind, key]}
+                for key, (attr, dim) in SCHEMA[kind].items()}}
         print(json.dumps(out, indent=1))
         return 0
     print(f"{s.name}: {s.description}")
@@ -69,6 +71,9 @@ def cmd_hw_show(args: argparse.Namespace) -> int:
         print(f"\n[{kind}] {part.name}: {part.description}")
         rows = []
         for key, (attr, dim) in SCHEMA[kind].items():
+            if getattr(part, attr) is None:  # an optional figure the profile does not hold
+                rows.append([key, "-", "not measured", UNSET_OK[kind, key]])
+                continue
             prov = part.source_of(key)
             rows.append([key, format_quantity(getattr(part, attr), dim), prov.source.value, prov.ref])
         # Wrap the references so a table row fits a terminal; continuation lines align under them.

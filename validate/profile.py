@@ -3,7 +3,8 @@
 GEMM, GEMV, decode attention (the replay's own kernel and KV layout) and elementwise throughput
 over sizes on the compute device; device memory bandwidth over sizes; H2D and D2H copies (pinned
 and pageable) over sizes, alone and both directions at once; CPU GEMM, CPU attention and CPU memory
-bandwidth. Per-transfer latency and bandwidth are fitted (scipy) from time = latency + bytes /
+bandwidth, and a CPU AdamW step (the host's ``optimizer_bandwidth``, which costs the training
+family's CPU optimizer updates). Per-transfer latency and bandwidth are fitted (scipy) from time = latency + bytes /
 bandwidth. Efficiency curves are the measured throughput over the peak measured throughput, made to
 satisfy the loader's rule that a bigger op never takes less time.
 
@@ -35,6 +36,7 @@ import numpy as np
 import yaml
 from scipy import optimize
 
+from costmodel.training_states import state_bytes, step_bytes_per_param
 from hwprofiles import SCHEMA_DIMENSIONS, format_quantity, parse_quantity
 from hwprofiles.units import Dimension
 from validate.errors import ReplayError
@@ -387,6 +389,23 @@ class Profiler:
         return float(min(max(factor, 0.01), 1.0))
 
     # -- host ---------------------------------------------------------------------------------
+    def optimizer_rate(self) -> tuple[float, int]:
+        """(bytes/s, parameters) of a CPU optimizer update as the training replay runs it: the median
+        time of ``torch.optim.AdamW(foreach=True, fused=False).step()`` over one fp32 parameter of
+        16 Mi (quick) or 64 Mi elements, whose 16 B/param of state (weights, gradient, two moments:
+        256 MiB or 1 GiB) lie beyond most CPUs' caches, counted in the cost model's 28 B/param of the
+        update (:func:`costmodel.training_states.step_bytes_per_param`, fp32 AdamW): so the figure
+        holds what AdamW's several foreach passes cost beyond that count."""
+        n = (16 if self.quick else 64) * 2**20
+        param = torch.nn.Parameter(torch.zeros(n, dtype=torch.float32))
+        param.grad = torch.full_like(param, 1e-3)
+        opt = torch.optim.AdamW([param], lr=1e-4, weight_decay=1e-2, foreach=True, fused=False)
+        t = self.timer(opt.step)
+        rate = n * sum(step_bytes_per_param(state_bytes("fp32", "adamw"))) / t
+        self.progress(f"  AdamW step over {n / 2**20:.0f} Mi fp32 parameters: {t * 1e3:.1f} ms, "
+                      f"{rate / 1e9:.2f} GB/s of the update's 28 B/param")
+        return float(rate), n
+
     def host_part(self) -> dict:
         cpu = torch.device("cpu")
         if self.device.type == "cpu" and "compute" in self.results:
@@ -480,6 +499,7 @@ def profile_machine(*, quick: bool = False, device: str | None = None, command: 
         link = prof.link_part()
         progress("host CPU:")
         host = prof.host_part()
+        opt_rate, opt_params = prof.optimizer_rate()
     finally:
         if not cuda:
             torch.set_num_threads(threads_before)
@@ -552,6 +572,9 @@ def profile_machine(*, quick: bool = False, device: str | None = None, command: 
             "memory": _q(host_mem, "GiB", 2**30, "measured", host_ref),
             "memory_bandwidth": _q(host["memory_bytes_per_s"], "GB/s", 1e9, "measured", f"CPU tensor copy sweep; {ref}"),
             "flops_fp32": _q(host["peak_flop_per_s"], "TFLOP/s", 1e12, "measured", f"CPU fp32 GEMM sweep; {ref}"),
+            "optimizer_bandwidth": _q(opt_rate, "GB/s", 1e9, "measured",
+                                      f"torch.optim.AdamW(foreach=True) step over {opt_params} fp32 parameters on the "
+                                      f"CPU: 28 B/param (the update's reads + writes) / median time; {ref}"),
             "reserved_memory": _q(0.0 if not cuda else 8 * 2**30, "GiB", 2**30, "estimate",
                                   "OS and framework share"),
             "efficiency": _curves("measured-host", host, f"fitted from the CPU sweeps of {ref}"),
@@ -612,10 +635,12 @@ def check_profile(data: Mapping, *, file: str = "measured profile") -> None:
     ...
     validate.errors.ReplayError: link.d2h = '629838 GB/s' is faster than gpu.memory_bandwidth = '3350 GB/s': a link cannot move data faster than the memory it copies to or from; the timings were disturbed: the machine was probably contended (rerun on an idle machine) (measured profile)
     """
-    for part in ("gpu", "host"):
-        value, text = _number(data, part, "memory_bandwidth", file)
+    for part, key in (("gpu", "memory_bandwidth"), ("host", "memory_bandwidth"), ("host", "optimizer_bandwidth")):
+        if key == "optimizer_bandwidth" and key not in data[part]:
+            continue  # optional: profiles written before it have none
+        value, text = _number(data, part, key, file)
         if not (value > 0 and math.isfinite(value)):
-            raise ReplayError(f"{part}.memory_bandwidth must be a positive finite rate, got {text!r}; {CONTENDED} ({file})")
+            raise ReplayError(f"{part}.{key} must be a positive finite rate, got {text!r}; {CONTENDED} ({file})")
     device_bw, device_text = _number(data, "gpu", "memory_bandwidth", file)
     for key in ("h2d", "d2h"):
         value, text = _number(data, "link", key, file)

@@ -305,6 +305,24 @@ def test_zero_offload_times_by_hand(toy):
     assert cost.tokens_per_s == pytest.approx(256 / cost.iteration_s)
 
 
+def test_measured_cpu_optimizer_rate_by_hand(toy):
+    # With the host's measured AdamW rate, the update's 28 B/param run at it (20 GB/s) and the unscale
+    # (8 B) and 16-bit copy (6 B) passes stay on the toy host's 100 GB/s memory roof.
+    measured = apply_overrides(toy, ["host.optimizer_bandwidth=20GB/s"])
+    wl = tiny_wl()
+    cost = evaluate_training(wl, measured, baseline_policies("zero-offload", wl, measured))
+    cpu = [28 * p / 20e9 + 14 * p / 100e9 for p in (P_LAYER, P_LAYER, P_HEAD)]
+    assert cost.busy_s("cpu") == pytest.approx(sum(cpu), rel=1e-12)
+    # bf16 without clipping has no unscale pass: 28 B at the rate, the copy's 6 B on the roof
+    bf = tiny_wl(precision="bf16", grad_clip=False)
+    assert unit_costs(bf, measured).cpu_step_s == pytest.approx(28 * P_LAYER / 20e9 + 6 * P_LAYER / 100e9, rel=1e-12)
+    # N GPUs on a host profile that is one GPU's share count N shares of the rate, as of the memory roof
+    share = apply_overrides(measured, ["host.node_share=12.5%"])
+    two = tiny_wl(gpus=2, interconnect_bytes_per_s=100e9)
+    assert node_host(two, share).optimizer_bytes_per_s == 40e9
+    assert node_host(tiny_wl(), share).optimizer_bytes_per_s == 20e9
+
+
 @pytest.mark.parametrize("accum", [2, 3, 4])
 def test_grad_accumulation_link_bytes_by_hand(toy, accum):
     # DeepSpeed stage_1_and_2.py (022f2236), async_accumulate_grad_in_cpu_via_gpu: every micro-step but the
@@ -329,6 +347,44 @@ def test_grad_accumulation_link_bytes_by_hand(toy, accum):
 
 
 STREAMED = LayerTrainPolicy(master="host", moments="host")  # a GPU step of host-resident master and moments
+
+
+def test_copies_both_ways_share_the_link_by_hand(toy):
+    # At bidirectional_factor 50 % a byte moved while the other direction moves costs twice: the common
+    # bytes min(H2D, D2H) are charged (1 / 0.5 - 1) = 1 extra on each side (costmodel.kv's rule).
+    half = apply_overrides(toy, ["link.bidirectional_factor=50%"])
+    link = 5e9
+    # ZeRO-Offload, 3 micro-steps: the middle one sends 2 B/param out and fetches 2 B/param back at once.
+    wl = tiny_wl(grad_accum=3)
+    pol = baseline_policies("zero-offload", wl, toy)[0]
+    t = unit_phase_times(unit_costs(wl, half), pol)
+    first, mid, last = t[Phase.BACKWARD_FIRST], t[Phase.BACKWARD_MID], t[Phase.BACKWARD_LAST]
+    assert (first["d2h"], first["h2d"]) == (pytest.approx(2 * P_LAYER / link, rel=1e-12), 0.0)  # one way
+    assert mid["d2h"] == mid["h2d"] == pytest.approx(4 * P_LAYER / link, rel=1e-12)
+    # the boundary: 2 B in, 4 B (fp32) out, 2 B of them at once
+    assert (last["h2d"], last["d2h"]) == (pytest.approx(4 * P_LAYER / link, rel=1e-12),
+                                         pytest.approx(6 * P_LAYER / link, rel=1e-12))
+    # ZeRO-3 offload, one micro-step: the weights come in (2 B) while the fp32 gradients go out (4 B);
+    # in the forward the weights come in while a kept-activation offload goes out.
+    wl3 = tiny_wl(zero_stage=3)
+    pol3 = LayerTrainPolicy(params="host", grads="host", master="host", moments="host", step="cpu",
+                            activations="offload", offload_share=1.0)
+    full, slow = (unit_phase_times(unit_costs(wl3, s), pol3) for s in (toy, half))
+    act = 1_216_512  # the layer's kept activations (test_recompute_and_offload_terms)
+    assert slow[Phase.FORWARD]["h2d"] == pytest.approx(full[Phase.FORWARD]["h2d"] + min(2 * P_LAYER, act) / link)
+    assert slow[Phase.FORWARD]["d2h"] == pytest.approx(full[Phase.FORWARD]["d2h"] + min(2 * P_LAYER, act) / link)
+    both = min(2 * P_LAYER + act, 4 * P_LAYER)
+    assert slow[Phase.BACKWARD_LAST]["h2d"] == pytest.approx(full[Phase.BACKWARD_LAST]["h2d"] + both / link)
+    assert slow[Phase.BACKWARD_LAST]["d2h"] == pytest.approx(full[Phase.BACKWARD_LAST]["d2h"] + both / link)
+    # a GPU step streaming its master and moments (12 B/param) in and out: both sides pay the common bytes
+    s_full, s_slow = (unit_phase_times(unit_costs(tiny_wl(), s), STREAMED)[Phase.STEP] for s in (toy, half))
+    assert (s_slow["stream_h2d"], s_slow["stream_d2h"]) == (pytest.approx(2 * s_full["stream_h2d"]),
+                                                            pytest.approx(2 * s_full["stream_d2h"]))
+    # A CPU-stepped ZeRO-Offload layer with one micro-step copies one way per phase: no change.
+    one = tiny_wl()
+    assert evaluate_training(one, half, baseline_policies("zero-offload", one, toy)).iteration_s == pytest.approx(
+        evaluate_training(one, toy, baseline_policies("zero-offload", one, toy)).iteration_s, rel=1e-12)
+
 
 
 def test_streamed_gpu_step_is_a_flow_shop_by_hand(toy):
@@ -575,6 +631,9 @@ def test_more_host_or_link_bandwidth_is_never_slower(toy, pols, accum, factor, o
     for key, value in (("host.memory_bandwidth", 100e9), ("link.h2d", 10e9), ("link.d2h", 10e9)):
         faster = apply_overrides(toy, [f"{key}={value * factor / 1e9:.6f}GB/s"])
         assert evaluate_training(wl, faster, pols).iteration_s <= base * (1 + 1e-12)
+    # a link whose directions slow each other less is never slower (the toy link has no slow-down)
+    worse = evaluate_training(wl, apply_overrides(toy, [f"link.bidirectional_factor={100 / factor:.6f}%"]), pols)
+    assert base <= worse.iteration_s * (1 + 1e-12)
 
 
 @FAST

@@ -208,7 +208,10 @@ PART_YAMLS = {"gpu": SYSTEM_YAML, "link": LINK_YAML, "host": HOST_YAML, "interco
 def test_mutated_part_yaml(tmp_path, seed, kind):
     rng = random.Random(seed)
     which = PART_YAMLS[kind]
-    part = _write(tmp_path / which.name, _mutate_text(which.read_text(), rng))
+    text = which.read_text()
+    if kind == "host":  # with the optional measured CPU optimizer rate, which a training step reads
+        text += 'optimizer_bandwidth: {value: "30 GB/s", source: measured, ref: "fuzz input"}\n'
+    part = _write(tmp_path / which.name, _mutate_text(text, rng))
     parts = {"gpu": "a100-40gb", "host": "workstation-7950x-128gb", "link": "pcie4-x16",
              "interconnect": "nvswitch-a100", kind: part}
     system = _write(tmp_path / "system.yaml", "kind: system\nname: fuzz\ndescription: x\n"

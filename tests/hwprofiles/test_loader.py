@@ -599,6 +599,20 @@ def test_toy_measured_and_overridden_systems_round_trip(via):
         _round_trips(load_system(RECORDED_PROFILE, ["link.h2d=1.234567GB/s"]), via)
     _round_trips(load_system("a100-40gb", ["link=pcie5-x16", "link.latency=0us", "disk=nvme-gen4",
                                            "gpu.memory=39.5GiB", "link.pageable_factor=33.3%"]), via)
+    _round_trips(load_system("a100-40gb", ["host.optimizer_bandwidth=12.5GB/s"]), via)
+
+
+def test_host_optimizer_bandwidth_is_optional_and_stays_unset():
+    # Not measured: None (the cost model then uses the memory roof), and absent from the YAML layout, so
+    # that a plan file's hardware reads back the same; given: a bandwidth with its source, checked as one.
+    plain = load_system("a100-40gb")
+    assert plain.host.optimizer_bytes_per_s is None and "optimizer_bandwidth" not in plain.to_dict()["host"]
+    given = load_system("a100-40gb", ["host.optimizer_bandwidth=12.5GB/s"])
+    assert given.host.optimizer_bytes_per_s == 12.5e9
+    assert given.host.source_of("optimizer_bandwidth").source.value == "override"
+    for bad, match in (("-1GB/s", "must be positive"), ("3s", "must be in bytes/s")):
+        with pytest.raises(ProfileError, match=f"host.optimizer_bandwidth {match}"):
+            load_system("a100-40gb", [f"host.optimizer_bandwidth={bad}"])
 
 
 def test_to_dict_values_are_unit_strings_with_sources():

@@ -341,7 +341,8 @@ def test_a_baseline_that_cannot_run_gives_its_reason():
 def test_plan_fields():
     wl = small_wl(3)
     plan = plan_training(wl, load_system("a100-40gb", ["gpu.memory=8GiB"]))
-    assert plan.selected == "mip" or plan.selected.startswith("baseline:")  # "+local" may follow
+    # "+local" may follow: with two kinds of GPU-stepped job the MIP's step chain is a lower bound
+    assert plan.selected in ("mip", "mip+local") or plan.selected.startswith("baseline:")
     assert len(plan.policies) == wl.model.n_layers and plan.head.activations is ActAction.KEEP
     assert plan.tokens_per_s == plan.cost.tokens_per_s and 0 < plan.mfu < 1
     assert plan.n_variables > 0 and plan.n_constraints > 0 and plan.backend in available_backends()

@@ -32,6 +32,10 @@ def test_hw_show_prints_sources_and_applies_overrides(capsys):
     h2d = data["parts"]["link"]["fields"]["h2d"]
     assert h2d["value"] == 12e9 and h2d["source"] == "override"
     assert all(f["ref"] for part in data["parts"].values() for f in part["fields"].values())
+    opt = data["parts"]["host"]["fields"]["optimizer_bandwidth"]  # optional, not in the bundled host
+    assert opt["value"] is None and opt["ref"].startswith("not measured")
+    code, out, _ = run(capsys, "hw", "show", "a100-40gb")
+    assert code == 0 and any(line.split()[:3] == ["optimizer_bandwidth", "-", "not"] for line in out.splitlines())
 
 
 def test_models_show_json_gives_gqa_kv_bytes(capsys):

@@ -94,6 +94,16 @@ def test_quick_cpu_profile_is_a_loadable_measured_system(cpu_profile):
     assert "timings were" in s.description  # steady or noisy, the profile says which
 
 
+def test_cpu_profile_measures_an_adamw_step(cpu_profile):
+    # The host's optimizer rate is measured (an AdamW step over states beyond the caches), below the
+    # host's copy bandwidth (AdamW reads and writes more than the 28 B/param it is counted in), and
+    # the training cost model steps with it.
+    s = load_system(cpu_profile)
+    prov = s.host.source_of("optimizer_bandwidth")
+    assert prov.source.value == "measured" and "torch.optim.AdamW(foreach=True)" in prov.ref
+    assert 0 < s.host.optimizer_bytes_per_s < s.host.memory_bytes_per_s
+
+
 def test_cpu_profile_states_its_tf32_rate_as_the_fp32_rate(cpu_profile):
     # No TF32 tensor cores on a CPU: the field is written (not left to the loader's default), equal to
     # the measured fp32 GEMM peak, and says why.
@@ -115,6 +125,8 @@ def _profile_data(cpu_profile) -> dict:
     ("link", "latency", "-3 us", r"link\.latency must not be negative, got '-3 us'"),
     ("link", "latency", "5 ms", r"link\.latency must be at most 1 ms, got '5 ms'"),
     ("gpu", "launch_overhead", "2 ms", r"gpu\.launch_overhead must be at most 1 ms"),
+    ("host", "optimizer_bandwidth", "-2 GB/s", r"host\.optimizer_bandwidth must not be negative"),
+    ("host", "optimizer_bandwidth", "0 GB/s", r"host\.optimizer_bandwidth must be a positive finite rate"),
 ])
 def test_check_profile_refuses_impossible_figures(cpu_profile, part, key, value, match):
     data = _profile_data(cpu_profile)
