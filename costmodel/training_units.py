@@ -642,6 +642,8 @@ def unit_costs(wl: TrainWorkload, system: System, *, head: bool = False) -> Trai
     """Per-unit costs of one decoder layer (or, ``head=True``, of the embeddings, final norm and LM head).
 
     A MoE model's dense layers are costed like its MoE layers (the mean parameter count is used).
+    Link rates per GPU: the link's, times its pageable factor unless ``pin_memory``, times
+    ``max(uplink_share, 1/gpus)`` (GPUs behind a shared host uplink copy at once).
     """
     m, sb = wl.model, wl.state
     gpu = _gpu_proc(wl, system)
@@ -649,8 +651,11 @@ def unit_costs(wl: TrainWorkload, system: System, *, head: bool = False) -> Trai
     params = float(m.head_params() if head else m.layer_params())
     fwd = _ops_s(ops, gpu)
     link, disk = system.link, system.disk
-    pageable = 1.0 if wl.pin_memory else link.pageable_factor
     n = wl.gpus
+    # Pageable host buffers copy at the pageable factor; N GPUs copying at once behind shared host uplinks
+    # (PCIe switches) each keep max(share, 1/N) of the link's rates (hwprofiles.types.Link.uplink_share),
+    # and the data-parallel step waits for the slowest.
+    rate = (1.0 if wl.pin_memory else link.pageable_factor) * max(link.uplink_share, 1.0 / n)
     shard = 1.0 / n if wl.zero_stage >= 1 else 1.0
     host = node_host(wl, system)
     return TrainUnitCosts(
@@ -666,7 +671,7 @@ def unit_costs(wl: TrainWorkload, system: System, *, head: bool = False) -> Trai
         # The N processes step their partitions at once on the shared host: the node's CPU work is the unit.
         cpu_step_s=_step_s(params, wl, Processor.cpu(host), host.optimizer_bytes_per_s),
         gpu_step_s=_step_s(params * shard, wl, replace(gpu, peak_flop_per_s=system.gpu.fp32_flop_per_s)),
-        h2d_bytes_per_s=link.h2d_bytes_per_s * pageable, d2h_bytes_per_s=link.d2h_bytes_per_s * pageable,
+        h2d_bytes_per_s=link.h2d_bytes_per_s * rate, d2h_bytes_per_s=link.d2h_bytes_per_s * rate,
         link_latency_s=link.latency_s,
         disk_read_bytes_per_s=disk.read_bytes_per_s if disk else math.inf,
         disk_write_bytes_per_s=disk.write_bytes_per_s if disk else math.inf,

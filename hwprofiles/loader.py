@@ -68,6 +68,7 @@ SCHEMA: dict[str, dict[str, tuple[str, Dimension]]] = {
         "latency": ("latency_s", Dimension.TIME),
         "pageable_factor": ("pageable_factor", Dimension.RATIO),
         "bidirectional_factor": ("bidirectional_factor", Dimension.RATIO),
+        "uplink_share": ("uplink_share", Dimension.RATIO),
     },
     "disk": {
         "capacity": ("capacity_bytes", Dimension.BYTES),
@@ -89,9 +90,11 @@ DEFAULTS: dict[tuple[str, str], tuple[str, str]] = {
                                           "rate stated)"),
 }
 # Optional keys with a fixed value when absent: (part kind, key) -> (value, why).
-# host.node_share: files written before it existed describe a whole host.
+# host.node_share: files written before it existed describe a whole host; link.uplink_share: a link not
+# shared with other GPUs.
 CONSTANT_DEFAULTS: dict[tuple[str, str], tuple[float, str]] = {
     ("host", "node_share"): (1.0, "node_share not given: the profile is the whole host"),
+    ("link", "uplink_share"): (1.0, "uplink_share not given: each GPU has this link to the host to itself"),
 }
 # Optional keys that stay unset (the dataclass field's None) when absent: the figure was not measured,
 # and the cost model says what it uses instead. host.optimizer_bandwidth: `tierplan profile` measures
@@ -106,7 +109,7 @@ SCHEMA_DIMENSIONS: dict[str, Dimension] = {
 }
 # Quantities that may be zero (a zero latency is a valid what-if; zero capacity is not).
 ZERO_OK = {"reserved_memory", "launch_overhead", "latency"}
-RATIO_MAX = {"pageable_factor", "bidirectional_factor", "node_share"}
+RATIO_MAX = {"pageable_factor", "bidirectional_factor", "node_share", "uplink_share"}
 PART_CLASSES: dict[str, type[Part]] = {"gpu": Gpu, "host": Host, "link": Link, "disk": Disk,
                                        "interconnect": Interconnect}
 

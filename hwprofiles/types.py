@@ -148,13 +148,21 @@ class Host(Part):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Link(Part):
-    """The GPU-host link; bandwidths are what pinned copies achieve for large transfers."""
+    """The GPU-host link; bandwidths are what pinned copies achieve for large transfers.
+
+    ``uplink_share`` is the share of those bandwidths each GPU keeps when every GPU behind the same
+    host uplink copies at once: 1 for a GPU with its own link to the CPU, 1/2 for two GPUs behind
+    one PCIe switch whose uplink is as wide as each GPU's link. A job on N GPUs of the node gets
+    ``max(uplink_share, 1/N)`` of the rates per GPU (:func:`costmodel.training_units.unit_costs`:
+    with fewer GPUs than share an uplink, only N of them copy); single-GPU plans keep the full rates.
+    """
 
     h2d_bytes_per_s: float
     d2h_bytes_per_s: float
     latency_s: float
     pageable_factor: float
     bidirectional_factor: float
+    uplink_share: float = 1.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

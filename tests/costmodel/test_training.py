@@ -323,6 +323,21 @@ def test_measured_cpu_optimizer_rate_by_hand(toy):
     assert node_host(tiny_wl(), share).optimizer_bytes_per_s == 20e9
 
 
+@pytest.mark.parametrize(("gpus", "share", "kept"), [(1, 0.5, 1.0), (2, 0.5, 0.5), (8, 0.5, 0.5), (2, 0.25, 0.5),
+                                                     (4, 0.25, 0.25), (4, 1.0, 1.0)])
+def test_gpus_behind_a_shared_uplink_split_it(toy, gpus, share, kept):
+    # Each GPU keeps max(uplink_share, 1/N) of the link when N copy at once: two GPUs behind one switch
+    # (share 50 %) each get half, a single GPU the whole link, and N GPUs never share it more than N ways.
+    shared = apply_overrides(toy, [f"link.uplink_share={share * 100:g}%"])
+    wl = tiny_wl(gpus=gpus, interconnect_bytes_per_s=100e9) if gpus > 1 else tiny_wl()
+    alone, split = unit_costs(wl, toy), unit_costs(wl, shared)
+    assert split.h2d_bytes_per_s == pytest.approx(alone.h2d_bytes_per_s * kept, rel=1e-12)
+    assert split.d2h_bytes_per_s == pytest.approx(alone.d2h_bytes_per_s * kept, rel=1e-12)
+    pols = baseline_policies("zero-offload", wl, toy)
+    d2h = evaluate_training(wl, shared, pols).busy_s("d2h")
+    assert d2h == pytest.approx(evaluate_training(wl, toy, pols).busy_s("d2h") / kept, rel=1e-9)
+
+
 @pytest.mark.parametrize("accum", [2, 3, 4])
 def test_grad_accumulation_link_bytes_by_hand(toy, accum):
     # DeepSpeed stage_1_and_2.py (022f2236), async_accumulate_grad_in_cpu_via_gpu: every micro-step but the

@@ -602,6 +602,14 @@ def test_toy_measured_and_overridden_systems_round_trip(via):
     _round_trips(load_system("a100-40gb", ["host.optimizer_bandwidth=12.5GB/s"]), via)
 
 
+def test_link_uplink_share_defaults_to_a_link_of_its_own():
+    link = load_system("a100-40gb").link
+    assert link.uplink_share == 1.0 and link.source_of("uplink_share").ref.startswith("uplink_share not given")
+    assert load_system("a100-40gb", ["link.uplink_share=50%"]).link.uplink_share == 0.5
+    with pytest.raises(ProfileError, match="link.uplink_share must be at most 100 %"):
+        load_system("a100-40gb", ["link.uplink_share=150%"])
+
+
 def test_host_optimizer_bandwidth_is_optional_and_stays_unset():
     # Not measured: None (the cost model then uses the memory roof), and absent from the YAML layout, so
     # that a plan file's hardware reads back the same; given: a bandwidth with its source, checked as one.
