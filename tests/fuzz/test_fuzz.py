@@ -211,13 +211,15 @@ def test_mutated_part_yaml(tmp_path, seed, kind):
     text = which.read_text()
     if kind == "host":  # with the optional measured CPU optimizer rate, which a training step reads
         text += 'optimizer_bandwidth: {value: "30 GB/s", source: measured, ref: "fuzz input"}\n'
+    if kind == "link":  # with the optional uplink share, which a data-parallel training evaluation reads
+        text += 'uplink_share: {value: "50 %", source: estimate, ref: "fuzz input"}\n'
     part = _write(tmp_path / which.name, _mutate_text(text, rng))
     parts = {"gpu": "a100-40gb", "host": "workstation-7950x-128gb", "link": "pcie4-x16",
              "interconnect": "nvswitch-a100", kind: part}
     system = _write(tmp_path / "system.yaml", "kind: system\nname: fuzz\ndescription: x\n"
                     + "".join(f"{k}: {v}\n" for k, v in parts.items()))
     check(["hw", "show", str(system)])
-    if kind in ("host", "interconnect"):  # what reads them: a data-parallel training evaluation
+    if kind in ("host", "link", "interconnect"):  # what reads them: a data-parallel training evaluation
         check(["evaluate", "training", "--policy", "zero-offload", "--model", "gpt2", "--seq", "256",
                "--hw", str(system), "--gpus", "4"])
 
