@@ -20,7 +20,11 @@ affine in the policy's 0/1 decisions with the coefficients of :class:`TrainUnitC
   its gradient reduce-scatter then D2H, which overlaps the next layer's stage A (DeepSpeed's
   ``overlap_comm``; one copy engine per direction). Completion times follow the recurrence
   ``C[j, k] = max(C[j-1, k], C[j, k-1]) + p[j, k]`` — linear constraints ``C[j,k] >= C[j-1,k] + p``,
-  ``C[j,k] >= C[j,k-1] + p`` in a MIP, with ``p`` affine in the decisions.
+  ``C[j,k] >= C[j,k-1] + p`` in a MIP, with ``p`` affine in the decisions. The head's job opens the
+  sequence (the LM head's backward runs first) with the copies of its early gradients (final norm,
+  an untied LM head); its embeddings' gradients -- a tied LM head's weight among them, as autograd
+  sums both uses before the hook fires -- are complete only when the backward ends, so their copies
+  are a last job of stage B alone (``TrainUnitCosts.late_grad_share`` of the head's stage B).
 * step, ``overlap="deepspeed"`` (DeepSpeed's behaviour: ``step()`` runs after the backward): the
   CPU-stepped layers one after another, each ``max(cpu, disk)`` (NVMe reads/writes pipelined with
   the CPU, ``pipeline_read``/``pipeline_write``) then the H2D of its updated 16-bit weights;
@@ -229,12 +233,23 @@ def evaluate_training(wl: TrainWorkload, system: System, policies: Sequence[Laye
         fwd = sum(sum(t[Phase.FORWARD].values()) for t, _ in units)
     else:
         fwd = sum(max(t[Phase.FORWARD].values()) for t, _ in units)
-    order = list(reversed(units))  # backward: the LM head first, then layers L .. 1 (head embedding last: ignored)
+    order = list(reversed(units))  # backward: the LM head first, then layers L .. 1, the embeddings last
+    late = hc.late_grad_share
+
+    def jobs_of(phase: Phase) -> list[tuple[float, float]]:
+        """The backward's flow-shop jobs (stage A, stage B): the head's LM head and final norm, with the
+        share of its gradient copies ready then; the layers L .. 1; and last the embeddings, whose
+        gradients (a tied LM head's weight among them) are complete only when the backward ends, so
+        that share of the head's copies closes the backward (its GPU work, a scatter-add, is not counted)."""
+        head_t = order[0][0][phase]
+        b = stage_b(head_t)
+        return ([(stage_a(head_t), (1.0 - late) * b)] + [(stage_a(t[phase]), stage_b(t[phase])) for t, _ in order[1:]]
+                + [(0.0, late * b)])
 
     def backward_s(phase: Phase) -> float:
         if overlap is Overlap.NONE:
             return sum(sum(t[phase].values()) for t, _ in order)
-        return flow_shop_s([(stage_a(t[phase]), stage_b(t[phase])) for t, _ in order])
+        return flow_shop_s(jobs_of(phase))
 
     phases = [Phase.BACKWARD_LAST] if a == 1 else [Phase.BACKWARD_FIRST, *[Phase.BACKWARD_MID] * (a - 2),
                                                     Phase.BACKWARD_LAST]
@@ -253,17 +268,21 @@ def evaluate_training(wl: TrainWorkload, system: System, policies: Sequence[Laye
         step = max(sum(c + h for c, h in cpu_jobs), gpu_chain) + ic_step
     fwd_first = fwd
     if overlap is Overlap.FULL:
-        jobs = [(stage_a(t[last]), stage_b(t[last])) for t, _ in order]
+        jobs = jobs_of(last)
         bwd_last = flow_shop_s(jobs)
+        # The backward's jobs in sequence with the unit (index in ``order``) each one's CPU step follows: the
+        # head's step waits for its last gradients, so it rides with the closing embeddings job.
+        owner = [None, *range(1, len(order)), 0]
+        cpu_al = [cpu_jobs[u] if u is not None else (0.0, 0.0) for u in owner]
         # (a) each unit's updated weights go up right after its CPU step: a four-stage flow shop.
-        cpu_end = flow_shop_s([(*j, *c) for j, c in zip(jobs, cpu_jobs, strict=True)])
+        cpu_end = flow_shop_s([(*j, *c) for j, c in zip(jobs, cpu_al, strict=True)])
         step = max(cpu_end, bwd_last + gpu_chain) - bwd_last + ic_step
         # (b) only the last CPU-stepped unit's copy closes the step; the others ride with the next forward's
         # prefetch of their unit (that unit's forward H2D grows by the copy). The better schedule is taken.
-        cpu_units = [j for j, (_, pol) in enumerate(order) if pol.step is StepDevice.CPU]
+        cpu_units = [u for u in owner if u is not None and order[u][1].step is StepDevice.CPU]
         if cpu_units:
             k = cpu_units[-1]
-            cpu3_end = flow_shop_s([(*j, c[0]) for j, c in zip(jobs, cpu_jobs, strict=True)])
+            cpu3_end = flow_shop_s([(*j, c[0]) for j, c in zip(jobs, cpu_al, strict=True)])
             step_b = max(cpu3_end + cpu_jobs[k][1], bwd_last + gpu_chain) - bwd_last + ic_step
             deferred = [0.0 if j == k else cpu_jobs[j][1] for j in range(len(order))][::-1]  # forward order
             fwd_b = sum(max({**t[Phase.FORWARD], "h2d": t[Phase.FORWARD]["h2d"] + extra}.values())

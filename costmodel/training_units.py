@@ -529,6 +529,9 @@ class TrainUnitCosts:
     snap_master_host_s: float = 0.0  # the node's CPU time to copy the unit's master (or fp32 weights) in host memory
     snap_moments_host_s: float = 0.0  # ... and its moments
     bidir_penalty: float = 0.0  # extra link time per byte moved while the other direction moves: 1/bidirectional_factor - 1
+    # The head only: the share of its gradient bytes complete only when the backward ends -- the token
+    # (and learned position) embeddings', whose backward runs last; a tied LM head's weight is one of them.
+    late_grad_share: float = 0.0
 
     @property
     def weight_shard(self) -> float:
@@ -681,6 +684,7 @@ def unit_costs(wl: TrainWorkload, system: System, *, head: bool = False) -> Trai
         snap_master_host_s=_host_copy_s(params * (sb.master or sb.weights), host),
         snap_moments_host_s=_host_copy_s(params * sb.moments, host),
         bidir_penalty=1.0 / link.bidirectional_factor - 1.0,
+        late_grad_share=(m.vocab + m.learned_positions) * m.hidden / params if head and params > 0 else 0.0,
     )
 
 

@@ -26,8 +26,10 @@ evaluate_training` enter as follows (``a`` micro-steps, times in ms and bytes in
   ``M >= A_h + B_h + B_f + SB_1``, ``M >= A_h + A_f + B_f + SB_1`` and for each class ``c``
   ``M >= A_h + A_f + PA_{c-1} + A_c u_c + SB_c``, ``M >= A_h + A_f + PA_c + B_c u_c + SB_{c+1}``,
   with ``u_c`` a binary set when the class has a layer besides ``f`` (``L u_c >= N_c - F_c``); an
-  empty class's rows then fall below a real job's value. So for that order the MIP's backward *is*
-  the evaluator's. ``f`` is a binary per (class, stored activation bytes); with ``pull=False``
+  empty class's rows then fall below a real job's value. The sequence closes with the head's
+  embeddings job, stage B alone (``B_t``, the copies of the gradients complete only when the backward
+  ends): it lies in every suffix, so every row gains ``B_t``, and its own term (all of stage A plus
+  ``B_t``) is below the last layer's. So for that order the MIP's backward *is* the evaluator's. ``f`` is a binary per (class, stored activation bytes); with ``pull=False``
   there is none, ``f`` is the ranking's own first job, and the memory row below takes the least
   stored bytes of any mode for it (an upper bound; the local search then chooses ``f`` exactly).
 * step, ``overlap="deepspeed"``: ``max(Σ (CPU-or-disk + H2D of weights), GPU-step chain) +
@@ -171,7 +173,9 @@ class ModeCoef:
     overlap); ``fwd_h2d_s`` and ``fwd_rest_s`` that forward's H2D and its max over the other
     resources (``overlap="full"`` may defer an updated-weights copy into the H2D). ``a_s``/``b_s``:
     stage A / B of each backward phase (:func:`backward_phases`; with no overlap A is the phase's
-    sum, B 0). ``cpu_s``: the CPU step stage ``max(cpu, disk)`` (0 for a GPU step); ``up_s`` the H2D
+    sum, B 0); ``b_late_s`` the part of the head's stage B that closes the backward (its embeddings'
+    gradients, :attr:`~costmodel.training_units.TrainUnitCosts.late_grad_share`; 0 for a layer), which
+    ``b_s`` then leaves out. ``cpu_s``: the CPU step stage ``max(cpu, disk)`` (0 for a GPU step); ``up_s`` the H2D
     of updated weights after it; ``step_in_s``/``step_gpu_s``/``step_out_s``/``step_disk_s`` a GPU
     step's four flow-shop stages (:func:`~costmodel.training_units.gpu_step_job`; 0 for a CPU step);
     ``ic_step_s`` the step's all-gather; ``step_sum_s`` the step's resources summed. ``busy_s``: per
@@ -188,6 +192,7 @@ class ModeCoef:
     fwd_rest_s: float
     a_s: tuple[float, ...]
     b_s: tuple[float, ...]
+    b_late_s: tuple[float, ...]
     cpu_s: float
     up_s: float
     step_in_s: float
@@ -213,7 +218,8 @@ class ModeCoef:
 
     def vector(self) -> np.ndarray:
         """Every coefficient, smaller-is-better, for the dominance test."""
-        return np.array([self.fwd_s, self.fwd_h2d_s, self.fwd_rest_s, *self.a_s, *self.b_s, self.cpu_s, self.up_s,
+        return np.array([self.fwd_s, self.fwd_h2d_s, self.fwd_rest_s, *self.a_s, *self.b_s, *self.b_late_s,
+                         self.cpu_s, self.up_s,
                          *self.gpu_job_s, self.ic_step_s, self.step_sum_s, *self.busy_s, self.gpu_bytes,
                          self.stored_bytes, self.grad_buffer_bytes, self.offload_buffer_bytes,
                          self.stream_buffer_bytes, self.staged_bytes, self.host_bytes, self.disk_bytes])
@@ -235,15 +241,18 @@ def mode_coef(wl: TrainWorkload, uc: TrainUnitCosts, pol: LayerTrainPolicy) -> M
     none = wl.overlap is Overlap.NONE
     fwd = t[Phase.FORWARD]
     phases = backward_phases(wl.grad_accum)
-    a_s, b_s = [], []
+    a_s, b_s, b_late_s = [], [], []
+    late = uc.late_grad_share
     for ph, _ in phases:
         d = t[ph]
         if none:
             a_s.append(sum(d.values()))
             b_s.append(0.0)
+            b_late_s.append(0.0)
         else:
             a_s.append(max(d["gpu"], d["h2d"], d["interconnect"], d["disk"]))
-            b_s.append(d["reduce"] + d["d2h"])
+            b_s.append((1.0 - late) * (d["reduce"] + d["d2h"]))
+            b_late_s.append(late * (d["reduce"] + d["d2h"]))
     s = t[Phase.STEP]
     cpu = pol.step is StepDevice.CPU
     counts = {Phase.FORWARD: wl.grad_accum, Phase.STEP: 1, Phase.SNAPSHOT: 1, **dict(phases)}
@@ -276,6 +285,7 @@ def mode_coef(wl: TrainWorkload, uc: TrainUnitCosts, pol: LayerTrainPolicy) -> M
     return ModeCoef(
         policy=pol, fwd_s=sum(fwd.values()) if none else max(fwd.values()), fwd_h2d_s=fwd["h2d"],
         fwd_rest_s=max(v for k, v in fwd.items() if k != "h2d"), a_s=tuple(a_s), b_s=tuple(b_s),
+        b_late_s=tuple(b_late_s),
         cpu_s=max(s["cpu"], s["disk"]) if cpu else 0.0, up_s=s["h2d"] if cpu else 0.0,
         **dict(zip(("step_in_s", "step_gpu_s", "step_out_s", "step_disk_s"),
                    (0.0,) * 4 if cpu else gpu_step_job(s), strict=True)),
@@ -405,12 +415,13 @@ class GroupScreen:
             return np.array([getattr(c, name) for c in coefs], dtype=float)
 
         self.L = {name: arr(self.lc, name) for name in ModeCoef.__slots__ if name not in
-                  ("policy", "a_s", "b_s", "busy_s")}
+                  ("policy", "a_s", "b_s", "b_late_s", "busy_s")}
         self.H = {name: arr(self.hc, name) for name in self.L}
         self.LA = np.array([c.a_s for c in self.lc]).T.reshape(len(self.phases), -1)  # (P, K)
         self.LB = np.array([c.b_s for c in self.lc]).T.reshape(len(self.phases), -1)
         self.HA = np.array([c.a_s for c in self.hc]).T.reshape(len(self.phases), -1)  # (P, S)
         self.HB = np.array([c.b_s for c in self.hc]).T.reshape(len(self.phases), -1)
+        self.HT = np.array([c.b_late_s for c in self.hc]).T.reshape(len(self.phases), -1)  # the closing job
         self.Lbusy = np.array([c.busy_s for c in self.lc]).T.reshape(len(RESOURCE_KEYS), -1)  # (R, K)
         self.Hbusy = np.array([c.busy_s for c in self.hc]).T.reshape(len(RESOURCE_KEYS), -1)
         # Classes: modes of equal (A, B) in every phase, ranked by Johnson's rule on the phase-weighted sums.
@@ -506,7 +517,9 @@ class GroupScreen:
             last_of = np.where(cused, pa + bc + sb - mc * bc, -np.inf)
             base = ah + af
             span = np.maximum(ah + bh + bf + sb[:, 0], base + bf + sb[:, 0])
-            spans.append(np.maximum(span, base + np.max(np.maximum(first_of, last_of), axis=1)))
+            # the head's embeddings job closes the sequence with stage B alone: every job's makespan term
+            # gains its copies (and its own term, all of stage A plus them, is below the last job's)
+            spans.append(np.maximum(span, base + np.max(np.maximum(first_of, last_of), axis=1)) + self.HT[p, head])
         counts_p = [n for _, n in self.phases]
         early = sum(n * s for n, s in zip(counts_p[:-1], spans[:-1])) if len(spans) > 1 else 0.0
         last = spans[-1]
@@ -607,8 +620,9 @@ class GroupScreen:
                 jobs_b = [(n[k], -bc) for k in ks] + [(f[j], bc) for j in f_of[g]]
                 mdl.add([(PA[g], 1.0)] + ([(PA[g - 1], -1.0)] if g else []) + jobs_a, EQ, 0.0)
                 mdl.add([(SB[g], 1.0)] + ([(SB[g + 1], -1.0)] if g + 1 < G else []) + jobs_b, EQ, 0.0)
-            neg = [(x, -c) for x, c in ah + af]
-            mdl.add([(M, 1.0), (SB[0], -1.0)] + [(x, -c) for x, c in ah + bh + bf], GE, 0.0)
+            bt = [(h[s], self.HT[p, s] * MS) for s in range(S)]  # the head's closing job (stage B alone)
+            neg = [(x, -c) for x, c in ah + af + bt]
+            mdl.add([(M, 1.0), (SB[0], -1.0)] + [(x, -c) for x, c in ah + bh + bf + bt], GE, 0.0)
             if pull:
                 mdl.add([(M, 1.0), (SB[0], -1.0)] + neg + [(x, -c) for x, c in bf], GE, 0.0)
             for g, ks in enumerate(self.classes):

@@ -298,10 +298,15 @@ def test_zero_offload_times_by_hand(toy):
     assert cost.busy_s("d2h") == pytest.approx(4 * P_ALL / link, rel=1e-12)  # fp32 gradients, D2H
     # DeepSpeed overlap: the step follows the backward, each unit's CPU step then its H2D.
     assert cost.step_s == pytest.approx(sum(cpu) + sum(up), rel=1e-9)
-    # Backward: the head's GPU backward, then the D2H chain (each unit's backward is far shorter than a D2H).
-    head = unit_costs(wl, toy, head=True)
-    assert head.bwd_gpu_s < 4 * P_LAYER / link
-    assert cost.backward_s == pytest.approx(head.bwd_gpu_s + 4 * P_ALL / link, rel=1e-9)
+    # Backward: the head's GPU backward (its LM head runs first), layer 1's (the head's early copies, its
+    # final norm's 128 parameters, are shorter), then the D2H chain of the layers' gradients and, last,
+    # the head's embeddings' (the tied weight's gradient is complete only when the backward ends: autograd
+    # sums both of its uses first). Each unit's backward is far shorter than a D2H.
+    head, layer = unit_costs(wl, toy, head=True), unit_costs(wl, toy)
+    assert head.late_grad_share == pytest.approx((P_HEAD - 128) / P_HEAD, rel=1e-12)
+    assert head.bwd_gpu_s < 4 * P_LAYER / link and 4 * 128 / link < layer.bwd_gpu_s
+    assert cost.backward_s == pytest.approx(head.bwd_gpu_s + layer.bwd_gpu_s + 4 * (2 * P_LAYER + P_HEAD - 128) / link,
+                                            rel=1e-9)
     assert cost.tokens_per_s == pytest.approx(256 / cost.iteration_s)
 
 
