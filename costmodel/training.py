@@ -17,8 +17,9 @@ affine in the policy's 0/1 decisions with the coefficients of :class:`TrainUnitC
   out while it computes, so a layer takes its slowest resource: ``Σ_l max_r fwd[l, r]``.
 * backward: a two-stage flow shop in layer order L..1 — stage A, the layer's backward with its
   recompute and inbound copies (``max`` of GPU, H2D, parameter all-gather, disk reads); stage B,
-  its gradient reduce-scatter then D2H, which overlaps the next layer's stage A (DeepSpeed's
-  ``overlap_comm``; one copy engine per direction). Completion times follow the recurrence
+  its gradient reduce-scatter, the fetch of its accumulated gradient (micro-steps after the first),
+  then D2H, in series on DeepSpeed's reduction stream, which overlaps the next layer's stage A
+  (``overlap_comm``; one copy engine per direction). Completion times follow the recurrence
   ``C[j, k] = max(C[j-1, k], C[j, k-1]) + p[j, k]`` — linear constraints ``C[j,k] >= C[j-1,k] + p``,
   ``C[j,k] >= C[j,k-1] + p`` in a MIP, with ``p`` affine in the decisions. The head's job opens the
   sequence (the LM head's backward runs first) with the copies of its early gradients (final norm,
@@ -99,7 +100,7 @@ from hwprofiles import System, format_bytes
 # The evaluator
 # ---------------------------------------------------------------------------------------------
 
-_RESOURCE_KEYS = {TrainResource.GPU: ("gpu",), TrainResource.H2D: ("h2d", "stream_h2d"),
+_RESOURCE_KEYS = {TrainResource.GPU: ("gpu",), TrainResource.H2D: ("h2d", "stream_h2d", "h2d_accum"),
                   TrainResource.D2H: ("d2h", "stream_d2h"), TrainResource.CPU: ("cpu",),
                   TrainResource.DISK: ("disk",), TrainResource.INTERCONNECT: ("interconnect", "reduce")}
 
@@ -226,8 +227,8 @@ def evaluate_training(wl: TrainWorkload, system: System, policies: Sequence[Laye
     def stage_a(t: dict[str, float]) -> float:
         return max(t["gpu"], t["h2d"], t["interconnect"], t["disk"])
 
-    def stage_b(t: dict[str, float]) -> float:
-        return t["reduce"] + t["d2h"]
+    def stage_b(t: dict[str, float]) -> float:  # the reduction stream: reduce, accumulation fetch, copy out
+        return t["reduce"] + t.get("h2d_accum", 0.0) + t["d2h"]
 
     if overlap is Overlap.NONE:
         fwd = sum(sum(t[Phase.FORWARD].values()) for t, _ in units)

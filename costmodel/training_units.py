@@ -750,10 +750,13 @@ def unit_phase_times(uc: TrainUnitCosts, pol: LayerTrainPolicy) -> dict[Phase, d
       off the GPU, per DeepSpeed stage_1_and_2.py (commit 022f2236) ``copy_grads_in_partition``:
       with grad_accum > 1, ``async_accumulate_grad_in_cpu_via_gpu`` fetches the host buffer and
       adds it on the GPU on every micro-step but the first (``if self.micro_step_id > 0:
-      accumulate_gradients()``: H2D ``g os``) and copies the sum back to the host on every
-      micro-step but the boundary (``if not self.is_gradient_accumulation_boundary:
+      accumulate_gradients()``: H2D ``g os``, key ``h2d_accum``) and copies the sum back to the host
+      on every micro-step but the boundary (``if not self.is_gradient_accumulation_boundary:
       copy_gradients_to_cpu()``: D2H ``g os``) — so micro-step 0 moves ``g os`` out, each middle
-      micro-step (1 .. A-2) ``g os`` in *and* out, and the boundary ``g os`` in; the boundary then
+      micro-step (1 .. A-2) ``g os`` in *and* out, and the boundary ``g os`` in. All of it is issued
+      on DeepSpeed's reduction stream (``reduce_ipg_grads`` under ``overlap_comm``), one copy after
+      another: the fetch is part of stage B, in series with the reduction and the copy out, not a
+      prefetch beside the compute; the boundary then
       casts the partition to fp32 on the GPU and copies it to the host fp32 gradient
       (``async_inplace_copy_grad_to_fp32_buffer_from_gpu``: D2H ``4 P os``); interconnect: the gradients' reduce-scatter ``(N-1)/N g`` every
       micro-step at stage >= 2, at the boundary only at stages 0 (all-reduce, twice the bytes) and 1.
@@ -780,9 +783,9 @@ def unit_phase_times(uc: TrainUnitCosts, pol: LayerTrainPolicy) -> dict[Phase, d
 
     Examples
     --------
-    A middle micro-step of a ZeRO-Offload layer copies its gradient partition both ways, so on a link
-    whose directions slow each other (PCIe 4: ``bidirectional_factor`` 50 %) its copy out takes longer
-    than the first micro-step's, which only copies out:
+    A middle micro-step of a ZeRO-Offload layer copies its gradient partition both ways, one copy after
+    the other on the reduction stream (the fetch is ``h2d_accum``; not slowed by the link's other
+    direction, which the stream never runs at once); the first micro-step only copies out:
 
     >>> from costmodel.transformer import load_model
     >>> from hwprofiles import load_system
@@ -790,7 +793,7 @@ def unit_phase_times(uc: TrainUnitCosts, pol: LayerTrainPolicy) -> dict[Phase, d
     >>> uc = unit_costs(wl, load_system("a100-40gb"))
     >>> t = unit_phase_times(uc, LayerTrainPolicy(grads="host", master="host", moments="host", step="cpu"))
     >>> first, mid, last = (t[p] for p in (Phase.BACKWARD_FIRST, Phase.BACKWARD_MID, Phase.BACKWARD_LAST))
-    >>> first["h2d"] == 0 < first["d2h"] < mid["d2h"], mid["h2d"] == last["h2d"] > 0
+    >>> first["h2d_accum"] == 0 < first["d2h"] == mid["d2h"], 0 < mid["h2d_accum"] == last["h2d_accum"]
     (True, True)
     """
     n, lat, ic = uc.gpus, uc.link_latency_s, uc.interconnect_bytes_per_s
@@ -813,9 +816,9 @@ def unit_phase_times(uc: TrainUnitCosts, pol: LayerTrainPolicy) -> dict[Phase, d
 
     def backward(micro: str) -> dict[str, float]:
         inbound = (uc.weights_bytes * ws if w_off else 0.0) + act_off
-        outbound = 0.0
+        outbound = fetched = 0.0
         if grads_off and accum:
-            inbound += g_part if micro != "first" else 0.0  # accumulate_gradients(): micro_step_id > 0
+            fetched = g_part if micro != "first" else 0.0  # accumulate_gradients(): micro_step_id > 0
             outbound += g_part if micro != "last" else 0.0  # copy_gradients_to_cpu(): not the boundary
         if grads_off and micro == "last":
             outbound += uc.step_grad_bytes * os_
@@ -829,7 +832,9 @@ def unit_phase_times(uc: TrainUnitCosts, pol: LayerTrainPolicy) -> dict[Phase, d
         if pol.grads is Tier.DISK and micro == "last":
             disk += _xfer(uc.step_grad_bytes, dw, dlat)
         bwd_h2d, bwd_d2h = _both_ways(inbound, outbound, uc)
-        return {"gpu": uc.bwd_gpu_s + recompute, "h2d": bwd_h2d, "d2h": bwd_d2h,
+        # The accumulation fetch runs where DeepSpeed issues it, on the reduction stream, in series with
+        # the reduction and the copy out (stage B): fetch, add, copy back, then the next unit's.
+        return {"gpu": uc.bwd_gpu_s + recompute, "h2d": bwd_h2d, "d2h": bwd_d2h, "h2d_accum": _xfer(fetched, h2d, lat),
                 "interconnect": gather, "reduce": reduce, "disk": disk, "cpu": 0.0}
 
     cpu = pol.step is StepDevice.CPU

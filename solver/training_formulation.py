@@ -103,7 +103,7 @@ MS = 1e3
 CAPACITY_MARGIN = 1e-6
 # Per resource, the keys of unit_phase_times whose seconds it is busy for (costmodel.training's
 # _RESOURCE_KEYS, from which evaluate_training's busy times are summed).
-RESOURCE_KEYS = ((TrainResource.GPU, ("gpu",)), (TrainResource.H2D, ("h2d", "stream_h2d")),
+RESOURCE_KEYS = ((TrainResource.GPU, ("gpu",)), (TrainResource.H2D, ("h2d", "stream_h2d", "h2d_accum")),
                  (TrainResource.D2H, ("d2h", "stream_d2h")), (TrainResource.CPU, ("cpu",)),
                  (TrainResource.DISK, ("disk",)), (TrainResource.INTERCONNECT, ("interconnect", "reduce")))
 
@@ -251,8 +251,9 @@ def mode_coef(wl: TrainWorkload, uc: TrainUnitCosts, pol: LayerTrainPolicy) -> M
             b_late_s.append(0.0)
         else:
             a_s.append(max(d["gpu"], d["h2d"], d["interconnect"], d["disk"]))
-            b_s.append((1.0 - late) * (d["reduce"] + d["d2h"]))
-            b_late_s.append(late * (d["reduce"] + d["d2h"]))
+            b = d["reduce"] + d["h2d_accum"] + d["d2h"]  # the reduction stream, as evaluate_training's stage B
+            b_s.append((1.0 - late) * b)
+            b_late_s.append(late * b)
     s = t[Phase.STEP]
     cpu = pol.step is StepDevice.CPU
     counts = {Phase.FORWARD: wl.grad_accum, Phase.STEP: 1, Phase.SNAPSHOT: 1, **dict(phases)}

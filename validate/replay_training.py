@@ -31,8 +31,10 @@ tokens, ``grad_accum`` micro-steps, then the optimizer step. Each layer does wha
   (:meth:`torch.Tensor.register_post_accumulate_grad_hook`) they go down over the D2H link while
   the next layer's backward runs -- with ``grad_accum > 1`` as DeepSpeed's
   ``async_accumulate_grad_in_cpu_via_gpu`` does (micro-step 0 copies them to a host buffer, later
-  ones fetch that buffer, add, and copy the sum back), at the boundary cast to fp32 and copied to
-  the step's fp32 gradient (written on to a file for ``grads="disk"``);
+  ones fetch that buffer, add, and copy the sum back, all in series on a reduction stream -- a CUDA
+  stream, or one worker thread over the CPU stand-in's copiers -- as DeepSpeed's
+  ``reduction_stream`` runs them), at the boundary cast to fp32 and copied to the step's fp32
+  gradient (written on to a file for ``grads="disk"``);
 * ``step="cpu"``: when the workload unscales (fp16, or clipped gradients) the step's gradient is
   first rescaled in place as DeepSpeed's ``unscale_and_clip_grads`` does, then
   :class:`torch.optim.AdamW` (``foreach=True``, ``fused=False``; Adam or SGD as the
@@ -609,7 +611,6 @@ class _Unit:
         self.inbound_pass = None
         self.disk_read: Future | None = None
         self.disk_stage: torch.Tensor | None = None
-        self.accum_dev: torch.Tensor | None = None
         self.grad_buf: torch.Tensor | None = None
         self.pending = 0
         self.d2h = None
@@ -685,7 +686,8 @@ class TrainReplayer:
         self._tmp: str | None = None
         self._cores = CoreSplit(not self.cuda, compute_threads)
         copier_core = self._cores.copier_core
-        self.h2d = self.d2h = self.disk = self.host = None
+        self.h2d = self.d2h = self.disk = self.host = self.reduction = None
+        self.reduce_stream = None
         try:
             pols = list(policies)
             uses_disk = any(Tier.DISK in (p.params, p.grads, p.master, p.moments) for p in (*pols, head))
@@ -696,12 +698,16 @@ class TrainReplayer:
                 self.disk = FileLink(*disk_bytes_per_s, cpu=copier_core)
             if self.cuda:
                 self.h2d, self.d2h = CudaLink(device, "h2d"), CudaLink(device, "d2h")
+                # DeepSpeed's reduction stream: an accumulated gradient's fetch, add and copy back, in series
+                self.reduce_stream = torch.cuda.Stream(device)
             else:
                 self.h2d = ThrottledLink(link_bytes_per_s[0], name="h2d", cpu=copier_core)
                 self.d2h = ThrottledLink(link_bytes_per_s[1], name="d2h", cpu=copier_core)
             # The host's CPU: the optimizer of CPU-stepped units and the work after their gradients land.
             self.host = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tierplan-host",
                                            initializer=self._pin_host_thread, initargs=(copier_core,))
+            if not self.cuda:  # the CPU stand-in's reduction stream: one worker, one chain after another
+                self.reduction = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tierplan-reduction")
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
                 self._build(pols, head, seed)
@@ -815,9 +821,11 @@ class TrainReplayer:
             link = getattr(self, name, None)
             if link is not None:
                 link.close()
-        if self.host is not None:
-            self.host.shutdown()
-            self.host = None
+        for name in ("host", "reduction"):
+            pool = getattr(self, name, None)
+            if pool is not None:
+                pool.shutdown()
+                setattr(self, name, None)
         if self._tmp is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)
             self._tmp = None
@@ -846,7 +854,8 @@ class TrainReplayer:
 
     def _fetch(self, u: _Unit, pos: int, phase: str) -> None:
         """Issue unit ``u``'s inbound copies for ``phase``: its weights (off the GPU), in the backward
-        also its offloaded activations and its accumulated gradients (later micro-steps). One H2D job."""
+        also its offloaded activations. One H2D job. (Accumulated gradients are fetched on the reduction
+        stream when the unit's gradients are ready: :meth:`_reduction_chain`.)"""
         if u.inbound_pass == (phase, self.micro_id):
             return
         u.inbound_pass = (phase, self.micro_id)
@@ -869,9 +878,6 @@ class TrainReplayer:
                 for e in u.act.entries:
                     e.back = torch.empty(e.nbytes, dtype=torch.uint8, device=self.dev)
                     pairs.append((e.back, e.host))
-            if not u.grads_gpu and self.wl.grad_accum > 1 and self.micro != "first":
-                u.accum_dev = self.accum_pool.acquire()
-                pairs.append((u.accum_dev[:u.numel], u.accum_host))
         u.inbound = self._submit(self.h2d, pairs)
 
     # -- weights as the compute sees them --------------------------------------------------------
@@ -1160,33 +1166,70 @@ class TrainReplayer:
             self._grads_ready(u)
 
     def _grads_ready(self, u: _Unit) -> None:
-        """A unit's gradients are complete: off-GPU ones go down now (beside the next layer's backward)."""
+        """A unit's gradients are complete: off-GPU ones go down now (beside the next layer's backward).
+
+        At the boundary they are cast to fp32 on the GPU (mixed precision) and copied to the step's
+        host gradient, else to the host accumulation buffer. After the first of several micro-steps,
+        DeepSpeed first fetches the host sum and adds it (``async_accumulate_grad_in_cpu_via_gpu``),
+        all on its reduction stream: :meth:`_reduction_chain` runs fetch, add, cast and copy down in
+        series, one unit after another, beside the compute."""
         if u.grads_gpu:
             return
         n, buf = u.numel, u.grad_buf
-        if self.wl.grad_accum > 1 and self.micro != "first":  # DeepSpeed: fetch the host sum, add on the GPU
-            self._wait(self.h2d, u.inbound)
-            buf[:n].add_(u.accum_dev[:n])
-            self.accum_pool.release(u.accum_dev)
-            u.accum_dev = None
-        if self.micro == "last":
-            if self.g32_pool is not None:  # cast the partition to fp32 on the GPU, then copy it down
-                g32 = self.g32_pool.acquire()
-                g32[:n].copy_(buf[:n])
-                if buf is not self.head_grad:
-                    self.grad_pool.release(buf)
-                buf, pool = g32, self.g32_pool
-            else:
-                pool = self.grad_pool
-            u.d2h = self._submit(self.d2h, [(u.g32_host, buf[:n])])
-            if u.g_file is not None:
-                u.after_d2h = self.host.submit(self._grads_to_file, u, u.d2h)
+        last = self.micro == "last"
+        cast = last and self.g32_pool is not None
+        out = self.g32_pool.acquire() if cast else buf
+        dst = u.g32_host if last else u.accum_host
+        if self.wl.grad_accum > 1 and self.micro != "first":
+            acc = self.accum_pool.acquire()
+            handle = self._reduction_chain(u, buf, acc, out, dst)
+            self.accum_pool.release(acc, handle)
         else:
-            pool = self.grad_pool
-            u.d2h = self._submit(self.d2h, [(u.accum_host, buf[:n])])
+            if cast:
+                out[:n].copy_(buf[:n])
+            handle = self._submit(self.d2h, [(dst, out[:n])])
+        u.d2h = handle
         if buf is not self.head_grad:
-            pool.release(buf, u.d2h)
+            self.grad_pool.release(buf, handle)
+        if cast:
+            self.g32_pool.release(out, handle)
+        if last and u.g_file is not None:
+            u.after_d2h = self.host.submit(self._grads_to_file, u, u.d2h)
         u.grad_buf = None
+
+    def _reduction_chain(self, u: _Unit, buf: torch.Tensor, acc: torch.Tensor, out: torch.Tensor,
+                         dst: torch.Tensor):
+        """Fetch unit ``u``'s accumulated host gradient into ``acc``, add it to ``buf``, cast into ``out``
+        (when it is another buffer) and copy it down to ``dst``, in series and after the previous unit's
+        chain: on a CUDA stream of its own (DeepSpeed's ``reduction_stream``), or on the CPU stand-in's
+        one reduction worker over the paced copiers. Returns the handle the copy down is waited on by."""
+        n = u.numel
+        if self.cuda:
+            s = self.reduce_stream
+            s.wait_stream(torch.cuda.current_stream(self.dev))  # the gradients are complete
+            with torch.cuda.stream(s):
+                acc[:n].copy_(u.accum_host, non_blocking=True)
+                buf[:n].add_(acc[:n])
+                if out is not buf:
+                    out[:n].copy_(buf[:n])
+                dst.copy_(out[:n], non_blocking=True)
+                for t in (buf, acc, out):
+                    t.record_stream(s)
+                event = torch.cuda.Event()
+                event.record(s)
+            handle = event
+        else:
+            def chain() -> None:
+                self.h2d.wait_host(self.h2d.submit([(acc[:n], u.accum_host)], after_compute=False))
+                buf[:n].add_(acc[:n])
+                if out is not buf:
+                    out[:n].copy_(buf[:n])
+                self.d2h.wait_host(self.d2h.submit([(dst, out[:n])], after_compute=False))
+
+            handle = self.reduction.submit(chain)
+        if self.sync_copies:
+            self.d2h.wait_host(handle)
+        return handle
 
     def _grads_to_file(self, u: _Unit, handle) -> None:
         self.d2h.wait_host(handle)

@@ -359,11 +359,35 @@ def test_grad_accumulation_link_bytes_by_hand(toy, accum):
     assert cost.tokens_per_s == pytest.approx(accum * 256 / cost.iteration_s)
     t = unit_phase_times(unit_costs(wl, toy), baseline_policies("zero-offload", wl, toy)[0])
     first, last = t[Phase.BACKWARD_FIRST], t[Phase.BACKWARD_LAST]
-    assert (first["d2h"], first["h2d"]) == (pytest.approx(2 * P_LAYER / link, rel=1e-12), 0.0)
-    assert (last["d2h"], last["h2d"]) == (pytest.approx(4 * P_LAYER / link, rel=1e-12),
-                                         pytest.approx(2 * P_LAYER / link, rel=1e-12))
+    # The fetch is on the reduction stream (h2d_accum), not among the unit's inbound copies (h2d).
+    assert (first["d2h"], first["h2d_accum"], first["h2d"]) == (pytest.approx(2 * P_LAYER / link, rel=1e-12), 0.0, 0.0)
+    assert (last["d2h"], last["h2d_accum"], last["h2d"]) == (pytest.approx(4 * P_LAYER / link, rel=1e-12),
+                                                             pytest.approx(2 * P_LAYER / link, rel=1e-12), 0.0)
     mid = t[Phase.BACKWARD_MID]
-    assert mid["d2h"] == mid["h2d"] == pytest.approx(2 * P_LAYER / link, rel=1e-12)
+    assert mid["d2h"] == mid["h2d_accum"] == pytest.approx(2 * P_LAYER / link, rel=1e-12)
+
+
+def test_accumulation_copies_run_in_series_on_the_reduction_stream(toy):
+    # DeepSpeed issues the fetch of the accumulated gradient, the add and the copy back on one stream
+    # (reduce_ipg_grads -> copy_grads_in_partition -> async_accumulate_grad_in_cpu_via_gpu): per unit and
+    # micro-step they follow each other, whatever the link's bidirectional factor. With the backward far
+    # shorter than the copies, a ZeRO-Offload backward is the head's and one layer's compute, then every
+    # unit's copies in series (the head's embeddings' last): fetch 2 B + copy back 2 B (middle micro-steps),
+    # fetch 2 B + fp32 copy 4 B (the boundary), copy back 2 B (the first).
+    link = 5e9
+    wl = tiny_wl(grad_accum=3)
+    pols = baseline_policies("zero-offload", wl, toy)
+    head, layer = unit_costs(wl, toy, head=True), unit_costs(wl, toy)
+    cost = evaluate_training(wl, toy, pols)
+    lead = head.bwd_gpu_s + layer.bwd_gpu_s
+    per_micro = [2 * P_ALL, 4 * P_ALL, 6 * P_ALL]  # first, middle, boundary: bytes through the stream
+    early = [b * 128 / P_ALL for b in per_micro]  # the head's final-norm share, before layer 1's copies
+    assert all(e / link < layer.bwd_gpu_s for e in early)
+    # The head's final-norm copies go while layer 1 computes; the rest follow layer 1's backward in series.
+    assert cost.backward_s == pytest.approx(sum(lead + (b - e) / link for b, e in zip(per_micro, early)), rel=1e-9)
+    # The same at 50 %: the copies never ran at once, so nothing changes.
+    half = apply_overrides(toy, ["link.bidirectional_factor=50%"])
+    assert evaluate_training(wl, half, pols).backward_s == pytest.approx(cost.backward_s, rel=1e-12)
 
 
 STREAMED = LayerTrainPolicy(master="host", moments="host")  # a GPU step of host-resident master and moments
@@ -374,16 +398,6 @@ def test_copies_both_ways_share_the_link_by_hand(toy):
     # bytes min(H2D, D2H) are charged (1 / 0.5 - 1) = 1 extra on each side (costmodel.kv's rule).
     half = apply_overrides(toy, ["link.bidirectional_factor=50%"])
     link = 5e9
-    # ZeRO-Offload, 3 micro-steps: the middle one sends 2 B/param out and fetches 2 B/param back at once.
-    wl = tiny_wl(grad_accum=3)
-    pol = baseline_policies("zero-offload", wl, toy)[0]
-    t = unit_phase_times(unit_costs(wl, half), pol)
-    first, mid, last = t[Phase.BACKWARD_FIRST], t[Phase.BACKWARD_MID], t[Phase.BACKWARD_LAST]
-    assert (first["d2h"], first["h2d"]) == (pytest.approx(2 * P_LAYER / link, rel=1e-12), 0.0)  # one way
-    assert mid["d2h"] == mid["h2d"] == pytest.approx(4 * P_LAYER / link, rel=1e-12)
-    # the boundary: 2 B in, 4 B (fp32) out, 2 B of them at once
-    assert (last["h2d"], last["d2h"]) == (pytest.approx(4 * P_LAYER / link, rel=1e-12),
-                                         pytest.approx(6 * P_LAYER / link, rel=1e-12))
     # ZeRO-3 offload, one micro-step: the weights come in (2 B) while the fp32 gradients go out (4 B);
     # in the forward the weights come in while a kept-activation offload goes out.
     wl3 = tiny_wl(zero_stage=3)

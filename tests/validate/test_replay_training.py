@@ -171,6 +171,31 @@ def test_gradient_accumulation_copies_as_deepspeed_does(system):
         assert r["link"]["moved_per_iteration"]["h2d_bytes"] == up * 4 * p
 
 
+def test_accumulated_gradients_on_the_reduction_stream_sum_the_micro_steps():
+    # The reduction chain (fetch the host sum, add, copy back; at the boundary copy the step's gradient
+    # down) leaves on the host the sum of the micro-steps' gradients: the same batch twice gives exactly
+    # twice one micro-step's gradient, for every unit, the head (whose buffer spans the backward) too.
+    m = _gpt()
+    pols = [LayerTrainPolicy(**CPU_STEP)] * m.n_layers
+    grads = {}
+    for accum in (1, 2):
+        wl = _wl(m, grad_accum=accum)
+        rep = TrainReplayer(wl, pols, LayerTrainPolicy(**CPU_STEP), torch.device("cpu"), link_bytes_per_s=(1e10, 1e10))
+        try:
+            for micro in (("last",) if accum == 1 else ("first", "last")):
+                rep.micro = micro
+                rep._micro_count += 1
+                rep.micro_id = rep._micro_count
+                rep._backward(rep._forward())
+            grads[accum] = {u.name: u.g32_host.clone() for u in (rep.head, *rep.layers)}
+        finally:
+            rep.close()
+    assert grads[1].keys() == grads[2].keys() and len(grads[1]) == m.n_layers + 1
+    for name, g in grads[1].items():
+        assert torch.count_nonzero(g) > 0
+        torch.testing.assert_close(grads[2][name], 2 * g, rtol=1e-6, atol=0.0)
+
+
 # ------------------------------------------------------------------------------------ mechanics
 def test_the_cpu_adamw_step_updates_exactly_the_cpu_stepped_layers():
     m = _gpt(layers=3)
