@@ -84,6 +84,7 @@ from costmodel.training_units import (
     TrainWorkload,
     _gpu_proc,
     activation_bytes,
+    backward_stages,
     check_node,
     flow_shop_s,
     gpu_step_job,
@@ -224,12 +225,6 @@ def evaluate_training(wl: TrainWorkload, system: System, policies: Sequence[Laye
         units.append((cache[key], p))
     a, overlap = wl.grad_accum, wl.overlap
 
-    def stage_a(t: dict[str, float]) -> float:
-        return max(t["gpu"], t["h2d"], t["interconnect"], t["disk"])
-
-    def stage_b(t: dict[str, float]) -> float:  # the reduction stream: reduce, accumulation fetch, copy out
-        return t["reduce"] + t.get("h2d_accum", 0.0) + t["d2h"]
-
     if overlap is Overlap.NONE:
         fwd = sum(sum(t[Phase.FORWARD].values()) for t, _ in units)
     else:
@@ -242,10 +237,8 @@ def evaluate_training(wl: TrainWorkload, system: System, policies: Sequence[Laye
         share of its gradient copies ready then; the layers L .. 1; and last the embeddings, whose
         gradients (a tied LM head's weight among them) are complete only when the backward ends, so
         that share of the head's copies closes the backward (its GPU work, a scatter-add, is not counted)."""
-        head_t = order[0][0][phase]
-        b = stage_b(head_t)
-        return ([(stage_a(head_t), (1.0 - late) * b)] + [(stage_a(t[phase]), stage_b(t[phase])) for t, _ in order[1:]]
-                + [(0.0, late * b)])
+        a, b = backward_stages(order[0][0][phase])
+        return [(a, (1.0 - late) * b)] + [backward_stages(t[phase]) for t, _ in order[1:]] + [(0.0, late * b)]
 
     def backward_s(phase: Phase) -> float:
         if overlap is Overlap.NONE:

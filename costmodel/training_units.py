@@ -872,6 +872,23 @@ def unit_phase_times(uc: TrainUnitCosts, pol: LayerTrainPolicy) -> dict[Phase, d
             Phase.BACKWARD_LAST: backward("last"), Phase.STEP: step, Phase.SNAPSHOT: snap}
 
 
+def backward_stages(phase: dict[str, float]) -> tuple[float, float]:
+    """The two flow-shop stages of one unit's backward (a backward phase of :func:`unit_phase_times`):
+    stage A, its compute beside its inbound copies, ``max(gpu, h2d, interconnect, disk)``; stage B,
+    DeepSpeed's reduction stream, the reduce-scatter, the accumulation fetch and the copy out in
+    series, ``reduce + h2d_accum + d2h``. :func:`costmodel.training.evaluate_training` and the MIP's
+    coefficients both take them from here.
+
+    Examples
+    --------
+    >>> backward_stages({"gpu": 3.0, "h2d": 1.0, "interconnect": 0.0, "disk": 0.0,
+    ...                  "reduce": 0.5, "h2d_accum": 1.0, "d2h": 2.0})
+    (3.0, 3.5)
+    """
+    return (max(phase["gpu"], phase["h2d"], phase["interconnect"], phase["disk"]),
+            phase["reduce"] + phase["h2d_accum"] + phase["d2h"])
+
+
 def gpu_step_job(step: dict[str, float]) -> tuple[float, float, float, float]:
     """The four stages of one unit's GPU step (the ``Phase.STEP`` seconds of :func:`unit_phase_times`):
     the H2D of its host-resident master and moments, the update on the GPU, the D2H of those states
@@ -915,6 +932,6 @@ def flow_shop_s(jobs: Sequence[Sequence[float]]) -> float:
 
 __all__ = [
     "ActAction", "LayerTrainPolicy", "Overlap", "Phase", "StepDevice", "Tier", "TrainOp", "TrainResource",
-    "TrainUnitCosts", "TrainWorkload", "KERNELS", "activation_bytes", "check_node", "flow_shop_s", "gpu_step_job", "head_ops",
+    "TrainUnitCosts", "TrainWorkload", "KERNELS", "activation_bytes", "backward_stages", "check_node", "flow_shop_s", "gpu_step_job", "head_ops",
     "interconnect_rate", "layer_ops", "node_capacity", "node_host", "norm_saved_bytes", "unit_costs", "unit_phase_times",
 ]

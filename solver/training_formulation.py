@@ -88,6 +88,7 @@ from costmodel.training_units import (
     TrainResource,
     TrainUnitCosts,
     TrainWorkload,
+    backward_stages,
     gpu_step_job,
     unit_costs,
     unit_phase_times,
@@ -250,8 +251,8 @@ def mode_coef(wl: TrainWorkload, uc: TrainUnitCosts, pol: LayerTrainPolicy) -> M
             b_s.append(0.0)
             b_late_s.append(0.0)
         else:
-            a_s.append(max(d["gpu"], d["h2d"], d["interconnect"], d["disk"]))
-            b = d["reduce"] + d["h2d_accum"] + d["d2h"]  # the reduction stream, as evaluate_training's stage B
+            a, b = backward_stages(d)  # as evaluate_training takes them
+            a_s.append(a)
             b_s.append((1.0 - late) * b)
             b_late_s.append(late * b)
     s = t[Phase.STEP]

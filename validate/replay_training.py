@@ -873,11 +873,10 @@ class TrainReplayer:
             if phase == "forward":
                 u.fwd_flat = flat
             u.bwd_flat = flat
-        if phase == "backward":
-            if u.act is not None:
-                for e in u.act.entries:
-                    e.back = torch.empty(e.nbytes, dtype=torch.uint8, device=self.dev)
-                    pairs.append((e.back, e.host))
+        if phase == "backward" and u.act is not None:
+            for e in u.act.entries:
+                e.back = torch.empty(e.nbytes, dtype=torch.uint8, device=self.dev)
+                pairs.append((e.back, e.host))
         u.inbound = self._submit(self.h2d, pairs)
 
     # -- weights as the compute sees them --------------------------------------------------------
