@@ -163,35 +163,37 @@ def _silence_highs_banner() -> None:
         os.close(saved)
 
 
-@functools.lru_cache(maxsize=1)
-def _found_backends() -> tuple[str, ...]:
-    found = []
-    try:
-        import highspy  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        found.append("highs")
-    try:
-        import pulp
-    except ImportError:
-        pass
-    else:
-        # listSolvers probes executables on PATH each call (~3 ms), hence the cache.
-        if "PULP_CBC_CMD" in pulp.listSolvers(onlyAvailable=True):
-            found.append("cbc")
-    return tuple(found)
+@functools.cache
+def backend_installed(name: str) -> bool:
+    """Whether one backend can run here, probed on first use and cached: ``highs`` imports highspy,
+    ``cbc`` imports PuLP and asks it for its bundled CBC (listSolvers probes executables on PATH, ~3 ms,
+    and importing PuLP costs ~60 ms, so a plan solved by HiGHS never pays for it)."""
+    if name == "highs":
+        try:
+            import highspy  # noqa: F401
+        except ImportError:
+            return False
+        return True
+    if name == "cbc":
+        try:
+            import pulp
+        except ImportError:
+            return False
+        return "PULP_CBC_CMD" in pulp.listSolvers(onlyAvailable=True)
+    return False
 
 
 def available_backends() -> list[str]:
-    return list(_found_backends())
+    """The installed backends, in order of preference (probes every one; :func:`default_backend` stops at
+    the first)."""
+    return [b for b in BACKENDS if backend_installed(b)]
 
 
 def default_backend() -> str:
-    avail = available_backends()
-    if not avail:
-        raise PlanError("no MIP backend found: install highspy (pip install highspy) or a PuLP with CBC")
-    return avail[0]
+    for backend in BACKENDS:
+        if backend_installed(backend):
+            return backend
+    raise PlanError("no MIP backend found: install highspy (pip install highspy) or a PuLP with CBC")
 
 
 class _HighsFailed(PlanError):
@@ -206,7 +208,7 @@ def solve(model: MipModel, *, backend: str | None = None, time_limit_s: float = 
     backend = backend or default_backend()
     if backend not in BACKENDS:
         raise PlanError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if backend not in available_backends():
+    if not backend_installed(backend):
         raise PlanError(f"backend {backend!r} is not installed; available: {available_backends()}")
     start = time.perf_counter()
     if backend == "highs":
@@ -216,7 +218,7 @@ def solve(model: MipModel, *, backend: str | None = None, time_limit_s: float = 
             # HiGHS's numerical "Solve error" on a model it accepted (seen on a placement MIP whose
             # cache modes cannot fit): CBC, the fallback backend, solves the same model; the result
             # names the backend that solved it.
-            if "cbc" not in available_backends():
+            if not backend_installed("cbc"):
                 raise
             backend = "cbc"
             status, objective, values = _solve_cbc(model, time_limit_s, gap_rel)

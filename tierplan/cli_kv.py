@@ -10,7 +10,7 @@ import textwrap
 from costmodel import KvWorkload, WorkloadError, capacity, load_model
 from costmodel.kv import KV_DTYPES, explain_shortfall
 from hwprofiles import format_bytes, load_system
-from solver import BASELINES, OBJECTIVES, Plan, PlanError, available_backends, evaluate_plan, evaluate_policy, plan_kv
+from solver import BASELINES, OBJECTIVES, Plan, PlanError, evaluate_plan, evaluate_policy, plan_kv
 from solver.kv import FLEXGEN_ENGINE, memory_record, metrics, workload_from_plan
 from solver.plan import shortfall_bytes
 from tierplan._format import _ms, _pct, _table
@@ -268,5 +268,5 @@ def _workload_args(p: argparse.ArgumentParser, *, required_model: bool = False) 
     p.add_argument("--set", action="append", metavar="PART.FIELD=VALUE",
                    help="override a profile number or part, e.g. link.h2d=12GB/s, host.memory=208GiB, disk=nvme-gen4")
     p.add_argument("--backend", choices=("highs", "cbc"), default=None,
-                   help=f"MIP backend (default: the first installed of {available_backends()})")
+                   help="MIP backend (default: highs if highspy is installed, else cbc)")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
