@@ -91,12 +91,15 @@ def simulate_decode_step(wl: KvWorkload, system: System, layers: Sequence[LayerP
     pre_s, post_s = _dense_split(wl, system)
     gr = _Graph()
     ucs = []
+    by_tokens: dict[tuple[float, float, float], object] = {}  # identical layers share their unit costs
     for pol in layers:
         split = pol.splits[k]
         off = pol.kv.offloaded
         toks = (c * off * split.transfer, c * off * split.recompute, c * off * split.cpu)
-        ucs.append((toks, unit_costs(wl, system, context=c, gpu_attn_tokens=c - toks[2], recompute_tokens=toks[1],
-                                     cpu_tokens=toks[2])))
+        if toks not in by_tokens:
+            by_tokens[toks] = unit_costs(wl, system, context=c, gpu_attn_tokens=c - toks[2], recompute_tokens=toks[1],
+                                         cpu_tokens=toks[2])
+        ucs.append((toks, by_tokens[toks]))
 
     def prefetch(li: int, buffer_free: str | None) -> str:
         pol, ((x, r, _), uc) = layers[li], ucs[li]
