@@ -48,6 +48,18 @@ def cpu_profile(tmp_path_factory):
     return path
 
 
+ORDER_LINK_BYTES_PER_S = 250e6
+
+
+@pytest.fixture(scope="module")
+def slow_link_profile(tmp_path_factory):
+    """The CPU profile with the stand-in copier paced to 250 MB/s, as the ordering cases replay it."""
+    path = tmp_path_factory.mktemp("prof") / "cpu-250MBps.yaml"
+    write_profile(profile_machine(quick=True, device="cpu", progress=lambda m: None,
+                                  cpu_link_bytes_per_s=ORDER_LINK_BYTES_PER_S), path)
+    return path
+
+
 # ------------------------------------------------------------------------------------ profile
 def test_timer_reports_the_median_of_a_fake_clock():
     ticks = iter([0.0, 1.0, 10.0, 13.0, 20.0, 22.0])  # three runs of 1, 3 and 2 seconds
@@ -301,27 +313,29 @@ ORDER_POLICIES = {
 
 
 def _order_cases(tiny, system) -> list[dict]:
-    """Replay three policies with the copier at 1 GB/s, predicted on ``system``. At batch 4 and
-    4097 tokens a layer's KV is 16 MiB: 17 ms over the copier against ~2 ms of compute."""
+    """Replay three policies with the copier at 250 MB/s, predicted on ``system``. At batch 4 and
+    4097 tokens a layer's KV is 16 MiB: 67 ms over the copier against a few ms of compute, and
+    full-offload's weights add 2.4 MB a layer, ~9 ms. At 1 GB/s that gap was ~2.4 ms a layer, and
+    a noisy run on this 2-core machine could swap kv-offload and full-offload."""
     wl = KvWorkload(model=tiny, batch=4, prompt_len=4096, gen_len=2, dtype_bytes=4)
     cases = []
     for name, pol in ORDER_POLICIES.items():
-        r = replay_policies(wl, system, [pol] * 4, layers=2, steps=1, repeats=2, warmup=1, device="cpu",
-                            link_bytes_per_s=1e9, progress=lambda m: None)
+        r = replay_policies(wl, system, [pol] * 4, layers=2, steps=1, repeats=3, warmup=1, device="cpu",
+                            link_bytes_per_s=ORDER_LINK_BYTES_PER_S, progress=lambda m: None)
         cases.append({"case": name, "model": "tiny", "status": "replayed", "predicted_s": r["predicted_s"],
                       "measured_s": r["measured_s"], "error_pct": r["error_pct"], "policy_digest": r["policy_digest"]})
     return cases
 
 
-def test_ordering_agrees_on_the_measured_profile(tiny, cpu_profile):
-    order = ordering(_order_cases(tiny, load_system(cpu_profile)))
+def test_ordering_agrees_on_the_measured_profile(tiny, slow_link_profile):
+    order = ordering(_order_cases(tiny, load_system(slow_link_profile)))
     assert order["pairs"] == 3 and order["agree"] == 3, ordering_line(order)
 
 
-def test_ordering_fails_on_a_mis_costed_profile(tiny, cpu_profile):
-    # The replay's copier runs at 1 GB/s; the prediction claims a 100 GB/s link, so moving KV and
+def test_ordering_fails_on_a_mis_costed_profile(tiny, slow_link_profile):
+    # The replay's copier runs at 250 MB/s; the prediction claims a 100 GB/s link, so moving KV and
     # weights looks free: every policy is predicted at the all-GPU time, but measured far slower.
-    wrong = apply_overrides(load_system(cpu_profile), ["link.h2d=100GB/s", "link.d2h=100GB/s"])
+    wrong = apply_overrides(load_system(slow_link_profile), ["link.h2d=100GB/s", "link.d2h=100GB/s"])
     cases = _order_cases(tiny, wrong)
     order = ordering(cases)
     assert order["agree"] < order["pairs"]
