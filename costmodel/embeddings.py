@@ -708,6 +708,12 @@ class _AccessBase:
         return rng
 
 
+# The memos of Zipf distributions by (rows, alpha), shared by equal instances; cleared when it reaches
+# ZIPF_MEMOS_MAX entries (a sweep over exponents or sizes builds a new one per point).
+_ZIPF_MEMOS: dict[tuple[int, float], dict[str, Any]] = {}
+ZIPF_MEMOS_MAX = 256
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ZipfAccess(_AccessBase):
     """Row ``i`` (0-based; row 0 the hottest) is looked up with probability
@@ -744,6 +750,11 @@ class ZipfAccess(_AccessBase):
             raise WorkloadError(f"{where}alpha must be a finite number > 0, got {self.alpha!r}{_at(self.file)}")
         if self.seed is not None:
             _check_int(self.seed, "seed", where=where, file=self.file, minimum=0)
+        # Equal distributions share one memo (buckets, Che times, distinct rows: functions of rows and
+        # alpha alone), so a model of many identical tables computes each once.
+        if len(_ZIPF_MEMOS) >= ZIPF_MEMOS_MAX:
+            _ZIPF_MEMOS.clear()
+        object.__setattr__(self, "_cache", _ZIPF_MEMOS.setdefault((int(self.rows), float(self.alpha)), {}))
 
     def _groups(self) -> tuple[np.ndarray, np.ndarray]:
         """Rank groups beyond the head: (lo, hi) 1-based inclusive."""

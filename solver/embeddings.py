@@ -87,6 +87,7 @@ from costmodel.embeddings_cost import (
     cache_state_bytes,
     dense_gpu_s,
     evaluate_embeddings,
+    table_key,
     table_traffic,
 )
 from costmodel.errors import WorkloadError
@@ -235,19 +236,10 @@ class EmbPlan:
         return None if self.cost is None else self.cost.samples_per_s
 
 
-def _group_key(wl: EmbWorkload, t: Table) -> tuple:
-    try:
-        hash(t.access)
-        acc = t.access
-    except TypeError:
-        acc = id(t.access)
-    return (t.rows, t.dim, t.dtype_bytes, float(t.pooling), wl.model.optimizer_state_bytes_per_row(t), acc)
-
-
 def _groups(wl: EmbWorkload) -> list[list[int]]:
     groups: dict[tuple, list[int]] = {}
     for i, t in enumerate(wl.model.tables):
-        groups.setdefault(_group_key(wl, t), []).append(i)
+        groups.setdefault(table_key(wl, t), []).append(i)
     return list(groups.values())
 
 
