@@ -956,7 +956,8 @@ def load_model(name_or_path: str | Path) -> TransformerSpec:
                                 f"a folder holding one, or a bundled model name (tierplan models list)")
         path = path / "config.json"
     if text.endswith(".json") or path.exists():
-        name = path.parent.name if path.name == "config.json" else path.stem
+        # a config.json is named by its folder (resolved: ./config.json is named by the current folder)
+        name = (path.resolve().parent.name or path.stem) if path.name == "config.json" else path.stem
     else:
         info = model_info(text)
         path, name = MODELS_DIR / info["config"], text

@@ -160,6 +160,18 @@ def test_gpt_neox_pythia_70m_from_a_folder(tmp_path):
     assert spec.total_params() == 70_426_624
 
 
+def test_a_config_json_given_relative_to_its_folder_is_named_by_that_folder(tmp_path, monkeypatch):
+    # `tierplan plan training --model ./config.json` (issue 11's example): Path("./config.json").parent
+    # has no name, which left the model nameless and its plan file unloadable
+    folder = tmp_path / "pythia-70m"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(PYTHIA_70M))
+    monkeypatch.chdir(folder)
+    assert load_model("./config.json").name == "pythia-70m"
+    assert load_model("config.json").name == "pythia-70m"
+    assert load_model(".").name == "pythia-70m"
+
+
 def test_gqa_head_dim_from_config(tmp_path):
     cfg = {"model_type": "qwen2", "num_hidden_layers": 2, "hidden_size": 64, "num_attention_heads": 4,
            "num_key_value_heads": 2, "intermediate_size": 128, "vocab_size": 100}
