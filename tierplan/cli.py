@@ -290,7 +290,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                  "kv_gpu_share", "offloaded_recompute_share", "offloaded_cpu_share", "speedup_flexgen")
     df = sweep(points, output=output, resume=bool(args.resume), workers=args.workers, skip_corrupt=args.skip_corrupt)
     cols = [c for c in shown if c in df.columns]
-    print(df[cols].to_string(index=False, float_format=lambda v: f"{v:,.3g}"))
+    print(df[cols].to_string(index=False, float_format=lambda v: f"{v:,.3g}", na_rep="-"))
+    blank = [c for c in cols if c.startswith("speedup_") and df[c].isna().any()]
+    if blank:
+        print(f"'-' under {', '.join(blank)}: no speed-up at that point, because that baseline or the plan does not "
+              f"fit (tierplan evaluate {args.family} --policy NAME gives the shortfall)")
     if output:
         print(f"wrote {output} ({len(df)} points)", file=sys.stderr)
     if args.plot:

@@ -104,3 +104,15 @@ def test_sweep_training_plans_each_point(capsys, tmp_path):
     assert fast >= slow * (1 - 1e-9)  # more link bandwidth is never slower
     code, _, err = run(capsys, "sweep", "training", "--prompt", "512")
     assert code == 2 and "--prompt are not options of sweep training" in err
+
+
+def test_sweep_marks_a_baseline_that_does_not_fit(capsys):
+    # on a 24 GB card llama-2-7b's ZeRO-Offload at seq 2048 (12.55 GiB of fp16 weights and 12 GiB of
+    # activations, no recompute) does not fit: no speed-up over it to show, and the table says why
+    code, text, _ = run(capsys, "sweep", "training", "--model", "llama-2-7b", "--hw", "rtx4090", "--seq", "2048",
+                        "--vary", "link.h2d=12GB/s..24GB/s:2", "--workers", "1")
+    assert code == 0
+    rows = [line.split() for line in text.splitlines() if line.startswith("llama-2-7b")]
+    assert len(rows) == 2 and all(r[-1] == "-" for r in rows)  # speedup_zero-offload is the last column shown
+    assert "'-' under speedup_zero-offload: no speed-up at that point, because that baseline or the plan does not fit" \
+        in text
