@@ -88,6 +88,20 @@ def machine_name(device: torch.device) -> str:
     return f"CPU {platform.processor() or platform.machine()} ({len(_cores())} cores)"
 
 
+def cpu_model() -> str:
+    """The host CPU's model as the OS names it (Linux: ``model name`` of /proc/cpuinfo; elsewhere
+    ``platform.processor()``), so records of two machines with the same core count tell them apart."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and value.strip():
+                    return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def part_name(machine: str) -> str:
     """The profile part name made from a machine name (``gpu.name`` of a measured profile).
 

@@ -35,7 +35,7 @@ from costmodel import KvWorkload, load_model
 from hwprofiles import System, apply_overrides, load_system
 from solver import BASELINES, evaluate_policy, plan_kv
 from validate.errors import ReplayError
-from validate.replay import _cores, machine_name, part_name, replay_policies
+from validate.replay import _cores, cpu_model, machine_name, part_name, replay_policies
 from validate.report import ORDER_MARGIN, summary
 
 MODELS = ("llama-2-7b", "llama-3-8b")
@@ -244,7 +244,7 @@ def record_header(suite: str, *, quick: bool, settings: dict, command: str, dev:
         "driver": _driver() if dev.type == "cuda" else None,
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
-        "host": f"{platform.processor() or platform.machine()}, {len(_cores())} cores, {platform.platform()}",
+        "host": f"{cpu_model()}, {platform.machine()}, {len(_cores())} cores, {platform.platform()}",
         "tierplan_commit": _git_commit(),
         "profile": system.summary(),
     }
