@@ -410,6 +410,8 @@ def _show_records(paths: list[str]) -> int:
             raise PlanError(f"{f} is not a suite record of `tierplan validate` (no {', '.join(missing)}); "
                             "--show reads validate/records/*.json")
         print(f"{f.name}: {data['device_name']} ({data['device']}), torch {data['torch']}, {data['date']}")
+        if isinstance(data.get("host"), str) and data["host"]:
+            print(f"host: {data['host']}")
         print(f"command: {data['command']}")
         print(suite_table(data["cases"], data.get("summary")))
         for model, ratios in data.get("baseline_time_over_plan_time", {}).items():
