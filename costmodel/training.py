@@ -72,6 +72,7 @@ from costmodel.training_states import (
     zero_paper_model_state_bytes,
 )
 from costmodel.training_units import (
+    RESOURCE_KEYS,
     ActAction,
     LayerTrainPolicy,
     Overlap,
@@ -100,11 +101,6 @@ from hwprofiles import System, format_bytes
 # ---------------------------------------------------------------------------------------------
 # The evaluator
 # ---------------------------------------------------------------------------------------------
-
-_RESOURCE_KEYS = {TrainResource.GPU: ("gpu",), TrainResource.H2D: ("h2d", "stream_h2d", "h2d_accum"),
-                  TrainResource.D2H: ("d2h", "stream_d2h"), TrainResource.CPU: ("cpu",),
-                  TrainResource.DISK: ("disk",), TrainResource.INTERCONNECT: ("interconnect", "reduce")}
-
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TrainCost:
@@ -237,8 +233,9 @@ def evaluate_training(wl: TrainWorkload, system: System, policies: Sequence[Laye
         share of its gradient copies ready then; the layers L .. 1; and last the embeddings, whose
         gradients (a tied LM head's weight among them) are complete only when the backward ends, so
         that share of the head's copies closes the backward (its GPU work, a scatter-add, is not counted)."""
-        a, b = backward_stages(order[0][0][phase])
-        return [(a, (1.0 - late) * b)] + [backward_stages(t[phase]) for t, _ in order[1:]] + [(0.0, late * b)]
+        head_a, head_b = backward_stages(order[0][0][phase])
+        return ([(head_a, (1.0 - late) * head_b)] + [backward_stages(t[phase]) for t, _ in order[1:]]
+                + [(0.0, late * head_b)])
 
     def backward_s(phase: Phase) -> float:
         if overlap is Overlap.NONE:
@@ -290,7 +287,7 @@ def evaluate_training(wl: TrainWorkload, system: System, policies: Sequence[Laye
     for ph in phases:
         counts[ph] = counts.get(ph, 0) + 1
     busy = {r: sum(n * t[ph].get(k, 0.0) for t, _ in units for ph, n in counts.items() for k in keys)
-            for r, keys in _RESOURCE_KEYS.items()}
+            for r, keys in RESOURCE_KEYS}
     worst = max(busy, key=busy.get)
     iteration = max(schedule, busy[worst])
     # A schedule that only sums one resource equals its busy time up to float rounding: call it the schedule.

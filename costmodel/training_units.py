@@ -74,6 +74,15 @@ class TrainResource(enum.StrEnum):
     INTERCONNECT = "interconnect"
 
 
+# Per resource, the keys of unit_phase_times whose seconds it is busy for: costmodel.training's
+# evaluate_training sums its busy times over them, and the MIP's busy coefficients
+# (solver.training_formulation) take the same keys.
+RESOURCE_KEYS: tuple[tuple[TrainResource, tuple[str, ...]], ...] = (
+    (TrainResource.GPU, ("gpu",)), (TrainResource.H2D, ("h2d", "stream_h2d", "h2d_accum")),
+    (TrainResource.D2H, ("d2h", "stream_d2h")), (TrainResource.CPU, ("cpu",)),
+    (TrainResource.DISK, ("disk",)), (TrainResource.INTERCONNECT, ("interconnect", "reduce")))
+
+
 def _positive_int(name: str, value: object, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         rule = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
@@ -723,9 +732,9 @@ def _both_ways(h2d_bytes: float, d2h_bytes: float, uc: TrainUnitCosts) -> tuple[
     >>> _both_ways(2e9, 1e9, uc)  # half-rate while both run: the common 1 GB costs twice on each side
     (3.0, 2.0)
     """
-    extra = min(h2d_bytes, d2h_bytes) * uc.bidir_penalty
-    return (_xfer(h2d_bytes + extra if h2d_bytes > 0 else 0.0, uc.h2d_bytes_per_s, uc.link_latency_s),
-            _xfer(d2h_bytes + extra if d2h_bytes > 0 else 0.0, uc.d2h_bytes_per_s, uc.link_latency_s))
+    extra = min(h2d_bytes, d2h_bytes) * uc.bidir_penalty  # 0 unless both directions move bytes
+    return (_xfer(h2d_bytes + extra, uc.h2d_bytes_per_s, uc.link_latency_s),
+            _xfer(d2h_bytes + extra, uc.d2h_bytes_per_s, uc.link_latency_s))
 
 
 def unit_phase_times(uc: TrainUnitCosts, pol: LayerTrainPolicy) -> dict[Phase, dict[str, float]]:
@@ -931,7 +940,7 @@ def flow_shop_s(jobs: Sequence[Sequence[float]]) -> float:
 
 
 __all__ = [
-    "ActAction", "LayerTrainPolicy", "Overlap", "Phase", "StepDevice", "Tier", "TrainOp", "TrainResource",
+    "RESOURCE_KEYS", "ActAction", "LayerTrainPolicy", "Overlap", "Phase", "StepDevice", "Tier", "TrainOp", "TrainResource",
     "TrainUnitCosts", "TrainWorkload", "KERNELS", "activation_bytes", "backward_stages", "check_node", "flow_shop_s", "gpu_step_job", "head_ops",
     "interconnect_rate", "layer_ops", "node_capacity", "node_host", "norm_saved_bytes", "unit_costs", "unit_phase_times",
 ]

@@ -78,6 +78,7 @@ from costmodel.errors import WorkloadError
 from costmodel.training_memory import unit_pinned_rounding_bytes
 from costmodel.training_states import pinned_allocation_bytes
 from costmodel.training_units import (
+    RESOURCE_KEYS,
     node_capacity,
     ActAction,
     LayerTrainPolicy,
@@ -85,7 +86,6 @@ from costmodel.training_units import (
     Phase,
     StepDevice,
     Tier,
-    TrainResource,
     TrainUnitCosts,
     TrainWorkload,
     backward_stages,
@@ -102,11 +102,6 @@ MS = 1e3
 # Share of each memory tier the MIP leaves free, so that a solver's feasibility tolerance (about 1e-7
 # on a row in GB, 100 bytes) never lets a plan it accepts overflow when costed exactly.
 CAPACITY_MARGIN = 1e-6
-# Per resource, the keys of unit_phase_times whose seconds it is busy for (costmodel.training's
-# _RESOURCE_KEYS, from which evaluate_training's busy times are summed).
-RESOURCE_KEYS = ((TrainResource.GPU, ("gpu",)), (TrainResource.H2D, ("h2d", "stream_h2d", "h2d_accum")),
-                 (TrainResource.D2H, ("d2h", "stream_d2h")), (TrainResource.CPU, ("cpu",)),
-                 (TrainResource.DISK, ("disk",)), (TrainResource.INTERCONNECT, ("interconnect", "reduce")))
 
 
 def backward_phases(grad_accum: int) -> tuple[tuple[Phase, int], ...]:
