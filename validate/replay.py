@@ -896,11 +896,9 @@ def replay_policies(wl: KvWorkload, system: System, policies: Sequence[LayerPoli
         ``predicted_s``, ``measured_s``, ``error_pct`` of the slice, per step and per layer rows,
         ``memory`` (predicted and measured peak device bytes), ``warnings`` (a list of strings).
     """
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ReplayError("--device cuda was asked for but torch sees no CUDA device")
-    if repeats < 1:
-        raise ReplayError(f"repeats must be at least 1, got {repeats}")
+    check_device_name(device)
+    dev = resolve_device(device)
+    repeats, warmup = positive_int(repeats, "repeats"), max(1, positive_int(warmup, "warmup", minimum=0))
     if len(policies) != wl.model.n_layers:
         raise ReplayError(f"a policy needs one entry per layer ({wl.model.n_layers}), got {len(policies)}")
     warnings = _hardware_warnings(system, plan_hardware, dev)
@@ -930,7 +928,6 @@ def replay_policies(wl: KvWorkload, system: System, policies: Sequence[LayerPoli
     n_steps = wl.gen_len if steps is None else max(1, min(steps, wl.gen_len))
     step_ids = sorted({int(round(s)) for s in np.linspace(0, wl.gen_len - 1, n_steps)})
     sliced = [policies[i] for i in idx]
-    warmup = max(1, warmup)
     for w in warnings:
         progress(f"warning: {w}")
     base_bytes = 0.0
