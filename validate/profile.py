@@ -402,8 +402,8 @@ class Profiler:
         return _bidirectional_kept(factor)
 
     # -- host ---------------------------------------------------------------------------------
-    def optimizer_rate(self) -> tuple[float, int]:
-        """(bytes/s, parameters) of a CPU optimizer update as the training replay runs it: the median
+    def optimizer_rate(self) -> tuple[float, int, float]:
+        """(bytes/s, parameters, bytes per parameter counted) of a CPU optimizer update as the training replay runs it: the median
         time of ``torch.optim.AdamW(foreach=True, fused=False).step()`` over one fp32 parameter of
         16 Mi (quick) or 64 Mi elements, whose 16 B/param of state (weights, gradient, two moments:
         256 MiB or 1 GiB) lie beyond most CPUs' caches, counted in the cost model's 28 B/param of the
@@ -414,10 +414,11 @@ class Profiler:
         param.grad = torch.full_like(param, 1e-3)
         opt = torch.optim.AdamW([param], lr=1e-4, weight_decay=1e-2, foreach=True, fused=False)
         t = self.timer(opt.step)
-        rate = n * sum(step_bytes_per_param(state_bytes("fp32", "adamw"))) / t
+        per_param = float(sum(step_bytes_per_param(state_bytes("fp32", "adamw"))))
+        rate = n * per_param / t
         self.progress(f"  AdamW step over {n / 2**20:.0f} Mi fp32 parameters: {t * 1e3:.1f} ms, "
-                      f"{rate / 1e9:.2f} GB/s of the update's 28 B/param")
-        return float(rate), n
+                      f"{rate / 1e9:.2f} GB/s of the update's {per_param:.0f} B/param")
+        return float(rate), n, per_param
 
     def host_part(self) -> dict:
         cpu = torch.device("cpu")
@@ -512,7 +513,7 @@ def profile_machine(*, quick: bool = False, device: str | None = None, command: 
         link = prof.link_part()
         progress("host CPU:")
         host = prof.host_part()
-        opt_rate, opt_params = prof.optimizer_rate()
+        opt_rate, opt_params, opt_bytes = prof.optimizer_rate()
     finally:
         if not cuda:
             torch.set_num_threads(threads_before)
@@ -587,7 +588,7 @@ def profile_machine(*, quick: bool = False, device: str | None = None, command: 
             "flops_fp32": _q(host["peak_flop_per_s"], "TFLOP/s", 1e12, "measured", f"CPU fp32 GEMM sweep; {ref}"),
             "optimizer_bandwidth": _q(opt_rate, "GB/s", 1e9, "measured",
                                       f"torch.optim.AdamW(foreach=True) step over {opt_params} fp32 parameters on the "
-                                      f"CPU: 28 B/param (the update's reads + writes) / median time; {ref}"),
+                                      f"CPU: {opt_bytes:.0f} B/param (the update's reads + writes) / median time; {ref}"),
             "reserved_memory": _q(0.0 if not cuda else 8 * 2**30, "GiB", 2**30, "estimate",
                                   "OS and framework share"),
             "efficiency": _curves("measured-host", host, f"fitted from the CPU sweeps of {ref}"),
