@@ -20,11 +20,14 @@ from costmodel.embeddings import (
 )
 from costmodel.embeddings_cost import (
     BASELINES as EMB_BASELINES,
+    POLICIES as EMB_POLICIES,
     EmbCost,
     EmbWorkload,
+    Runtime as EmbRuntime,
     TablePolicy,
     baseline_policies,
     evaluate_embeddings,
+    gpu_bytes_between_iterations,
     torchrec_estimated_hit_rate,
 )
 from costmodel.errors import WorkloadError
@@ -84,8 +87,8 @@ from costmodel.transformer import TransformerSpec, list_models, load_model, mode
 __all__ = [
     "HistogramAccess", "HitCurve", "RecModel", "Table", "TraceAccess", "ZipfAccess", "list_rec_models",
     "load_histogram", "load_rec_model", "load_trace", "rec_model_from_dict",
-    "EMB_BASELINES", "EmbCost", "EmbWorkload", "TablePolicy", "baseline_policies", "evaluate_embeddings",
-    "torchrec_estimated_hit_rate",
+    "EMB_BASELINES", "EMB_POLICIES", "EmbCost", "EmbRuntime", "EmbWorkload", "TablePolicy", "baseline_policies",
+    "evaluate_embeddings", "gpu_bytes_between_iterations", "torchrec_estimated_hit_rate",
     "TRAIN_BASELINES", "ActAction", "LayerTrainPolicy", "OptimizerKind", "Precision", "StateBytes", "StepDevice",
     "TrainCost", "TrainMemory", "TrainOverlap", "TrainResource", "TrainUnitCosts", "TrainWorkload",
     "activation_bytes", "deepspeed_zero2_estimate", "deepspeed_zero3_estimate", "evaluate_training",

@@ -30,6 +30,7 @@ import numpy as np
 from costmodel.embeddings import (
     FP32_BYTES,
     CurveKind,
+    Optimizer,
     RecModel,
     Table,
     _enum,
@@ -58,6 +59,19 @@ CACHE_INDEX_MAP_BYTES = 4
 CACHE_SLOT_STATE_BYTES = 8
 LXU_STATE_BYTES = 8
 CACHE_LOCKING_COUNTER_BYTES = 4
+# ColossalAI's CachedParamMgr (colossalai/nn/parallel/layers/cache_embedding/cache_mgr.py, read at
+# hpcaitech/ColossalAI@fe3fca5a and an Aug 2022 version; the same in both for DATASET eviction): two int64
+# maps over every row of the fused table (``idx_map = torch.arange(num_embeddings, dtype=torch.long)`` and
+# ``inverted_cached_idx``), one int64 map over the cache slots (``cached_idx_map``), all on the GPU.
+COLOSSALAI_ROW_MAP_BYTES = 2 * 8
+COLOSSALAI_SLOT_MAP_BYTES = 8
+# A sparse COO gradient's index per looked-up row (int64), as ``embedding_bag``'s sparse backward builds it.
+SPARSE_GRAD_INDEX_BYTES = 8
+# The batch a TorchRec-style loop keeps on the GPU until the next one replaces it: KeyedJaggedTensor
+# lengths and offsets int32 per (table, sample) (hpcaitech/CachedEmbedding recsys/datasets/criteo.py,
+# ``dtype=torch.int32``), labels and logits 4 B per sample.
+KJT_LENGTH_BYTES = 4
+LABEL_LOGIT_BYTES = 2 * 4
 # FBGEMM/TorchRec's default cache_load_factor: TorchRec planner constants CACHING_RATIO = 0.2
 # (torchrec/distributed/planner/constants.py, kernel_bw_lookup for FUSED_UVM_CACHING).
 DEFAULT_CACHE_LOAD_FACTOR = 0.2
@@ -92,6 +106,22 @@ class UpdateOn(enum.StrEnum):
     CPU = "cpu"
 
 
+class Runtime(enum.StrEnum):
+    """The engine that runs the placement; it decides what a cache's bookkeeping and the tables'
+    gradients hold in HBM (:func:`cache_state_bytes`, :func:`sparse_grad_bytes`).
+
+    ``fbgemm``: TorchRec with FBGEMM's table-batched embeddings (fused backward and optimizer: no
+    gradient tensor is kept). ``colossalai``: ColossalAI's ``CachedEmbeddingBag`` /
+    ``FreqAwareEmbeddingBag`` (``colossalai/nn/parallel/layers/cache_embedding``, Aug-Oct 2022): one
+    fused table over all tables, a GPU cache managed by ``CachedParamMgr`` with dataset-frequency
+    eviction, PyTorch's ``embedding_bag(sparse=True)`` gradients and ``torch.optim.SGD``; its cache
+    moves weight rows only, so the tables' optimizer must be SGD, and it has no UVM or CPU pooling.
+    """
+
+    FBGEMM = "fbgemm"
+    COLOSSALAI = "colossalai"
+
+
 class Stage(enum.StrEnum):
     FETCH = "fetch"
     COMPUTE = "compute"
@@ -108,6 +138,7 @@ class EmbWorkload:
     (what PyTorch 1.7-1.11 did by default on Ampere, ``torch.backends.cuda.matmul.allow_tf32``);
     elementwise ops still move 4-byte elements.
     ``prefetch`` is the default of :attr:`TablePolicy.prefetch` for ``cache`` and ``uvm`` tables.
+    ``runtime``: the engine that runs the placement (:class:`Runtime`; ``colossalai`` needs SGD tables).
     """
 
     model: RecModel
@@ -115,6 +146,7 @@ class EmbWorkload:
     dtype_bytes: int = 0
     prefetch: bool = False
     tf32: bool = False
+    runtime: Runtime = Runtime.FBGEMM
     _hash: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -135,8 +167,15 @@ class EmbWorkload:
             raise WorkloadError(f"tf32 is for 4-byte (fp32) dense compute, got tf32=True with dtype_bytes "
                                 f"{self.dense_dtype_bytes}")
         object.__setattr__(self, "tf32", bool(self.tf32))
+        runtime = _enum(Runtime, self.runtime, "runtime")
+        object.__setattr__(self, "runtime", runtime)
+        if runtime is Runtime.COLOSSALAI:
+            other = sorted({self.model.optimizer_of(t).value for t in self.model.tables} - {Optimizer.SGD.value})
+            if other:
+                raise WorkloadError(f"runtime colossalai trains its tables with SGD only (its cache manager moves "
+                                    f"weight rows, not optimizer state), got table optimizer {', '.join(other)}")
         object.__setattr__(self, "_hash", hash((self.model, self.batch, self.dtype_bytes, bool(self.prefetch),
-                                                self.tf32)))
+                                                self.tf32, runtime)))
 
     def __hash__(self) -> int:
         return self._hash
@@ -148,7 +187,7 @@ class EmbWorkload:
     def summary(self) -> dict[str, object]:
         return {"model": self.model.name, "model_file": self.model.file, "batch": self.batch,
                 "dtype_bytes": self.dense_dtype_bytes, "prefetch": bool(self.prefetch),
-                "tf32": self.tf32}
+                "tf32": self.tf32, "runtime": self.runtime.value}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -549,7 +588,8 @@ def memory_use(wl: EmbWorkload, policies: Sequence[TablePolicy], traffic: Sequen
     where the state is on the GPU), ``dense`` (weights + gradients + dense optimizer state:
     ``W (2 dt_w + s_w)``), ``activations`` (:func:`activation_bytes`), ``index_pooled`` (ids ``8 L``
     of ``T_g`` tables, pooled vectors and their gradients ``2 g`` of every table), ``prefetch_buffers``
-    (``2 M r`` per prefetched table: this batch's cold rows and the next batch's).
+    (``2 M r`` per prefetched table: this batch's cold rows and the next batch's), ``sparse_grads``
+    (runtime ``colossalai`` only: the uncoalesced sparse gradient, :func:`sparse_grad_bytes`).
     Host: ``tables`` (``N r`` of ``cache``, ``uvm``, ``cpu`` tables: the backing store keeps every row),
     ``table_state`` (``N s`` on the host), ``batch_buffers`` (ids ``8 L`` of every table, pooled
     vectors and gradients ``2 g`` of ``cpu``-pooled or CPU-updated tables).
@@ -557,7 +597,7 @@ def memory_use(wl: EmbWorkload, policies: Sequence[TablePolicy], traffic: Sequen
     m = wl.model
     traffic = traffic or tables_traffic(wl, policies)
     gpu = dict.fromkeys(("tables", "cache_rows", "cache_state", "table_state", "dense", "activations",
-                         "index_pooled", "prefetch_buffers"), 0.0)
+                         "index_pooled", "prefetch_buffers", "sparse_grads"), 0.0)
     host = dict.fromkeys(("tables", "table_state", "batch_buffers"), 0.0)
     for t, p, tr in zip(m.tables, policies, traffic):
         rows, r = float(t.rows), float(t.row_bytes)
@@ -579,12 +619,56 @@ def memory_use(wl: EmbWorkload, policies: Sequence[TablePolicy], traffic: Sequen
         host["batch_buffers"] += INDEX_BYTES * tr.lookups + (2 * g if p.update_on is UpdateOn.CPU else 0.0)
         if p.prefetched(wl):
             gpu["prefetch_buffers"] += 2 * tr.cold_rows * r
+        gpu["sparse_grads"] += sparse_grad_bytes(wl, t, tr)
     params = float(m.dense_params())
     gpu["dense"] = params * (2 * m.dense_dtype_bytes + dense_optimizer_state_bytes_per_param(m.dense_optimizer))
     gpu["activations"] = activation_bytes(wl)
     g_total, h_total = sum(gpu.values()), sum(host.values())
     return Memory(gpu_bytes=g_total, host_bytes=h_total, disk_bytes=0.0, gpu_breakdown=tuple(gpu.items()),
                   host_breakdown=tuple(host.items()), gpu_prefill_bytes=g_total, gpu_decode_bytes=g_total)
+
+
+def sparse_grad_bytes(wl: EmbWorkload, table: Table, traffic: TableTraffic) -> float:
+    """HBM of a table's embedding gradient as PyTorch keeps it under runtime ``colossalai``:
+    ``L (r + 8)`` for ``L`` lookups per batch (0 under ``fbgemm``, whose backward updates the rows in
+    place and keeps no gradient).
+
+    ``embedding_bag``'s sparse backward returns one gradient row per looked-up index, uncoalesced
+    (``_sparse_coo_tensor_unsafe(indices.reshape({1,-1}), index_grad.reshape({-1, D}))`` in ATen's
+    ``_embedding_bag_sparse_backward``): ``L`` rows of ``r`` bytes and ``L`` int64 indices. It stays
+    allocated after ``optimizer.step()``: the training loop of hpcaitech/CachedEmbedding calls
+    ``optimizer.zero_grad()`` before ``backward()`` (which empties a sparse gradient but keeps the
+    tensor), so the last step's gradient is still there between iterations."""
+    if wl.runtime is not Runtime.COLOSSALAI:
+        return 0.0
+    return float(traffic.lookups * (table.row_bytes + SPARSE_GRAD_INDEX_BYTES))
+
+
+# GPU terms of :func:`memory_use` that are allocated once and stay between iterations.
+PERSISTENT_GPU_TERMS = ("tables", "cache_rows", "cache_state", "table_state", "dense", "prefetch_buffers",
+                        "sparse_grads")
+
+
+def gpu_bytes_between_iterations(wl: EmbWorkload, policies: Sequence[TablePolicy] | Mapping[str, TablePolicy],
+                                 memory: Memory | None = None) -> tuple[tuple[str, float], ...]:
+    """What stays allocated in HBM after an iteration's ``optimizer.step()`` -- what
+    ``torch.cuda.memory_allocated()`` reports between iterations or after the epoch, not the peak
+    (:func:`memory_use`'s ``gpu_bytes``): the persistent terms of :func:`memory_use`
+    (:data:`PERSISTENT_GPU_TERMS`: tables, cache rows and bookkeeping, table state, dense weights,
+    gradients and optimizer state, prefetch buffers, the kept sparse gradients), and ``last_batch``,
+    the batch the loop still references: ``B (dt_in n_dense + 8) + 8 L + 4 (2 B T + 1)`` (fp32 dense
+    features ``dt_in = 4``, labels and logits, int64 ids of ``L`` lookups, int32 KeyedJaggedTensor
+    lengths and offsets over ``T`` tables, :data:`KJT_LENGTH_BYTES`). Activations, pooled vectors and
+    their gradients are freed by the backward. ``memory``: :func:`memory_use` of the same placement,
+    if already made."""
+    pols = _policies(wl, policies)
+    gpu = dict((memory or memory_use(wl, pols)).gpu_breakdown)
+    out = [(k, gpu[k]) for k in PERSISTENT_GPU_TERMS]
+    m, b = wl.model, wl.batch
+    lookups = float(b * m.lookups_per_sample())
+    last = b * (FP32_BYTES * m.dense_features + LABEL_LOGIT_BYTES) + INDEX_BYTES * lookups \
+        + KJT_LENGTH_BYTES * (2 * b * len(m.tables) + 1)
+    return tuple(out + [("last_batch", float(last))])
 
 
 def explain_shortfall(memory: Memory, cap: dict[str, float]) -> str:
@@ -609,7 +693,8 @@ class EmbCost:
     """Predicted time and memory of one training iteration.
 
     ``stages``: (stage, ((resource, seconds), ...)) for fetch, compute and host_update;
-    ``stage_s``: each stage's time; ``iteration_s`` their sum.
+    ``stage_s``: each stage's time; ``iteration_s`` their sum. ``memory`` is the iteration's peak;
+    ``gpu_between_iterations`` what stays allocated after its optimizer step, term by term.
     """
 
     iteration_s: float
@@ -620,6 +705,7 @@ class EmbCost:
     memory: Memory
     capacity: dict[str, float]
     batch: int
+    gpu_between_iterations: tuple[tuple[str, float], ...] = ()  # :func:`gpu_bytes_between_iterations`
 
     @property
     def samples_per_s(self) -> float:
@@ -654,11 +740,18 @@ def _policies(wl: EmbWorkload, policies: Sequence[TablePolicy] | Mapping[str, Ta
         missing = [t.name for t in tables if t.name not in policies]
         if missing:
             raise WorkloadError(f"policies must give every table a policy; missing {', '.join(missing[:8])}")
-        return tuple(policies[t.name] for t in tables)
-    if not isinstance(policies, (list, tuple)) or len(policies) != len(tables):
-        n = len(policies) if isinstance(policies, (list, tuple)) else type(policies).__name__
-        raise WorkloadError(f"policies must be one TablePolicy per table ({len(tables)}), got {n}")
-    return tuple(policies)
+        out = tuple(policies[t.name] for t in tables)
+    else:
+        if not isinstance(policies, (list, tuple)) or len(policies) != len(tables):
+            n = len(policies) if isinstance(policies, (list, tuple)) else type(policies).__name__
+            raise WorkloadError(f"policies must be one TablePolicy per table ({len(tables)}), got {n}")
+        out = tuple(policies)
+    if wl.runtime is Runtime.COLOSSALAI:
+        bad = [(t.name, p.placement.value) for t, p in zip(tables, out) if p.placement in (Placement.UVM, Placement.CPU)]
+        if bad:
+            raise WorkloadError(f"runtime colossalai places tables in HBM or in its GPU cache only (no UVM, no CPU "
+                                f"pooling), got {', '.join(f'{n} {pl}' for n, pl in bad[:8])}")
+    return out
 
 
 def evaluate_embeddings(wl: EmbWorkload, system: System,
@@ -716,12 +809,13 @@ def evaluate_embeddings(wl: EmbWorkload, system: System,
     host_update = {Resource.D2H: n_d2h_u * link.latency_s + d2h_u / link.d2h_bytes_per_s, Resource.CPU: cpu_upd}
     stage_s = ((Stage.FETCH, max(fetch.values())), (Stage.COMPUTE, max(compute.values())),
                (Stage.HOST_UPDATE, sum(host_update.values())))
+    memory = memory_use(wl, pols, traffic)
     return EmbCost(
         iteration_s=float(sum(t for _, t in stage_s)), stage_s=stage_s,
         stages=((Stage.FETCH, tuple(fetch.items())), (Stage.COMPUTE, tuple(compute.items())),
                 (Stage.HOST_UPDATE, tuple(host_update.items()))),
-        tables=tuple(traffic), dense_gpu_s=dense, memory=memory_use(wl, pols, traffic), capacity=capacity(system),
-        batch=wl.batch)
+        tables=tuple(traffic), dense_gpu_s=dense, memory=memory, capacity=capacity(system), batch=wl.batch,
+        gpu_between_iterations=gpu_bytes_between_iterations(wl, pols, memory))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -766,6 +860,9 @@ def cache_state_bytes(wl: EmbWorkload, table: Table, pol: TablePolicy) -> tuple[
       frequency counters are per row of the table: ``4 N + 8 (N + 1)`` fixed and ``8`` per cache row;
     * prefetched (``prefetch_pipeline``): ``4`` more per cache row (the locking counter).
 
+    Under runtime ``colossalai``, ColossalAI's ``CachedParamMgr`` instead (:data:`COLOSSALAI_ROW_MAP_BYTES`):
+    ``16 N`` fixed (two int64 maps over the table's rows) and ``8`` per cache row, whatever the kind.
+
     ``(0, 0)`` for other placements. FBGEMM rounds the cache up to whole 32-row sets and sizes its
     rows to the widest table of the TBE; neither is counted here (``C`` is the plan's rows).
 
@@ -779,10 +876,14 @@ def cache_state_bytes(wl: EmbWorkload, table: Table, pol: TablePolicy) -> tuple[
     (4000.0, 16.0)
     >>> cache_state_bytes(wl, m.tables[0], TablePolicy(placement="cache", cache_rows=100, cache_kind="static"))
     (12008.0, 8.0)
+    >>> cache_state_bytes(replace(wl, runtime="colossalai"), m.tables[0], TablePolicy(placement="cache", cache_rows=100))
+    (16000.0, 8.0)
     """
     if pol.placement is not Placement.CACHE:
         return 0.0, 0.0
     rows = float(table.rows)
+    if wl.runtime is Runtime.COLOSSALAI:
+        return COLOSSALAI_ROW_MAP_BYTES * rows, float(COLOSSALAI_SLOT_MAP_BYTES)
     fixed, per_row = CACHE_INDEX_MAP_BYTES * rows, float(CACHE_SLOT_STATE_BYTES)
     if pol.cache_kind is CurveKind.LRU:
         per_row += LXU_STATE_BYTES
@@ -1043,20 +1144,52 @@ def torchrec_proportional(wl: EmbWorkload, system: System | None, budget_bytes: 
 
 BASELINES = ("all-gpu", "cpu-hybrid", "uvm", "torchrec-uvm-cache", "largest-to-cpu", "fae",
              "torchrec-proportional")
+# Named policies ``evaluate embeddings`` takes beside the baselines every plan reports.
+POLICIES = BASELINES + ("colossalai-cache",)
+# ColossalAI's CachedEmbeddingBag default ``cache_ratio`` (hpcaitech/CachedEmbedding recsys/dlrm_main.py
+# ``--cache_ratio`` default 0.01; the 2022 scripts pass ``--cache_sets`` = 1 % of the rows).
+COLOSSALAI_DEFAULT_CACHE_RATIO = 0.01
+
+
+def colossalai_cache(wl: EmbWorkload, system: System | None = None,
+                     cache_ratio: float = COLOSSALAI_DEFAULT_CACHE_RATIO) -> tuple[TablePolicy, ...]:
+    """ColossalAI's ``CachedEmbeddingBag`` with dataset-frequency eviction: one fused table of all
+    ``N = sum N_i`` rows in host memory and a GPU cache of ``floor(cache_ratio N)`` rows, warmed with
+    and kept to the rows of highest dataset frequency, i.e. the globally hottest rows (FAE's ranking,
+    :func:`_fae_ranked_rows`). Every table is a static ``cache`` of its share of those rows (0 to
+    all of them): the fused table's maps cover every row (:func:`cache_state_bytes`).
+
+    >>> from costmodel.embeddings import rec_model_from_dict
+    >>> m = rec_model_from_dict({"name": "toy", "dense_features": 4, "bottom_mlp": [16], "top_mlp": [1],
+    ...     "defaults": {"dim": 16}, "access": {"kind": "zipf", "alpha": 1.05},
+    ...     "tables": [{"name": "a", "rows": 1000}, {"name": "b", "rows": 50}]})
+    >>> pols = colossalai_cache(EmbWorkload(model=m, batch=64, runtime="colossalai"), None, 0.1)
+    >>> [(p.placement.value, p.cache_rows) for p in pols], sum(p.cache_rows for p in pols)
+    ([('cache', 55), ('cache', 50)], 105)
+    """
+    if isinstance(cache_ratio, bool) or not isinstance(cache_ratio, numbers.Real) or not 0 <= cache_ratio <= 1:
+        raise WorkloadError(f"colossalai-cache needs a cache ratio in [0, 1], got {cache_ratio!r}")
+    tables = wl.model.tables
+    rows = int(math.floor(cache_ratio * sum(t.rows for t in tables) + 1e-9))
+    hot = _fae_policies(wl, float(rows) * FP32_BYTES * wl.model.embedding_dim, _fae_ranked_rows(wl))
+    return tuple(TablePolicy(placement=Placement.CACHE, cache_kind=CurveKind.STATIC,
+                             cache_rows=t.rows if p.placement is Placement.GPU else p.cache_rows)
+                 for t, p in zip(tables, hot))
 
 
 def baseline_policies(name: str, wl: EmbWorkload, system: System) -> tuple[TablePolicy, ...]:
-    """Per-table policies of a named baseline: one of :data:`BASELINES`, with an optional ``:VALUE``
+    """Per-table policies of a named policy: one of :data:`POLICIES`, with an optional ``:VALUE``
     for ``torchrec-uvm-cache`` (the cache load factor), ``largest-to-cpu`` (the threshold in GB,
-    10^9 bytes), ``fae`` and ``torchrec-proportional`` (the budget in GB)."""
+    10^9 bytes), ``fae`` and ``torchrec-proportional`` (the budget in GB), ``colossalai-cache``
+    (the cache ratio, default :data:`COLOSSALAI_DEFAULT_CACHE_RATIO`)."""
     if not isinstance(name, str):
         raise WorkloadError(f"a baseline must be named by text, got {name!r}")
     base, sep, arg = name.partition(":")
-    if base not in BASELINES:
-        raise WorkloadError(f"baseline must be one of {', '.join(BASELINES)}, got {name!r}")
+    if base not in POLICIES:
+        raise WorkloadError(f"baseline must be one of {', '.join(POLICIES)}, got {name!r}")
     value = None
     if sep:
-        if base not in ("torchrec-uvm-cache", "largest-to-cpu", "fae", "torchrec-proportional"):
+        if base not in ("torchrec-uvm-cache", "largest-to-cpu", "fae", "torchrec-proportional", "colossalai-cache"):
             raise WorkloadError(f"baseline {base!r} takes no value, got {name!r}")
         try:
             value = float(arg)
@@ -1076,6 +1209,8 @@ def baseline_policies(name: str, wl: EmbWorkload, system: System) -> tuple[Table
         return largest_to_cpu(wl, system, None if value is None else value * 1e9)
     if base == "torchrec-proportional":
         return torchrec_proportional(wl, system, None if value is None else value * 1e9)
+    if base == "colossalai-cache":
+        return colossalai_cache(wl, system, COLOSSALAI_DEFAULT_CACHE_RATIO if value is None else value)
     return fae(wl, system, None if value is None else value * 1e9)
 
 

@@ -77,6 +77,7 @@ from costmodel.embeddings_cost import (
     EmbCost,
     EmbWorkload,
     Placement,
+    Runtime,
     Stage,
     StateTier,
     TablePolicy,
@@ -597,6 +598,10 @@ def _solve(wl: EmbWorkload, system: System, *, backend: str | None, time_limit_s
            choose_prefetch: bool) -> tuple[EmbSolution, list[_Group], _Rates, tuple[TableMode, ...], CurveKind]:
     if not isinstance(wl, EmbWorkload):
         raise PlanError(f"wl must be an EmbWorkload, got {type(wl).__name__}")
+    if wl.runtime is not Runtime.FBGEMM:
+        # ColossalAI's cache has one knob (its cache ratio) and no per-table placement to plan
+        raise PlanError(f"the planner places tables for runtime fbgemm (TorchRec/FBGEMM), got runtime "
+                        f"{wl.runtime.value!r}: evaluate its policy instead (colossalai-cache:RATIO)")
     _check_args(time_limit_s, n_points)
     _check_flags(choose_state=choose_state, choose_update=choose_update, choose_prefetch=choose_prefetch)
     kind = _kind(cache_kind)

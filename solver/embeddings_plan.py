@@ -4,7 +4,8 @@ A plan of kind ``"embeddings"`` holds
 
 * ``workload``: ``model`` (a bundled preset's name, or the spec's name with ``model_file``), ``batch``,
   ``dtype_bytes`` (dense compute), ``tf32`` (its GEMMs on TF32 tensor cores), ``prefetch`` (the
-  workload default) and ``table_optimizer``;
+  workload default), ``table_optimizer`` and ``runtime`` (the engine, ``fbgemm`` for every plan the
+  planner makes; absent in older plans);
 * ``units``: one entry per table, in the model's order: the decision (``placement``, ``cache_rows``,
   ``cache_kind``, ``state_tier``, ``update_on``, ``prefetch``), the table's identity (``table``,
   ``rows``, ``dim``) and what the cost model predicts of it (``hit_rate``, ``distinct_rows``,
@@ -14,7 +15,9 @@ A plan of kind ``"embeddings"`` holds
 * ``predicted``: ``samples_per_s``, ``iteration_s``, ``stage_s`` (fetch, compute, host_update),
   ``resource_s`` and ``dense_gpu_s``;
 * ``memory``: bytes per tier with ``gpu_breakdown`` and ``host_breakdown`` (the terms of
-  :func:`costmodel.embeddings_cost.memory_use`);
+  :func:`costmodel.embeddings_cost.memory_use`, the iteration's peak), and ``gpu_between_iterations``
+  (what stays allocated after the optimizer step,
+  :func:`costmodel.embeddings_cost.gpu_bytes_between_iterations`);
 * ``baselines``: every baseline at the same batch: ``status``, ``predicted``, ``speedup`` or ``reason``.
 """
 
@@ -27,7 +30,16 @@ from typing import Any
 
 from costmodel import WorkloadError
 from costmodel.embeddings import CurveKind, Optimizer, RecModel, list_rec_models, load_rec_model
-from costmodel.embeddings_cost import EmbCost, EmbWorkload, Placement, StateTier, TablePolicy, UpdateOn, evaluate_embeddings
+from costmodel.embeddings_cost import (
+    EmbCost,
+    EmbWorkload,
+    Placement,
+    Runtime,
+    StateTier,
+    TablePolicy,
+    UpdateOn,
+    evaluate_embeddings,
+)
 from hwprofiles import System
 from solver.errors import PlanError
 from solver.plan import Plan, _Checker, register_kind, shortfall_bytes
@@ -42,13 +54,16 @@ def workload_record(wl: EmbWorkload) -> dict[str, Any]:
     # the spec's absolute path: a plan is re-costed from other folders than the one it was made in
     model_file = str(Path(m.file).resolve()) if m.file else None
     return {"model": m.name, "model_file": model_file, "batch": wl.batch, "dtype_bytes": wl.dense_dtype_bytes,
-            "prefetch": bool(wl.prefetch), "tf32": bool(wl.tf32), "table_optimizer": m.table_optimizer.value}
+            "prefetch": bool(wl.prefetch), "tf32": bool(wl.tf32), "table_optimizer": m.table_optimizer.value,
+            "runtime": wl.runtime.value}
 
 
 def memory_record(cost: EmbCost) -> dict[str, Any]:
     """A plan's ``memory`` field: bytes per tier and each tier's terms."""
+    between = dict(cost.gpu_between_iterations)
     return {**cost.memory.as_dict(), "gpu_breakdown": dict(cost.memory.gpu_breakdown),
-            "host_breakdown": dict(cost.memory.host_breakdown)}
+            "host_breakdown": dict(cost.memory.host_breakdown),
+            "gpu_between_iterations_bytes": sum(between.values()), "gpu_between_iterations": between}
 
 
 def predicted_record(cost: EmbCost) -> dict[str, Any]:
@@ -161,6 +176,10 @@ def _check(c: _Checker, data: Mapping[str, Any]) -> None:
         if w["tf32"] and w["dtype_bytes"] != 4:
             raise c.fail("workload.tf32", "may be true only with dtype_bytes 4", w["tf32"])
     _choice(c, w["table_optimizer"], "workload.table_optimizer", [o.value for o in Optimizer])
+    if "runtime" in w:
+        _choice(c, w["runtime"], "workload.runtime", [r.value for r in Runtime])
+        if w["runtime"] == Runtime.COLOSSALAI and w["table_optimizer"] != Optimizer.SGD:
+            raise c.fail("workload.runtime", "colossalai needs table_optimizer sgd", w["runtime"])
     for i, u in enumerate(data["units"]):
         at = f"units[{i}]"
         for key in ("table", "rows", *_UNIT_DECISIONS):
@@ -230,7 +249,8 @@ def workload_from_plan(plan: Plan, model: RecModel | None = None) -> EmbWorkload
     m = plan_model(plan, model)
     w = plan.workload
     dtype = 0 if w["dtype_bytes"] == m.dense_dtype_bytes else w["dtype_bytes"]
-    return EmbWorkload(model=m, batch=w["batch"], dtype_bytes=dtype, prefetch=w["prefetch"], tf32=w.get("tf32", False))
+    return EmbWorkload(model=m, batch=w["batch"], dtype_bytes=dtype, prefetch=w["prefetch"], tf32=w.get("tf32", False),
+                       runtime=w.get("runtime", Runtime.FBGEMM))
 
 
 def policies_from_plan(plan: Plan, model: RecModel | None = None) -> tuple[TablePolicy, ...]:

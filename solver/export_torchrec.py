@@ -72,6 +72,7 @@ from costmodel.embeddings_cost import (
     INDEX_BYTES,
     EmbWorkload,
     Placement,
+    Runtime,
     StateTier,
     TablePolicy,
     UpdateOn,
@@ -603,6 +604,10 @@ def export_torchrec(wl: EmbWorkload, policies: Sequence[TablePolicy], *, system:
     if not isinstance(one_tbe_per_table, bool):
         raise PlanError(f"one_tbe_per_table must be true or false, got {one_tbe_per_table!r}")
     lost: list[Unexpressed] = []
+    if wl.runtime is not Runtime.FBGEMM:
+        lost.append(Unexpressed(table="*", decision=f"runtime={wl.runtime.value}",
+                                why="TorchRec runs the placement with FBGEMM's caches and fused optimizer: the plan's "
+                                    "HBM figures counted ColossalAI's index maps and sparse gradients instead"))
     tables = tuple(_table(wl, t, p, lost) for t, p in zip(wl.model.tables, pols))
     model = wl.model
     notes = [

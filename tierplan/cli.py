@@ -157,15 +157,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         kv_only = [f"--{f.replace('_', '-')}" for f in _WORKLOAD_FLAGS if f != "batch" and getattr(args, f) not in (None, False)]
         if kv_only:
             raise PlanError(f"{', '.join(kv_only)} are KV options; evaluate embeddings takes --model, --hw, --set, "
-                            "--batch, --optimizer, --prefetch and --policy")
+                            "--batch, --optimizer, --prefetch, --tf32, --runtime and --policy")
         if not args.policy:
-            raise PlanError("evaluate embeddings needs --policy NAME (" + ", ".join(cli_embeddings.EMB_BASELINES) + ")")
+            raise PlanError("evaluate embeddings needs --policy NAME (" + ", ".join(cli_embeddings.EMB_POLICIES) + ")")
         for name, default in cli_embeddings.DEFAULTS.items():
             if getattr(args, name) is None:
                 setattr(args, name, default)
+        args.runtime = args.runtime or "fbgemm"
         return cli_embeddings.cmd_evaluate(args)
-    if args.optimizer or args.prefetch or args.tf32:
-        raise PlanError("--optimizer, --prefetch and --tf32 are options of evaluate embeddings")
+    if args.optimizer or args.prefetch or args.tf32 or args.runtime:
+        raise PlanError("--optimizer, --prefetch, --tf32 and --runtime are options of evaluate embeddings")
     if args.target == "kv":
         return cli_kv.cmd_evaluate_policy(args)
     given = [f"--{f.replace('_', '-')}" for f in _WORKLOAD_FLAGS if getattr(args, f) not in (None, False)]
@@ -545,6 +546,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="evaluate embeddings: the tables' optimizer (default: the spec's)")
     ev.add_argument("--prefetch", action="store_true", help="evaluate embeddings: prefetch the next batch's cold rows")
     ev.add_argument("--tf32", action="store_true", help="evaluate embeddings: fp32 matmuls on TF32 tensor cores")
+    ev.add_argument("--runtime", choices=("fbgemm", "colossalai"),
+                    help="evaluate embeddings: the engine whose caches and gradients are counted in HBM (default: "
+                         "fbgemm; colossalai: ColossalAI's CachedEmbeddingBag, with --policy colossalai-cache:RATIO)")
     ev.set_defaults(func=cmd_evaluate)
 
     ex = sub.add_parser("export", help="a plan as the config of the engine that runs it").add_subparsers(

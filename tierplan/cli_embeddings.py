@@ -14,7 +14,7 @@ import json
 import textwrap
 from collections import Counter
 
-from costmodel import EMB_BASELINES, EmbWorkload, baseline_policies, evaluate_embeddings, load_rec_model
+from costmodel import EMB_POLICIES, EmbRuntime, EmbWorkload, baseline_policies, evaluate_embeddings, load_rec_model
 from costmodel.embeddings import Optimizer
 from hwprofiles import format_bytes, load_system
 from solver import Plan
@@ -38,7 +38,11 @@ def add_arguments(p: argparse.ArgumentParser, *, policy: bool) -> None:
     p.add_argument("--tf32", action="store_true", help="fp32 matmuls on TF32 tensor cores (PyTorch allow_tf32)")
     if policy:
         p.add_argument("--policy", required=True,
-                       help=f"one of {', '.join(EMB_BASELINES)} (torchrec-uvm-cache:CLF, default CLF 0.2)")
+                       help=f"one of {', '.join(EMB_POLICIES)} (torchrec-uvm-cache:CLF, default CLF 0.2; "
+                            "colossalai-cache:RATIO, default 0.01)")
+        p.add_argument("--runtime", choices=[r.value for r in EmbRuntime], default=EmbRuntime.FBGEMM.value,
+                       help="the engine that runs the placement: what its caches' bookkeeping and gradients keep "
+                            "in HBM (default: %(default)s; colossalai: ColossalAI's CachedEmbeddingBag, SGD tables)")
     else:
         p.add_argument("--cache-kind", choices=("static", "lru"), default="static",
                        help="hit curve of the cached tables: the hottest rows, or an LRU cache (default: static)")
@@ -52,7 +56,8 @@ def workload(args: argparse.Namespace) -> EmbWorkload:
     model = load_rec_model(args.model)
     if args.optimizer:
         model = dataclasses.replace(model, table_optimizer=Optimizer(args.optimizer))
-    return EmbWorkload(model=model, batch=args.batch, prefetch=args.prefetch, tf32=bool(getattr(args, "tf32", False)))
+    return EmbWorkload(model=model, batch=args.batch, prefetch=args.prefetch, tf32=bool(getattr(args, "tf32", False)),
+                       runtime=getattr(args, "runtime", EmbRuntime.FBGEMM.value))
 
 
 # ---------------------------------------------------------------------------------------------- output
@@ -145,13 +150,17 @@ def _print_eval(out: dict, as_json: bool) -> None:
     lines = _summary_lines(out["tables"])
     if "predicted" in out:
         lines += _cost_lines(out["predicted"], out["memory"], out["capacity"])
+        between = out["memory"].get("gpu_between_iterations", {})
+        lines.append(f"gpu between iterations {format_bytes(out['memory']['gpu_between_iterations_bytes'])} "
+                     f"(allocated after the optimizer step): "
+                     + ", ".join(f"{k.replace('_', ' ')} {format_bytes(v)}" for k, v in between.items() if v))
     print("  " + "\n  ".join(lines))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     name = args.policy.partition(":")[0]
-    if name not in EMB_BASELINES:
-        raise PlanError(f"--policy must be one of {', '.join(EMB_BASELINES)}, got {args.policy!r}")
+    if name not in EMB_POLICIES:
+        raise PlanError(f"--policy must be one of {', '.join(EMB_POLICIES)}, got {args.policy!r}")
     system = load_system(args.hw, args.set or [])
     wl = workload(args)
     policies = baseline_policies(args.policy, wl, system)

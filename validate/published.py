@@ -12,6 +12,7 @@ model that is not bundled).
 
 from __future__ import annotations
 
+import math
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -162,16 +163,20 @@ def _rec_model(spec: dict, row_id: str):
         file=f"{PUBLISHED_EMBEDDINGS.name}:{row_id}")
 
 
-def _emb_policy(policy: dict, rows: int, dim: int) -> str | None:
-    """The cost model's baseline for a row's placement: all in HBM; ColossalAI's frequency-aware cache
-    (one cache of the globally hottest rows, FAE's rule) with its stated rows; TorchRec with UVM as
-    its stated rows. None where the source does not say where the tables were."""
+def _emb_policy(policy: dict, rows: int) -> tuple[str | None, str]:
+    """The cost model's policy and runtime for a row's placement: all in HBM (FBGEMM); ColossalAI's
+    frequency-aware cache with its stated ratio (``colossalai-cache:RATIO`` on runtime ``colossalai``,
+    which must give the stated ``cache_rows``). None where the source does not say where the tables
+    were (e.g. TorchRec "with UVM": which kernel its planner chose per table is not stated)."""
     kind = policy.get("kind")
     if kind == "all-hbm":
-        return "all-gpu"
+        return "all-gpu", "fbgemm"
     if kind == "freq-aware-cache":
-        return f"fae:{policy['cache_rows'] * dim * 4 / 1e9!r}"
-    return None  # e.g. TorchRec "with UVM": which kernel its planner chose per table is not stated
+        ratio, stated = float(policy["cache_ratio"]), int(policy["cache_rows"])
+        if math.floor(ratio * rows + 1e-9) != stated:
+            raise WorkloadError(f"policy.cache_rows {stated:,} is not floor(cache_ratio {ratio} x {rows:,} rows)")
+        return f"colossalai-cache:{ratio!r}", "colossalai"
+    return None, "fbgemm"
 
 
 def predict_embeddings_row(row: dict) -> PublishedResult:
@@ -193,17 +198,18 @@ def predict_embeddings_row(row: dict) -> PublishedResult:
         # amp: fp16 MLPs; tf32: fp32 tensors with matmuls on TF32 tensor cores (the rows' PyTorch, 20.06-21.10
         # NGC containers, allowed TF32 matmuls by default: torch 1.7-1.11); fp32: plain fp32.
         precision = w.get("precision")
+        name, runtime = _emb_policy(row.get("policy", {}), sum(t.rows for t in model.tables))
         wl = EmbWorkload(model=model, batch=int(w["batch"]), dtype_bytes=2 if precision == "amp" else 4,
-                         tf32=precision == "tf32")
+                         tf32=precision == "tf32", runtime=runtime)
         system = load_system(row["hw_profile"])
     except (WorkloadError, ProfileError, KeyError) as err:
         return PublishedResult(**base, status="skipped", note=str(err))
-    name = _emb_policy(row.get("policy", {}), sum(t.rows for t in model.tables), model.embedding_dim)
     if name is None:
         return PublishedResult(**base, status="skipped",
                                note=f"placement not stated ({row['policy'].get('kind')}), not guessed")
     cost = evaluate_embeddings(wl, system, baseline_policies(name, wl, system))
-    base["policy"] = f"{base['policy']} as {name}" + ("" if row.get("policy_certain", True) else " (policy not certain)")
+    base["policy"] = (f"{base['policy']} as {name}" + ("" if runtime == "fbgemm" else f" on runtime {runtime}")
+                      + ("" if row.get("policy_certain", True) else " (policy not certain)"))
     if not cost.feasible:
         return PublishedResult(**base, predicted="infeasible", note=cost.explain_shortfall())
     if measured["metric"] == "samples_per_s":
@@ -211,7 +217,13 @@ def predict_embeddings_row(row: dict) -> PublishedResult:
     elif measured["metric"] == "iterations_per_s":
         predicted, value = cost.samples_per_s / wl.batch, float(measured["value"])
     elif measured["metric"] == "gpu_memory_bytes" and measured.get("unit_stated", row.get("unit_stated", True)):
-        predicted = cost.memory.gpu_bytes
+        # allocated between iterations (after an epoch) or the iteration's peak, as the harness logged it
+        point = measured.get("point", "peak")
+        if point not in ("peak", "between-iterations"):
+            return PublishedResult(**base, status="skipped", note=f"measured.point {point!r} is not peak or "
+                                                                  f"between-iterations")
+        predicted = (sum(b for _, b in cost.gpu_between_iterations) if point == "between-iterations"
+                     else cost.memory.gpu_bytes)
         value = parse_quantity(str(measured["value"]), Dimension.BYTES, field="measured.value", file=row["id"])
     else:
         return PublishedResult(**base, status="skipped", note="a memory figure without its unit")

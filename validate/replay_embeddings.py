@@ -1286,6 +1286,9 @@ def replay_plan(plan, system: System, *, model: RecModel | None = None, **kwargs
     from solver.embeddings_plan import policies_from_plan, workload_from_plan
 
     wl = workload_from_plan(plan, model)
+    if wl.runtime.value != "fbgemm":  # the replay allocates FBGEMM's cache bookkeeping and keeps no gradient
+        raise ReplayError(f"replay stands in for runtime fbgemm; this plan is for runtime {wl.runtime.value!r}"
+                          f"{f' ({plan.file})' if plan.file else ''}")
     return replay_embeddings(wl, system, policies_from_plan(plan, wl.model), plan_hardware=plan.hardware, **kwargs)
 
 

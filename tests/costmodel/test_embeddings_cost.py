@@ -152,7 +152,8 @@ def test_gpu_and_static_cache_tables_by_hand(toy, rec):
     # ids 8000 + pooled vectors and gradients 2 x 1000 x 4 x 4 per table.
     assert gpu_mem == pytest.approx({"tables": 16000, "cache_rows": 4000, "cache_state": 4000 + 8008 + 2000,
                                      "table_state": 0, "dense": 904, "activations": 196000,
-                                     "index_pooled": 2 * (8000 + 32000), "prefetch_buffers": 0})
+                                     "index_pooled": 2 * (8000 + 32000), "prefetch_buffers": 0,
+                                     "sparse_grads": 0})
     assert host_mem == pytest.approx({"tables": 16000, "table_state": 0, "batch_buffers": 16000})
     assert cost.feasible and cost.explain_shortfall() == ""
 
@@ -467,3 +468,64 @@ def test_a_gpu_table_with_prefetch_moves_only_its_ids_into_the_compute_stage(rec
     pols = [TablePolicy(placement="gpu", prefetch=True) for _ in rec.tables]
     mem = evaluate_embeddings(wl, toy, pols).memory
     assert dict(mem.gpu_breakdown).get("prefetch_buffers", 0.0) == 0.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Runtime colossalai: ColossalAI's cache bookkeeping, PyTorch's sparse gradients, memory between iterations
+# ---------------------------------------------------------------------------------------------
+
+
+def test_colossalai_runtime_counts_its_maps_and_the_kept_sparse_gradient_by_hand(toy, rec):
+    # Two 1000-row tables of 16 B rows, batch 8, pooling 1: each looks up L = 8 rows.
+    pols = (TablePolicy(placement="cache", cache_rows=100), TablePolicy(placement="cache", cache_rows=0))
+    fb = evaluate_embeddings(EmbWorkload(model=rec, batch=8), toy, pols)
+    ca = evaluate_embeddings(EmbWorkload(model=rec, batch=8, runtime="colossalai"), toy, pols)
+    g_fb, g_ca = dict(fb.memory.gpu_breakdown), dict(ca.memory.gpu_breakdown)
+    # FBGEMM LRU: 4 N per table + 16 per slot; ColossalAI: two int64 maps over N, one over the slots
+    assert g_fb["cache_state"] == 2 * 4 * 1000 + 16 * 100
+    assert g_ca["cache_state"] == 2 * 16 * 1000 + 8 * 100
+    # the uncoalesced sparse gradient: one 16 B row and one int64 index per lookup, per table
+    assert g_fb["sparse_grads"] == 0 and g_ca["sparse_grads"] == 2 * 8 * (16 + 8)
+    # the time model does not depend on the runtime
+    assert ca.iteration_s == fb.iteration_s
+    between = dict(ca.gpu_between_iterations)
+    assert set(between) == {"tables", "cache_rows", "cache_state", "table_state", "dense", "prefetch_buffers",
+                            "sparse_grads", "last_batch"}
+    for k in ("cache_rows", "cache_state", "dense", "sparse_grads"):
+        assert between[k] == g_ca[k]
+    # the last batch: fp32 dense features, labels and logits, int64 ids, int32 KJT lengths and offsets
+    assert between["last_batch"] == 8 * (4 * 4 + 8) + 8 * 16 + 4 * (2 * 8 * 2 + 1)
+    # activations and pooled vectors are gone after the step: less than the peak
+    assert sum(between.values()) < ca.memory.gpu_bytes
+    assert "sparse_grads" not in dict(fb.gpu_between_iterations) or dict(fb.gpu_between_iterations)["sparse_grads"] == 0
+
+
+def test_colossalai_cache_takes_the_globally_hottest_share_of_all_rows(toy):
+    m = load_rec_model("criteo-kaggle")
+    wl = EmbWorkload(model=m, batch=2048, runtime="colossalai")
+    pols = baseline_policies("colossalai-cache:0.01", wl, toy)
+    n = sum(t.rows for t in m.tables)
+    assert all(p.placement is Placement.CACHE for p in pols)  # one fused table: every table goes through the cache
+    assert sum(p.cache_rows for p in pols) == math.floor(0.01 * n)
+    assert all(0 <= p.cache_rows <= t.rows for p, t in zip(pols, m.tables))
+    # a small table's rows are hotter than a big one's: it is cached whole before the big one is
+    small, big = min(m.tables, key=lambda t: t.rows), max(m.tables, key=lambda t: t.rows)
+    by = {t.name: p for t, p in zip(m.tables, pols)}
+    assert by[small.name].cache_rows == small.rows and by[big.name].cache_rows < big.rows
+    assert baseline_policies("colossalai-cache", wl, toy) == pols  # 0.01 is ColossalAI's default ratio
+    for bad in ("colossalai-cache:1.5", "colossalai-cache:-0.1", "colossalai-cache:x", "colossalai-cache:nan"):
+        with pytest.raises(WorkloadError):
+            baseline_policies(bad, wl, toy)
+
+
+def test_colossalai_runtime_refuses_what_colossalai_cannot_run(toy, rec):
+    import dataclasses
+
+    with pytest.raises(WorkloadError, match="SGD only"):
+        EmbWorkload(model=dataclasses.replace(rec, table_optimizer="adam"), batch=8, runtime="colossalai")
+    with pytest.raises(WorkloadError, match="runtime"):
+        EmbWorkload(model=rec, batch=8, runtime="deepspeed")
+    wl = EmbWorkload(model=rec, batch=8, runtime="colossalai")
+    for pol in ("uvm", "cpu"):
+        with pytest.raises(WorkloadError, match="no UVM, no CPU pooling"):
+            evaluate_embeddings(wl, toy, (TablePolicy(placement=pol), TablePolicy(placement="gpu")))

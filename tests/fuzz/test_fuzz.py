@@ -84,10 +84,13 @@ def check(argv: list[str], *, expect: tuple[int, ...] = (0, 1, 2)) -> tuple[int,
 # ---------------------------------------------------------------------------------------------- CLI argv
 
 SMALL = ["--model", "gpt2", "--hw", "t4", "--prompt", "64", "--gen", "8", "--batch", "4"]
+EMB_SMALL = ["--hw", "t4", "--batch", "512"]
 COMMANDS = [["plan", "kv"], ["evaluate", "kv", "--policy", "kv-offload"], ["evaluate", "kv", "--policy", "gpu-only"],
             ["evaluate", "kv", "--policy", "flexgen:50,50,0,100,100,0"], ["models", "show", "gpt2"],
             ["hw", "show", "t4"], ["plan", "embeddings", "--model", "criteo-kaggle", "--batch", "1024"],
-            ["evaluate", "embeddings", "--policy", "torchrec-uvm-cache:0.2", "--model", "criteo-kaggle"]]
+            ["evaluate", "embeddings", "--policy", "torchrec-uvm-cache:0.2", "--model", "criteo-kaggle"],
+            ["evaluate", "embeddings", "--policy", "colossalai-cache:0.01", "--runtime", "colossalai", "--model",
+             "criteo-kaggle"]]
 INTS = st.one_of(st.integers(-5, 300), st.sampled_from([0, -1, 2**31, 2**63, 10**9, 10**12]))
 TEXT = st.one_of(st.text(max_size=12), st.sampled_from(["", "nan", "inf", "-0", "1e9", "1.5", "0x10", "12GB/s",
                                                         "llama-9", "a100-41gb", "gpt2,", ",", "ü", "\x00"]))
@@ -101,7 +104,10 @@ FLAGS = {
     "--set": st.sampled_from(["link.h2d=12GB/s", "link.h2d=12", "link.h2d=-3GB/s", "gpu.memory=0GiB",
                               "nothing=1", "link=pcie9", "host.memory=1e400GiB", "gpu.reserved_memory=100GiB"]),
     "--objective": st.sampled_from(["latency", "throughput", "speed"]),
-    "--policy": st.sampled_from(["kvpr", "flexgen:1,2", "flexgen:200,0,0,0,0,0", "nope"]),
+    "--policy": st.sampled_from(["kvpr", "flexgen:1,2", "flexgen:200,0,0,0,0,0", "nope", "colossalai-cache:2",
+                                 "colossalai-cache:-0", "uvm", "fae:1"]),
+    "--runtime": st.sampled_from(["colossalai", "fbgemm", "torchrec", ""]),
+    "--optimizer": st.sampled_from(["sgd", "adam", "rowwise-adagrad", "lamb"]),
     "-o": st.sampled_from(["/nonexistent/x.json", "/tmp", "/tmp/tierplan-fuzz.json", "/tmp/x.txt"]),
 }
 
@@ -112,7 +118,7 @@ FLAGS = {
 def test_cli_argument_vectors(command, extra, junk):
     argv = list(command)
     if command[0] in ("plan", "evaluate"):
-        argv += SMALL
+        argv += EMB_SMALL if "embeddings" in command else SMALL
     for flag, data in extra:
         argv += [flag, str(data.draw(FLAGS[flag]))]
     argv += junk
@@ -313,7 +319,7 @@ def test_truncated_and_corrupted_embeddings_plans(tmp_path, embeddings_plan_file
     content = _corrupted_plan(embeddings_plan_file.read_text(), random.Random(seed),
                               unit_values=[None, "x", -1, 2**70, {}, [], True, "cpu", 0.5],
                               other_kinds=["kv", "training", 3, None],
-                              field_values=[None, "x", -1, 0, 2**70, [], {}, True])
+                              field_values=[None, "x", -1, 0, 2**70, [], {}, True, "colossalai"])
     path = _write(tmp_path / "emb.json", content)
     check(["evaluate", str(path)])
     check(["export", "torchrec", str(path)])

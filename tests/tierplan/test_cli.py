@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -278,6 +279,53 @@ def test_evaluate_embeddings_costs_a_named_placement(capsys):
     assert code == 2 and "--policy must be one of" in err
     code, _, err = run(capsys, "evaluate", "kv", "--policy", "gpu-only", "--prefetch")
     assert code == 2 and "evaluate embeddings" in err
+
+
+def test_evaluate_embeddings_on_colossalais_runtime_reports_what_stays_allocated(capsys):
+    args = ("evaluate", "embeddings", "--policy", "colossalai-cache:0.01", "--model", "criteo-terabyte", "--hw",
+            "a100-80gb-epyc-7543", "--batch", "16384")
+    code, out, _ = run(capsys, *args, "--runtime", "colossalai", "--json")
+    data = json.loads(out)
+    assert code == 0 and data["workload"]["runtime"] == "colossalai"
+    mem = data["memory"]
+    assert mem["gpu_breakdown"]["sparse_grads"] > 0
+    assert mem["gpu_between_iterations_bytes"] == pytest.approx(sum(mem["gpu_between_iterations"].values()))
+    assert mem["gpu_between_iterations_bytes"] < mem["gpu_bytes"]
+    code, out, _ = run(capsys, *args)  # the same placement on FBGEMM's runtime: its own bookkeeping, no gradient
+    assert code == 0 and "gpu between iterations" in out and "sparse grads" not in out
+    code, _, err = run(capsys, *args[:-2], "--runtime", "colossalai", "--batch", "16384", "--optimizer", "adam")
+    assert code == 2 and "SGD only" in err
+    code, _, err = run(capsys, "evaluate", "embeddings", "--policy", "cpu-hybrid", "--runtime", "colossalai")
+    assert code == 2 and "no UVM, no CPU pooling" in err
+    code, _, err = run(capsys, "evaluate", "kv", "--policy", "gpu-only", "--runtime", "colossalai")
+    assert code == 2 and "options of evaluate embeddings" in err
+
+
+def test_an_embeddings_plan_for_another_runtime_is_refused_by_the_planner_and_noted_by_the_export(capsys, tmp_path):
+    from costmodel import EmbWorkload, load_rec_model
+    from hwprofiles import load_system
+    from solver.embeddings import plan_embeddings
+    from solver.errors import PlanError
+
+    with pytest.raises(PlanError, match="runtime fbgemm"):
+        plan_embeddings(EmbWorkload(model=load_rec_model("criteo-kaggle"), batch=1024, runtime="colossalai"),
+                        load_system("a100-80gb"))
+    path = tmp_path / "plan.json"
+    assert run(capsys, "plan", "embeddings", "--model", "criteo-kaggle", "--batch", "1024", "-o", str(path))[0] == 0
+    plan = json.loads(path.read_text())
+    assert plan["workload"]["runtime"] == "fbgemm"
+    plan["workload"]["runtime"] = "colossalai"
+    path.write_text(json.dumps(plan))
+    code, out, err = run(capsys, "export", "torchrec", str(path))
+    assert code == 0, err
+    assert any(c["decision"] == "runtime=colossalai" for c in json.loads(out)["cannot_express"])
+    if importlib.util.find_spec("torch"):
+        code, _, err = run(capsys, "replay", str(path), "--tables", "2", "--iterations", "1")
+        assert code == 2 and "replay stands in for runtime fbgemm" in err
+    plan["workload"]["runtime"] = "tensorflow"
+    path.write_text(json.dumps(plan))
+    code, _, err = run(capsys, "evaluate", str(path))
+    assert code == 2 and "workload.runtime" in err and "tensorflow" in err
 
 
 def test_export_torchrec_writes_constraints_a_torchrec_user_can_load(capsys, tmp_path):

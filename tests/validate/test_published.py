@@ -85,11 +85,39 @@ def test_rows_the_model_cannot_express_are_skipped_with_a_reason(results):
 
 def test_embedding_rows_are_predicted_with_their_stated_placement(results):
     # NVIDIA's DLRM keeps every table in HBM; ColossalAI's cache holds the globally hottest 1 % of
-    # rows (FAE's rule, with the stated row count); TorchRec "with UVM" states no placement: skipped.
+    # rows on its own runtime; TorchRec "with UVM" states no placement: skipped.
     by_id = {r.id: r for r in results}
     assert "all-gpu" in by_id["nvidia-dlrm-2106-a100-80gb-small-tf32"].policy
-    assert "fae:" in by_id["colossalai-freqcache-a100-80gb-criteo1tb-1pct-throughput"].policy
+    assert "colossalai-cache:0.01 on runtime colossalai" in by_id[
+        "colossalai-freqcache-a100-80gb-criteo1tb-1pct-throughput"].policy
     assert by_id["torchrec-uvm-a100-80gb-criteo1tb-throughput"].status == "skipped"
+
+
+def test_colossalai_memory_rows_are_what_stays_allocated_term_by_term():
+    # CachedEmbedding logs torch.cuda.memory_allocated() after the epoch: the prediction is the
+    # memory between iterations, whose cache terms are ColossalAI's maps over the fused table's N rows
+    # and C = 1 % slots, and whose gradient is the last step's uncoalesced sparse one (B F rows).
+    from costmodel import baseline_policies, evaluate_embeddings
+    from validate.published import PUBLISHED_EMBEDDINGS, _rec_model, predict_embeddings_row
+
+    rows = {r["id"]: r for r in load_rows(PUBLISHED_EMBEDDINGS)}
+    row = rows["colossalai-freqcache-a100-80gb-criteo1tb-1pct-gpu-memory"]
+    assert row["measured"]["point"] == "between-iterations"
+    model = _rec_model(row["model"], row["id"])
+    n, c, b, f, d = sum(t.rows for t in model.tables), row["policy"]["cache_rows"], 16384, len(model.tables), 128
+    from costmodel import EmbWorkload
+
+    wl = EmbWorkload(model=model, batch=b, dtype_bytes=4, runtime="colossalai")
+    system = load_system(row["hw_profile"])
+    cost = evaluate_embeddings(wl, system, baseline_policies("colossalai-cache:0.01", wl, system))
+    between = dict(cost.gpu_between_iterations)
+    assert between["cache_state"] == 16 * n + 8 * c
+    assert between["cache_rows"] == 4 * d * c
+    assert between["sparse_grads"] == b * f * (4 * d + 8)
+    assert between["tables"] == 0 and between["table_state"] == 0  # SGD, every row backed on the host
+    res = predict_embeddings_row(row)
+    assert res.predicted == pytest.approx(sum(between.values()))
+    assert res.predicted < cost.memory.gpu_bytes  # not the iteration's peak
 
 
 def test_baseline_systems_map_to_their_policies():
