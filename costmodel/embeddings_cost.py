@@ -328,11 +328,14 @@ def table_traffic(wl: EmbWorkload, table: Table, pol: TablePolicy) -> TableTraff
       (``lru_cache_populate``/``direct_mapped_lru_cache_populate`` copy missed rows into the cache);
       for ``uvm`` every distinct row (h = 0). Stage ``fetch``, or ``compute`` with ``prefetch``.
     * HBM gathers: ``U h r`` (hits and GPU rows), plus ``M r`` read back from the prefetch buffer or
-      from the LRU cache once inserted.
+      from the LRU cache once inserted; the kernel also reads the ids, ``8 L``, and writes the pooled
+      vectors, ``g`` (the interaction's ``concat`` then reads them, :func:`dense_ops`).
     * cache maintenance (HBM): LRU: ``M r`` misses written into the cache + ``8 U`` timestamps;
       a prefetch writes its ``M r`` into the buffer (static cache, uvm).
     * update on the GPU: HBM ``2 U h r`` for HBM rows, plus ``2 M r`` for cold rows held in the
-      LRU cache or the prefetch buffer; state on the GPU ``2 U s`` HBM; on the host ``U s`` up and
+      LRU cache or the prefetch buffer, plus the pooled vectors' gradients and the ids the backward
+      reads, ``g + 8 L`` (FBGEMM's backward sorts the ids and sums each row's gradients from them);
+      state on the GPU ``2 U s`` HBM; on the host ``U s`` up and
       ``U s`` down. Cold rows written back down: ``M r`` (an LRU eviction per insert in steady state;
       static and uvm rows written in place).
     * update on the CPU (``uvm``/``cpu``): gradients of the pooled vectors down ``g``; CPU reads and
@@ -368,12 +371,14 @@ def table_traffic(wl: EmbWorkload, table: Table, pol: TablePolicy) -> TableTraff
         h2d += INDEX_BYTES * lookups
         uvm_b = m * r
         gpu_b += hot * r + (m * r if held else 0.0)  # forward gathers
+        gpu_b += INDEX_BYTES * lookups + g  # the ids read, the pooled vectors written
         if lru:
             gpu_b += m * r + LRU_STATE_BYTES * u
         elif pre:
             gpu_b += m * r
     if pol.update_on is UpdateOn.GPU:
         gpu_b += 2 * hot * r + (2 * m * r if held else 0.0)
+        gpu_b += g + INDEX_BYTES * lookups  # the pooled gradients and the ids the backward reads
         d2h += m * r
         if pol.state_tier is StateTier.GPU:
             gpu_b += 2 * u * s

@@ -131,18 +131,20 @@ def test_gpu_and_static_cache_tables_by_hand(toy, rec):
     m = 0.75 * u  # a static cache of 250 of 1000 uniform rows hits 25 %
     g, c = cost.tables
     assert g.distinct_rows == pytest.approx(u, rel=1e-9) and c.hit_rate == pytest.approx(0.25, rel=1e-12)
-    # gpu table: forward U r + update 2 U r in HBM; cache table: hits U h r + 2 U h r.
-    assert g.gpu_bytes == pytest.approx(3 * u * 16, rel=1e-9)
-    assert c.gpu_bytes == pytest.approx(3 * 0.25 * u * 16, rel=1e-9)
+    # gpu table: forward U r + update 2 U r in HBM; cache table: hits U h r + 2 U h r; each also reads
+    # its ids (8 L = 8000) and writes its pooled vectors (g = B D 4 = 16,000) forward, and reads the
+    # pooled gradients and the ids again backward: 2 (8000 + 16000) = 48,000.
+    assert g.gpu_bytes == pytest.approx(3 * u * 16 + 48000, rel=1e-9)
+    assert c.gpu_bytes == pytest.approx(3 * 0.25 * u * 16 + 48000, rel=1e-9)
     assert c.uvm_h2d_bytes == pytest.approx(m * 16, rel=1e-9) and c.d2h_bytes == pytest.approx(m * 16, rel=1e-9)
     stages = dict(cost.stages)
     fetch, compute = dict(stages[Stage.FETCH]), dict(stages[Stage.COMPUTE])
     # fetch: ids 2 x 8 B x 1000 at 10 GB/s + the misses M x 16 B at 5 GB/s (UVM: pinned x pageable factor)
     assert fetch[Resource.H2D] == pytest.approx(16000 / 10e9 + m * 16 / 5e9, rel=1e-9)
-    # compute: GPU = dense + (3 U + 0.75 U) 16 B / 1 TB/s; D2H = write-back M x 16 B / 10 GB/s
-    assert compute[Resource.GPU] == pytest.approx(dense_gpu_s(wl, toy) + 3.75 * u * 16 / 1e12, rel=1e-9)
+    # compute: GPU = dense + ((3 U + 0.75 U) 16 B + 2 x 48,000 B) / 1 TB/s; D2H = write-back M x 16 B / 10 GB/s
+    assert compute[Resource.GPU] == pytest.approx(dense_gpu_s(wl, toy) + (3.75 * u * 16 + 96000) / 1e12, rel=1e-9)
     assert compute[Resource.D2H] == pytest.approx(m * 16 / 10e9, rel=1e-9)
-    # the GPU's 1.67 us of dense kernels (test_dense_time_by_hand) + 0.04 us of gathers outlast the
+    # the GPU's 1.67 us of dense kernels (test_dense_time_by_hand) + 0.14 us of gathers outlast the
     # write-back (474 rows x 16 B / 10 GB/s = 0.76 us): the GPU binds the compute stage
     assert compute[Resource.GPU] > compute[Resource.D2H]
     assert cost.iteration_s == pytest.approx(fetch[Resource.H2D] + compute[Resource.GPU], rel=1e-9)
