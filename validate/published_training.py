@@ -57,6 +57,7 @@ class TrainingMetric(enum.StrEnum):
     TFLOPS_PER_GPU = "tflops_per_gpu"
     MFU = "mfu"
     RUN_S = "run_s"
+    OUTCOME = "outcome"  # the run fit (or ran out of memory) on the stated machine: value "fits" or "OOM"
 
 
 # The unit each metric's value is stated in (``measured.unit`` must match: no conversions here).
@@ -64,7 +65,9 @@ METRIC_UNITS = {
     TrainingMetric.ITERATION_S: "s", TrainingMetric.FORWARD_S: "s", TrainingMetric.BACKWARD_S: "s",
     TrainingMetric.STEP_S: "s", TrainingMetric.TOKENS_PER_S: "tokens/s", TrainingMetric.SAMPLES_PER_S: "samples/s",
     TrainingMetric.TFLOPS_PER_GPU: "TFLOP/s", TrainingMetric.MFU: "%", TrainingMetric.RUN_S: "s",
+    TrainingMetric.OUTCOME: "outcome",
 }
+OUTCOMES = ("fits", "OOM")
 _FLOP_METRICS = (TrainingMetric.TFLOPS_PER_GPU, TrainingMetric.MFU)
 PARALLELISMS = ("tensor", "pipeline", "sequence", "expert")
 _TEXT_FIELDS = ("paper", "table", "url", "system_measured", "hardware", "model", "policy", "notes")
@@ -113,10 +116,12 @@ class TrainingRow:
     unstated: tuple[str, ...] = ()
     iterations: int | None = None
     flop_count: str | None = None
+    outcome: str | None = None  # metric outcome: "fits" or "OOM" (low = high = 0)
 
     @property
     def value(self) -> float:
-        """The figure compared with the prediction: the midpoint of a range, else the figure."""
+        """The figure compared with the prediction: the midpoint of a range, else the figure (0 for an
+        outcome row, whose ``outcome`` is compared instead)."""
         return (self.low + self.high) / 2.0
 
     @property
@@ -228,7 +233,14 @@ def _measured(raw: object, row_id: str, path: Path) -> dict[str, object]:
     if unit != METRIC_UNITS[metric]:
         raise _fail(row_id, "measured.unit", f"must be {METRIC_UNITS[metric]!r} for metric {metric.value!r}", unit, path)
     value = raw.get("value")
-    if _positive(value):
+    outcome = None
+    if metric is TrainingMetric.OUTCOME:
+        if value not in OUTCOMES:
+            raise _fail(row_id, "measured.value", f"must be one of {', '.join(OUTCOMES)} for metric 'outcome'", value,
+                        path)
+        low = high = 0.0
+        outcome = value
+    elif _positive(value):
         low = high = float(value)
     elif isinstance(value, list) and len(value) == 2 and all(_positive(v) for v in value) and value[0] <= value[1]:
         low, high = float(value[0]), float(value[1])
@@ -248,7 +260,7 @@ def _measured(raw: object, row_id: str, path: Path) -> dict[str, object]:
         raise _fail(row_id, "measured.flop_count", "must be 'model' (forward + backward, no recompute) or "
                     "'hardware' (with recompute)", flop_count, path)
     return {"metric": metric, "low": low, "high": high, "unit": unit, "definition": definition.strip(),
-            "iterations": iterations, "flop_count": flop_count}
+            "iterations": iterations, "flop_count": flop_count, "outcome": outcome}
 
 
 def _policy(name: str, row: TrainingRow, path: Path) -> None:
@@ -366,8 +378,8 @@ def predict_training_row(row: TrainingRow) -> PublishedResult:
     note = (f"published {row.low:g}-{row.high:g} {row.unit}; compared with the midpoint" if row.is_range else "")
     base = {"id": row.id, "citation": f"{row.paper.split('.')[0][:40]}; {row.table[:40]}",
             "hardware": row.hw_profile or "", "workload": _describe(row),
-            "policy": f"{row.system_measured} as {row.policy}", "metric": row.metric.value, "measured": row.value,
-            "family": FAMILY}
+            "policy": f"{row.system_measured} as {row.policy}", "metric": row.metric.value,
+            "measured": row.outcome if row.metric is TrainingMetric.OUTCOME else row.value, "family": FAMILY}
     reasons = row.skip_reasons()
     if reasons:
         return PublishedResult(**base, status="skipped", note="; ".join(reasons))
@@ -377,6 +389,9 @@ def predict_training_row(row: TrainingRow) -> PublishedResult:
         raise ReplayError(f"published training row {row.id!r}: hw_profile/hw_overrides cannot be loaded: {err}") from None
     wl = training_workload(row)
     cost = evaluate_training(wl, system, baseline_policies(row.policy, wl, system))
+    if row.metric is TrainingMetric.OUTCOME:  # does the memory model admit (or refuse) what the source ran?
+        predicted = "fits" if cost.feasible else "OOM"
+        return PublishedResult(**base, predicted=predicted, note="agrees" if predicted == row.outcome else "disagrees")
     if not cost.feasible:
         return PublishedResult(**base, predicted="infeasible", note="; ".join(filter(None, [cost.explain_shortfall(), note])))
     predicted = predicted_figure(row.metric, cost, wl, row, peak_flop_per_s(wl, system))
@@ -395,7 +410,7 @@ def predict_published_training(path: str | Path = PUBLISHED_TRAINING) -> list[Pu
 
 
 __all__ = [
-    "FAMILY", "METRIC_UNITS", "PARALLELISMS", "PUBLISHED_TRAINING", "TrainingMetric", "TrainingRow",
+    "FAMILY", "METRIC_UNITS", "OUTCOMES", "PARALLELISMS", "PUBLISHED_TRAINING", "TrainingMetric", "TrainingRow",
     "load_training_rows", "parse_training_row", "peak_flop_per_s", "predict_published_training",
     "predict_training_row", "predicted_figure", "training_workload",
 ]

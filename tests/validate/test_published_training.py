@@ -24,6 +24,7 @@ from validate.published_training import (
     load_training_rows,
     parse_training_row,
     predict_published_training,
+    predict_training_row,
     training_workload,
 )
 
@@ -59,7 +60,10 @@ def test_every_row_loads_with_a_citation_a_unit_and_a_positive_figure():
     for r in rows:
         assert r.paper and r.table and r.url.startswith("https://") and r.notes and r.definition, r.id
         assert r.unit == METRIC_UNITS[r.metric], r.id
-        assert 0 < r.low <= r.value <= r.high, r.id
+        if r.metric is TrainingMetric.OUTCOME:
+            assert r.outcome in ("fits", "OOM") and r.low == r.high == 0, r.id
+        else:
+            assert r.outcome is None and 0 < r.low <= r.value <= r.high, r.id
 
 
 def test_every_metric_has_a_unit():
@@ -77,7 +81,7 @@ def test_results_have_the_published_table_shape(results):
 
 
 def test_predicted_rows_are_finite_positive_and_their_error_is_the_distance(results):
-    predicted = [r for r in results.values() if r.status == "predicted"]
+    predicted = [r for r in results.values() if r.status == "predicted" and r.metric != "outcome"]
     assert len(predicted) >= 4
     for r in predicted:
         assert isinstance(r.predicted, float) and math.isfinite(r.predicted) and r.predicted > 0, r.id
@@ -330,3 +334,15 @@ def test_qwen2_5_3b_without_offload_does_not_fit_two_a100_40gb_as_the_blog_found
     wl, system = training_workload(row), load_system(row.hw_profile)
     cost = evaluate_training(wl, system, baseline_policies("all-gpu", wl, system))
     assert not cost.feasible and "gpu_bytes" in cost.shortfalls()
+
+
+def test_an_outcome_row_compares_fits_or_oom_and_a_bad_one_is_refused(results):
+    r = results["zenflow-blog-qwen2.5-3b-2xa100-zero2-no-offload-oom"]
+    assert (r.measured, r.predicted, r.note, r.error_pct) == ("OOM", "OOM", "agrees", None)
+    raw = copy.deepcopy(next(x for x in _raw_rows() if x["id"] == r.id))
+    raw["measured"]["value"] = "crashed"
+    with pytest.raises(ReplayError, match="measured.value must be one of fits, OOM"):
+        parse_training_row(raw, 0)
+    # the same policy of the 1.5B (which the blog ran) fits
+    raw["measured"]["value"], raw["model"] = "fits", "qwen2.5-1.5b"
+    assert predict_training_row(parse_training_row(raw, 0)).note == "agrees"
