@@ -734,6 +734,11 @@ class EmbCost:
     def explain_shortfall(self) -> str:
         return explain_shortfall(self.memory, self.capacity)
 
+    @property
+    def gpu_between_iterations_bytes(self) -> float:
+        """The sum of :attr:`gpu_between_iterations`."""
+        return sum(b for _, b in self.gpu_between_iterations)
+
 
 def _policies(wl: EmbWorkload, policies: Sequence[TablePolicy] | Mapping[str, TablePolicy]) -> tuple[TablePolicy, ...]:
     tables = wl.model.tables

@@ -60,10 +60,10 @@ def workload_record(wl: EmbWorkload) -> dict[str, Any]:
 
 def memory_record(cost: EmbCost) -> dict[str, Any]:
     """A plan's ``memory`` field: bytes per tier and each tier's terms."""
-    between = dict(cost.gpu_between_iterations)
     return {**cost.memory.as_dict(), "gpu_breakdown": dict(cost.memory.gpu_breakdown),
             "host_breakdown": dict(cost.memory.host_breakdown),
-            "gpu_between_iterations_bytes": sum(between.values()), "gpu_between_iterations": between}
+            "gpu_between_iterations_bytes": cost.gpu_between_iterations_bytes,
+            "gpu_between_iterations": dict(cost.gpu_between_iterations)}
 
 
 def predicted_record(cost: EmbCost) -> dict[str, Any]:

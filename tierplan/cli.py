@@ -8,7 +8,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from costmodel import WorkloadError, list_models, load_model, model_info
+from costmodel import EmbRuntime, WorkloadError, list_models, load_model, model_info
 from hwprofiles import Dimension, format_bytes, format_quantity, list_systems, load_system
 from hwprofiles.loader import SCHEMA, SYSTEM_PARTS, UNSET_OK
 from solver import BASELINES, OBJECTIVES, Plan, PlanError
@@ -163,7 +163,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         for name, default in cli_embeddings.DEFAULTS.items():
             if getattr(args, name) is None:
                 setattr(args, name, default)
-        args.runtime = args.runtime or "fbgemm"
+        args.runtime = args.runtime or EmbRuntime.FBGEMM.value
         return cli_embeddings.cmd_evaluate(args)
     if args.optimizer or args.prefetch or args.tf32 or args.runtime:
         raise PlanError("--optimizer, --prefetch, --tf32 and --runtime are options of evaluate embeddings")
@@ -546,7 +546,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="evaluate embeddings: the tables' optimizer (default: the spec's)")
     ev.add_argument("--prefetch", action="store_true", help="evaluate embeddings: prefetch the next batch's cold rows")
     ev.add_argument("--tf32", action="store_true", help="evaluate embeddings: fp32 matmuls on TF32 tensor cores")
-    ev.add_argument("--runtime", choices=("fbgemm", "colossalai"),
+    ev.add_argument("--runtime", choices=[r.value for r in EmbRuntime],
                     help="evaluate embeddings: the engine whose caches and gradients are counted in HBM (default: "
                          "fbgemm; colossalai: ColossalAI's CachedEmbeddingBag, with --policy colossalai-cache:RATIO)")
     ev.set_defaults(func=cmd_evaluate)

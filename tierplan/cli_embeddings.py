@@ -82,8 +82,13 @@ def _summary_lines(units: list[dict]) -> list[str]:
     return lines
 
 
+def _terms(breakdown: dict) -> str:
+    """A breakdown's non-zero terms as ``name bytes, ...``."""
+    return ", ".join(f"{k.replace('_', ' ')} {format_bytes(v)}" for k, v in breakdown.items() if v)
+
+
 def _cost_lines(predicted: dict, memory: dict, cap: dict) -> list[str]:
-    gpu = ", ".join(f"{k.replace('_', ' ')} {format_bytes(v)}" for k, v in memory["gpu_breakdown"].items() if v)
+    gpu = _terms(memory["gpu_breakdown"])
     stages = ", ".join(f"{k.replace('_', ' ')} {v * 1e3:.3f}" for k, v in predicted["stage_s"].items())
     return [f"predicted  {predicted['samples_per_s']:,.0f} samples/s, iteration {predicted['iteration_s'] * 1e3:.3f} ms"
             f" ({stages} ms)",
@@ -150,10 +155,9 @@ def _print_eval(out: dict, as_json: bool) -> None:
     lines = _summary_lines(out["tables"])
     if "predicted" in out:
         lines += _cost_lines(out["predicted"], out["memory"], out["capacity"])
-        between = out["memory"].get("gpu_between_iterations", {})
-        lines.append(f"gpu between iterations {format_bytes(out['memory']['gpu_between_iterations_bytes'])} "
-                     f"(allocated after the optimizer step): "
-                     + ", ".join(f"{k.replace('_', ' ')} {format_bytes(v)}" for k, v in between.items() if v))
+        mem = out["memory"]
+        lines.append(f"gpu between iterations {format_bytes(mem['gpu_between_iterations_bytes'])} "
+                     f"(allocated after the optimizer step): {_terms(mem['gpu_between_iterations'])}")
     print("  " + "\n  ".join(lines))
 
 

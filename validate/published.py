@@ -222,8 +222,7 @@ def predict_embeddings_row(row: dict) -> PublishedResult:
         if point not in ("peak", "between-iterations"):
             return PublishedResult(**base, status="skipped", note=f"measured.point {point!r} is not peak or "
                                                                   f"between-iterations")
-        predicted = (sum(b for _, b in cost.gpu_between_iterations) if point == "between-iterations"
-                     else cost.memory.gpu_bytes)
+        predicted = cost.gpu_between_iterations_bytes if point == "between-iterations" else cost.memory.gpu_bytes
         value = parse_quantity(str(measured["value"]), Dimension.BYTES, field="measured.value", file=row["id"])
     else:
         return PublishedResult(**base, status="skipped", note="a memory figure without its unit")

@@ -103,6 +103,7 @@ from costmodel.embeddings_cost import (
     EmbCost,
     EmbWorkload,
     Placement,
+    Runtime,
     Stage,
     StateTier,
     TablePolicy,
@@ -1286,7 +1287,7 @@ def replay_plan(plan, system: System, *, model: RecModel | None = None, **kwargs
     from solver.embeddings_plan import policies_from_plan, workload_from_plan
 
     wl = workload_from_plan(plan, model)
-    if wl.runtime.value != "fbgemm":  # the replay allocates FBGEMM's cache bookkeeping and keeps no gradient
+    if wl.runtime is not Runtime.FBGEMM:  # the replay allocates FBGEMM's cache bookkeeping and keeps no gradient
         raise ReplayError(f"replay stands in for runtime fbgemm; this plan is for runtime {wl.runtime.value!r}"
                           f"{f' ({plan.file})' if plan.file else ''}")
     return replay_embeddings(wl, system, policies_from_plan(plan, wl.model), plan_hardware=plan.hardware, **kwargs)
