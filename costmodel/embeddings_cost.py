@@ -475,6 +475,14 @@ def dense_ops(wl: EmbWorkload) -> tuple[Op, ...]:
       ``3 dt B n`` (read the logits and the labels, write the probabilities) and ``loss_bwd``
       ``B n`` FLOPs, ``3 dt B n`` (read the probabilities and the labels, write the gradient).
 
+    The ``F - 1`` tables' pooled vectors arrive in fp32 (``g = B D 4`` each, :func:`table_traffic`);
+    when the dense part computes in another precision (``dt != 4``: AMP's fp16 MLPs) each is converted
+    before the interaction and its gradient converted back in the backward (DeepLearningExamples DLRM
+    ``DlrmBottom.forward``: ``bottom_output = [x.half() if x.dtype != torch.half else x for x in
+    bottom_output]``, whose autograd casts the fp16 gradient back to the fp32 input's dtype):
+    ``to_dense_dtype`` and ``to_dense_dtype_bwd``, elementwise, ``B (F - 1) D`` FLOPs and
+    ``(4 + dt) B (F - 1) D`` bytes each (read one precision, write the other); none when ``dt = 4``.
+
     Interaction of the ``F`` vectors of width ``D`` (``concat``: the pooled embeddings stacked with the
     bottom MLP's output, ``2 dt B F D`` bytes, read and written; its backward is a view), as the DLRM
     reference's ``interact_features`` runs it:
@@ -527,6 +535,10 @@ def dense_ops(wl: EmbWorkload) -> tuple[Op, ...]:
         if i > 0:
             add(f"{name}.dX", gemm, mm, dt * (b * n + k * n + b * k))
     f, d = m.n_features, m.embedding_dim
+    if dt != FP32_BYTES:
+        pooled = b * (f - 1) * d
+        add("embeddings.to_dense_dtype", elem, pooled, (FP32_BYTES + dt) * pooled)
+        add("embeddings.to_dense_dtype_bwd", elem, pooled, (FP32_BYTES + dt) * pooled)
     add("interaction.concat", elem, 0.0, 2 * dt * b * f * d)
     if m.interaction == "dot":
         p = f * (f - 1) // 2

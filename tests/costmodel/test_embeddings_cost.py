@@ -80,6 +80,17 @@ def test_dense_time_by_hand(toy, rec):
     assert sum(op.bytes for op in by_name.values()) == 1_669_092
 
 
+def test_amp_converts_the_pooled_fp32_vectors_both_ways_by_hand(rec):
+    # rec: F = 3 vectors of D = 4, two of them tables. AMP (dt = 2) converts each table's pooled fp32
+    # vector to fp16 before the interaction and its gradient back: per direction B (F - 1) D elements,
+    # 4 + 2 bytes each: 1000 x 2 x 4 x 6 = 48,000 B, 8000 FLOPs. fp32 runs convert nothing.
+    amp = {op.name: op for op in dense_ops(EmbWorkload(model=rec, batch=1000, dtype_bytes=2))}
+    for name in ("embeddings.to_dense_dtype", "embeddings.to_dense_dtype_bwd"):
+        assert (amp[name].bytes, amp[name].flop, amp[name].op_class) == (48_000, 8000, "elementwise")
+    fp32 = [op.name for op in dense_ops(EmbWorkload(model=rec, batch=1000))]
+    assert not any(n.startswith("embeddings.to_dense_dtype") for n in fp32)
+
+
 def test_tf32_runs_the_gemms_at_the_tf32_peak_by_hand(toy, rec):
     # Memory made ~free so every op binds on compute; TF32 peak 40 TFLOP/s, fp32 10 TFLOP/s.
     fast = apply_overrides(toy, ["gpu.memory_bandwidth=1000000TB/s", "gpu.flops_tf32=40TFLOP/s"])
