@@ -163,7 +163,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         for name, default in cli_embeddings.DEFAULTS.items():
             if getattr(args, name) is None:
                 setattr(args, name, default)
-        args.runtime = args.runtime or EmbRuntime.FBGEMM.value
         return cli_embeddings.cmd_evaluate(args)
     if args.optimizer or args.prefetch or args.tf32 or args.runtime:
         raise PlanError("--optimizer, --prefetch, --tf32 and --runtime are options of evaluate embeddings")

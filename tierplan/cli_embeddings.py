@@ -22,7 +22,7 @@ from solver import embeddings_plan as ep
 from solver.errors import PlanError
 from tierplan._format import eval_record
 
-DEFAULTS = {"model": "criteo-kaggle", "hw": "a100-40gb", "batch": 16384}
+DEFAULTS = {"model": "criteo-kaggle", "hw": "a100-40gb", "batch": 16384, "runtime": EmbRuntime.FBGEMM.value}
 
 
 def add_arguments(p: argparse.ArgumentParser, *, policy: bool) -> None:
@@ -40,7 +40,7 @@ def add_arguments(p: argparse.ArgumentParser, *, policy: bool) -> None:
         p.add_argument("--policy", required=True,
                        help=f"one of {', '.join(EMB_POLICIES)} (torchrec-uvm-cache:CLF, default CLF 0.2; "
                             "colossalai-cache:RATIO, default 0.01)")
-        p.add_argument("--runtime", choices=[r.value for r in EmbRuntime], default=EmbRuntime.FBGEMM.value,
+        p.add_argument("--runtime", choices=[r.value for r in EmbRuntime], default=DEFAULTS["runtime"],
                        help="the engine that runs the placement: what its caches' bookkeeping and gradients keep "
                             "in HBM (default: %(default)s; colossalai: ColossalAI's CachedEmbeddingBag, SGD tables)")
     else:
@@ -57,7 +57,7 @@ def workload(args: argparse.Namespace) -> EmbWorkload:
     if args.optimizer:
         model = dataclasses.replace(model, table_optimizer=Optimizer(args.optimizer))
     return EmbWorkload(model=model, batch=args.batch, prefetch=args.prefetch, tf32=bool(getattr(args, "tf32", False)),
-                       runtime=getattr(args, "runtime", EmbRuntime.FBGEMM.value))
+                       runtime=getattr(args, "runtime", DEFAULTS["runtime"]))
 
 
 # ---------------------------------------------------------------------------------------------- output
